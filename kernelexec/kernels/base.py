@@ -1,0 +1,91 @@
+"""The seam between a worker and one kernel process, wherever it runs.
+
+A worker only ever talks to a :class:`KernelHandle`: :mod:`kernelexec.kernels.local`
+starts kernels on this machine through jupyter_client, :mod:`kernelexec.kernels.gateway`
+on a Jupyter Kernel/Enterprise Gateway. Each abstract method says who calls it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EventCallback", "KernelHandle", "LaunchSpec", "StdinCallback", "StreamCallback"]
+
+#: Called with (event content, buffers) for every kernelexec event on IOPub.
+EventCallback = Callable[[dict[str, Any], list[bytes]], None]
+#: Called with the prompt of an input_request; returns the input_reply value.
+StdinCallback = Callable[[str], Awaitable[str]]
+#: Called with (stream name, text) for output the runtime did not capture (fd level).
+StreamCallback = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How to start a local kernel process (made by :mod:`kernelexec.envs`).
+
+    ``argv`` is the whole command with ``{connection_file}`` where jupyter_client puts
+    the connection file's path. ``env`` is added to the bridge's environment. ``cwd`` is
+    the kernel's working directory. ``transport`` is "tcp" or "ipc" (ipc works inside a
+    network namespace). ``cleanup`` is run (best effort) after the kernel is gone.
+    """
+
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    transport: str = "tcp"
+    cleanup: Callable[[], None] | None = None
+    description: str = ""
+
+
+class KernelHandle(ABC):
+    """One kernel. Not shared: exactly one worker drives it."""
+
+    on_event: EventCallback | None = None
+    on_stdin: StdinCallback | None = None
+    on_stream: StreamCallback | None = None
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Start the kernel and wait until it answers (Worker.start, Worker.restart)."""
+
+    @abstractmethod
+    async def execute(
+        self, code: str, extra: dict[str, Any], buffers: list[bytes] | None = None
+    ) -> dict[str, Any]:
+        """Send one execute_request and return the execute_reply content (Worker.run).
+
+        ``extra`` is added to the request's content under the key "kernelexec" (the
+        in-kernel runtime reads it from the parent message); the request is silent,
+        store_history=False, allow_stdin=True, stop_on_error=False. input_requests that
+        arrive meanwhile go to ``on_stdin``. Raises KernelDiedError when the kernel dies
+        before the reply.
+        """
+
+    @abstractmethod
+    def is_alive(self) -> bool:
+        """Whether the kernel process still runs (cheap: called on every failure)."""
+
+    @abstractmethod
+    async def interrupt(self) -> None:
+        """Interrupt the running execution, as Jupyter's interrupt button (timeouts)."""
+
+    @abstractmethod
+    async def restart(self) -> None:
+        """Kill and start again with the same connection (timeouts, crashes)."""
+
+    @abstractmethod
+    async def shutdown(self, *, now: bool = False) -> None:
+        """Stop the kernel, escalating to SIGKILL; never leaves a process (Pool.close)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The kernel's process id, when it runs on this machine."""
+        return None
+
+    @property
+    def connection_file(self) -> str | None:
+        """A connection file a Jupyter client can attach to, when there is one."""
+        return None

@@ -1,0 +1,43 @@
+"""The bridge protocol, loaded from the one spec file that both languages share.
+
+``spec.json`` is the only source of frame types, fields, error codes and the
+protocol version; the Node-RED package ships a byte-identical copy (a test on each
+side fails when they differ).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+__all__ = [
+    "BLOB_PREFIX",
+    "BLOB_THRESHOLD",
+    "ERROR_CODES",
+    "MARKER",
+    "PROTOCOL_VERSION",
+    "load_spec",
+    "spec_text",
+]
+
+
+def spec_text() -> str:
+    """The spec file's text, exactly as shipped."""
+    return resources.files(__package__).joinpath("spec.json").read_text(encoding="utf-8")
+
+
+@cache
+def load_spec() -> dict[str, Any]:
+    """The parsed spec (cached: it never changes while the process runs)."""
+    spec: dict[str, Any] = json.loads(spec_text())
+    return spec
+
+
+_SPEC = load_spec()
+PROTOCOL_VERSION: str = _SPEC["version"]
+ERROR_CODES: frozenset[str] = frozenset(_SPEC["error_codes"])
+MARKER: str = _SPEC["value_encoding"]["marker_key"]
+BLOB_THRESHOLD: int = _SPEC["value_encoding"]["blob_threshold_bytes"]
+BLOB_PREFIX: str = _SPEC["value_encoding"]["blob_prefix"]
