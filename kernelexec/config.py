@@ -87,11 +87,11 @@ class EnvConfig:
         reqs = data.get("requirements") or ()
         if isinstance(reqs, str):
             reqs = [line for line in reqs.splitlines()]
-        cleaned = tuple(
-            r.strip() for r in reqs if r.strip() and not r.strip().startswith("#")
-        )
+        cleaned = tuple(r.strip() for r in reqs if r.strip() and not r.strip().startswith("#"))
         cpu = data.get("cpu_limit")
-        if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0):
+        if cpu is not None and (
+            isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0
+        ):
             raise _fail("env.cpu_limit", cpu, "a number of CPUs > 0, e.g. 0.5")
         return cls(
             python=data.get("python") or None,

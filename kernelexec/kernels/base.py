@@ -35,7 +35,7 @@ class LaunchSpec:
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
-    transport: str = "tcp"
+    transport: str = "ipc"
     cleanup: Callable[[], None] | None = None
     description: str = ""
 

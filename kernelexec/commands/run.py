@@ -1,0 +1,144 @@
+"""``kernelexec run``: node code on one message, the result as one JSON object.
+
+    kernelexec run (-c CODE | --code FILE) [--setup FILE] [--stop FILE]
+                   [--msg JSON | --msg-file FILE] [--mode hot|cold] [--timeout S] [--outputs N]
+
+prints ``{"outputs": [[msg, ...], ...], "logs": [...], "status": [...], "stdout": "...",
+"error": null | {"type", "message", "traceback", ...}}``. Messages sent with node.send() come
+first on their outputs, then what the code returned. Buffers are printed as
+``{"$kx": "buffer", "b64": ...}``. Exit code 0 without error, 1 on an error, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+from typing import Any
+
+from ..config import PoolConfig
+from ..errors import ConfigError
+from ..pool import MemoryHooks, make_pool
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run node code on one message and print the result")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", dest="code_text", metavar="CODE", help="the node code")
+    source.add_argument("--code", dest="code_file", metavar="FILE", help="file with the node code")
+    parser.add_argument("--setup", metavar="FILE", help="file with setup code")
+    parser.add_argument("--stop", metavar="FILE", help="file with stop code")
+    message = parser.add_mutually_exclusive_group()
+    message.add_argument("--msg", metavar="JSON", help='the message (default {"payload": null})')
+    message.add_argument("--msg-file", metavar="FILE", help="file with the message as JSON")
+    parser.add_argument("--mode", choices=("hot", "cold"), default="hot")
+    parser.add_argument("--timeout", type=float, default=0.0, help="seconds, 0 = no limit")
+    parser.add_argument("--outputs", type=int, default=1)
+    parser.add_argument("--gateway-url", help="run the kernel on this Jupyter Kernel Gateway")
+    parser.add_argument("--gateway-token", default=os.environ.get("KERNELEXEC_GATEWAY_TOKEN"))
+    parser.set_defaults(func=run)
+
+
+def _read(path: str | None) -> str:
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _message(args: argparse.Namespace) -> dict[str, Any]:
+    text = args.msg if args.msg is not None else _read(args.msg_file) or '{"payload": null}'
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        error = f"--msg: not valid JSON ({exc}); pass an object such as '{{\"payload\": 1}}'"
+        raise ConfigError(error) from None
+    if not isinstance(msg, dict):
+        error = f"--msg: {text[:60]!r} is not a JSON object; pass e.g. '{{\"payload\": 1}}'"
+        raise ConfigError(error)
+    return msg
+
+
+def _config(args: argparse.Namespace) -> PoolConfig:
+    env = {}
+    if args.gateway_url:
+        env = {"gateway_url": args.gateway_url, "gateway_token": args.gateway_token}
+    fields = {
+        "code": args.code_text if args.code_text is not None else _read(args.code_file),
+        "setup": _read(args.setup),
+        "stop": _read(args.stop),
+        "mode": args.mode,
+        "timeout": args.timeout,
+        "outputs": args.outputs,
+        "env": env,
+    }
+    return PoolConfig.from_dict("cli", fields)
+
+
+def _inline_blobs(value: Any) -> Any:
+    """Blob files become inline buffers (and are removed): the output is self-contained."""
+    if isinstance(value, dict):
+        if value.get("$kx") == "blob":
+            with open(value["path"], "rb") as handle:
+                data = handle.read()
+            os.unlink(value["path"])
+            return {"$kx": "buffer", "b64": base64.b64encode(data).decode("ascii")}
+        return {key: _inline_blobs(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_inline_blobs(item) for item in value]
+    return value
+
+
+def _merge(result: dict[str, Any], hooks: MemoryHooks, outputs: int) -> dict[str, Any]:
+    ports: list[list[Any]] = [[] for _ in range(max(outputs, len(result.get("outputs") or [])))]
+    logs = list(result.get("logs") or [])
+    status = list(result.get("status") or [])
+    for _node, event in hooks.events:
+        if event.get("type") == "send":
+            for index, messages in enumerate(event.get("outputs") or []):
+                ports[index].extend(messages or [])
+        elif event.get("type") == "log":
+            logs.append({"level": event.get("level"), "text": event.get("text")})
+        elif event.get("type") == "status":
+            status.append(event.get("status"))
+    for index, messages in enumerate(result.get("outputs") or []):
+        ports[index].extend(messages or [])
+    return {
+        "outputs": _inline_blobs(ports),
+        "logs": logs,
+        "status": status,
+        "stdout": result.get("stdout", ""),
+        "error": result.get("error"),
+    }
+
+
+async def _run_once(config: PoolConfig, msg: dict[str, Any]) -> dict[str, Any]:
+    hooks = MemoryHooks()
+    pool = make_pool(config, hooks)
+    try:
+        try:
+            await pool.start()
+        except Exception as exc:
+            error = getattr(exc, "to_dict", None)
+            return _merge({"error": error() if error else {"message": str(exc)}}, hooks, 0)
+        result = await pool.submit("run-1", msg)
+    finally:
+        await pool.close()
+    return _merge(result, hooks, config.outputs)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+        msg = _message(args)
+    except (ConfigError, OSError) as exc:
+        print(f"kernelexec run: {exc}", file=sys.stderr)
+        return 2
+    output = asyncio.run(_run_once(config, msg))
+    print(json.dumps(output, ensure_ascii=False))
+    return 1 if output["error"] else 0

@@ -1,0 +1,389 @@
+"""Pools: a node's kernels, its queue and the order in which results leave.
+
+``make_pool(config, hooks)`` gives a :class:`Pool`. Hot pools keep ``workers`` kernels whose
+state lives on between messages. Cold pools keep the same number of kernels that have run
+setup but never run a message themselves: the runtime forks a fresh child per message (see
+docs/internals.md), so no message sees another's state and none waits for a kernel start.
+
+Messages queue in arrival order (bounded by ``queue_limit``: beyond it a message fails at
+once with QUEUE_FULL) and go to the next idle worker; when a burst is waiting a worker takes
+several messages in one execute. With ``keep_order`` results leave in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .config import PoolConfig
+from .errors import (
+    KernelexecError,
+    PoolClosedError,
+    QueueFullError,
+    SetupError,
+)
+from .kernels.base import KernelHandle, LaunchSpec
+from .worker import BOOTSTRAP_CODE, Job, Worker, WorkerState, failed_result
+
+__all__ = ["MemoryHooks", "Pool", "PoolHooks", "PoolStats", "make_pool", "node_workdir"]
+
+log = logging.getLogger("kernelexec.pool")
+
+#: The most messages one execute carries when a burst is waiting.
+MAX_BATCH = 32
+#: Setup retry delays: 1 s, 2 s, 4 s ... up to a minute.
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+#: How long close() lets running messages finish before failing them.
+CLOSE_GRACE = 5.0
+
+
+class PoolHooks(Protocol):
+    """What a pool tells the world (the bridge, or MemoryHooks without Node-RED)."""
+
+    def on_event(self, node_id: str, event: dict[str, Any]) -> None: ...
+
+    async def on_context(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def on_state(self, node_id: str, state: dict[str, Any]) -> None: ...
+
+
+class MemoryHooks:
+    """Hooks for use without Node-RED: context in memory, events collected in a list."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.states: list[tuple[str, dict[str, Any]]] = []
+        self.stores: dict[str, dict[str, Any]] = collections.defaultdict(dict)
+
+    def on_event(self, node_id: str, event: dict[str, Any]) -> None:
+        self.events.append((node_id, event))
+
+    async def on_context(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        scope = request.get("scope", "node")
+        store = self.stores[f"{scope}:{node_id}" if scope == "node" else scope]
+        op, key = request.get("op"), request.get("key")
+        if op == "get":
+            return {"value": store.get(str(key)), "error": None}
+        if op == "set":
+            store[str(key)] = request.get("value")
+            return {"value": None, "error": None}
+        if op == "keys":
+            return {"value": sorted(store), "error": None}
+        return {"value": None, "error": f"unknown context operation {op!r}"}
+
+    def on_state(self, node_id: str, state: dict[str, Any]) -> None:
+        self.states.append((node_id, state))
+
+
+@dataclass
+class PoolStats:
+    state: str
+    busy: int
+    total: int
+    queued: int
+    messages: int
+    errors: int
+    timeouts: int
+    restarts: int
+
+
+def node_workdir(node_id: str) -> str:
+    """The node's own working directory (KERNELEXEC_WORK_DIR, default under ~/.local/share)."""
+    root = os.environ.get("KERNELEXEC_WORK_DIR") or os.path.join(
+        os.path.expanduser("~"), ".local", "share", "kernelexec", "work"
+    )
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", node_id) or "node"
+    path = os.path.join(root, safe)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def make_pool(config: PoolConfig, hooks: PoolHooks) -> Pool:
+    """A hot or cold pool for one node (cold: fresh forked process per message)."""
+    return Pool(config, hooks)
+
+
+class Pool:
+    """One node's workers, queue and ordering."""
+
+    def __init__(self, config: PoolConfig, hooks: PoolHooks) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.workdir = config.workdir or node_workdir(config.node_id)
+        self.workers: list[Worker] = []
+        self.state = "new"
+        self.error: KernelexecError | None = None
+        self._queue: collections.deque[Job] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._retry: asyncio.Task[None] | None = None
+        self._last_release: asyncio.Future[None] | None = None
+        self._launch: LaunchSpec | None = None
+        self._bootstrap = BOOTSTRAP_CODE
+        self._counts = collections.Counter[str]()
+        self._context_lock = asyncio.Lock()
+
+    # -- life cycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker; raises the first setup or environment error (and retries)."""
+        self._set_state("starting")
+        try:
+            self.workers = [await self._make_worker(i) for i in range(self.config.workers)]
+            results = await asyncio.gather(
+                *(w.start() for w in self.workers), return_exceptions=True
+            )
+        except KernelexecError as exc:
+            self._fail(exc)
+            raise
+        errors = [r for r in results if isinstance(r, BaseException)]
+        self._loops = [asyncio.ensure_future(self._serve(w)) for w in self.workers]
+        if errors:
+            first = _as_kernelexec_error(errors[0])
+            self._fail(first)
+            self._retry = asyncio.ensure_future(self._retry_failed())
+            raise first
+        self._set_state("ready")
+
+    async def _make_worker(self, index: int) -> Worker:
+        kernel = await self._make_kernel(index)
+        worker = Worker(
+            self.config,
+            kernel,
+            index=index,
+            workdir=self.workdir,
+            fork=self.config.mode == "cold",
+            bootstrap_code=self._bootstrap,
+        )
+        worker.on_event = self._forward_event
+        kernel.on_stdin = self._answer_context
+        kernel.on_stream = self._forward_stream
+        return worker
+
+    async def _make_kernel(self, index: int) -> KernelHandle:
+        env = self.config.env
+        name = f"{self.config.node_id}#{index}"
+        if env.gateway_url:
+            from .kernels import gateway
+
+            self._bootstrap = gateway.runtime_bootstrap_code()
+            kernel: KernelHandle = gateway.make_gateway_kernel(env, node_id=self.config.node_id)
+            return kernel
+        from .kernels.local import LocalKernel
+
+        if self._launch is None:
+            self._launch = await self._launch_spec()
+        return LocalKernel(self._launch, name=name)
+
+    async def _launch_spec(self) -> LaunchSpec:
+        env = self.config.env
+        if env.python or env.requirements or env.is_isolated:
+            from . import envs
+
+            if env.requirements:
+                self._set_state("installing")
+            return await envs.prepare_launch(
+                env, node_id=self.config.node_id, workdir=self.workdir, progress=self._progress
+            )
+        from .kernels.local import default_launch_spec
+
+        return default_launch_spec(cwd=self.workdir)
+
+    def _progress(self, detail: str) -> None:
+        self._set_state("installing", detail)
+
+    async def _retry_failed(self) -> None:
+        """Failed setup: restart failed workers with growing delays, not in a storm."""
+        delay = RETRY_FIRST
+        while self.state != "closed":
+            failed = [w for w in self.workers if w.state is WorkerState.FAILED]
+            if not failed:
+                self.error = None
+                self._set_state("ready")
+                self._wakeup.set()
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            for worker in failed:
+                if self.state == "closed":
+                    return
+                try:
+                    await worker.restart()
+                except Exception as exc:
+                    self._fail(_as_kernelexec_error(exc))
+
+    async def close(self) -> None:
+        """Fail what waits, let running messages finish (bounded), run stop code, stop."""
+        if self.state == "closed":
+            return
+        self._set_state("closed")
+        if self._retry is not None:
+            self._retry.cancel()
+        closed = PoolClosedError(f"the node {self.config.node_id} was closed (redeploy or stop)")
+        while self._queue:
+            self._resolve(self._queue.popleft(), failed_result("", closed), closed)
+        self._wakeup.set()
+        if self._loops:
+            _done, pending = await asyncio.wait(self._loops, timeout=CLOSE_GRACE)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+
+    # -- messages ---------------------------------------------------------------------
+    async def submit(self, req_id: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Run the node's code on one message. Always returns a RESULT, never raises."""
+        refusal = self._refusal()
+        if refusal is not None:
+            self._counts["errors"] += 1
+            return self._finish(failed_result(req_id, refusal), 0.0)
+        loop = asyncio.get_running_loop()
+        job = Job(req_id=req_id, msg=msg, future=loop.create_future())
+        previous, release = self._last_release, loop.create_future()
+        if self.config.keep_order:
+            self._last_release = release
+        self._queue.append(job)
+        self._wakeup.set()
+        try:
+            result = await job.future
+            if previous is not None:
+                await previous
+        finally:
+            if not release.done():
+                release.set_result(None)
+        return result
+
+    def _refusal(self) -> KernelexecError | None:
+        if self.state == "closed":
+            return PoolClosedError(f"the node {self.config.node_id} is closed")
+        if self.error is not None and self.state == "error":
+            return self.error
+        if len(self._queue) >= self.config.queue_limit:
+            text = (
+                f"queue full: {len(self._queue)} messages are waiting for node "
+                f"{self.config.node_id} (queueLimit {self.config.queue_limit}); the message was "
+                "refused. Raise queueLimit or workers, or slow the input down."
+            )
+            return QueueFullError(text)
+        return None
+
+    async def _serve(self, worker: Worker) -> None:
+        """One worker's loop: take the waiting messages (up to MAX_BATCH), run, answer."""
+        while self.state != "closed" or (self._queue and worker.state is WorkerState.READY):
+            if not self._queue or worker.state is not WorkerState.READY:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            jobs = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+            if self._queue:
+                self._wakeup.set()  # let another idle worker take the rest
+            results = await worker.run(jobs)
+            by_id = {result.get("req_id"): result for result in results}
+            for job in jobs:
+                result = by_id.get(job.req_id)
+                if result is None:
+                    missing = KernelexecError(f"the kernel returned no result for {job.req_id}")
+                    self._resolve(job, {}, missing)
+                else:
+                    self._resolve(job, result, None)
+            self._wakeup.set()
+
+    def _resolve(self, job: Job, result: dict[str, Any], error: KernelexecError | None) -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            result = failed_result(job.req_id, error)
+        queued_ms = ((job.started or time.perf_counter()) - job.enqueued) * 1000.0
+        job.future.set_result(self._finish(result, queued_ms))
+
+    def _finish(self, result: dict[str, Any], queued_ms: float) -> dict[str, Any]:
+        result["node_id"] = self.config.node_id
+        result["timing"] = {"queued_ms": queued_ms, "exec_ms": result.pop("exec_ms", 0.0)}
+        self._counts["messages"] += 1
+        error = result.get("error")
+        if error:
+            self._counts["errors"] += 1
+            if error.get("code") == "TIMEOUT":
+                self._counts["timeouts"] += 1
+        return result
+
+    # -- to and from the kernel ---------------------------------------------------------
+    def _forward_event(self, event: dict[str, Any]) -> None:
+        self.hooks.on_event(self.config.node_id, event)
+
+    def _forward_stream(self, name: str, text: str) -> None:
+        level = "warn" if name == "stderr" else "info"
+        event = {"type": "log", "req_id": None, "level": level, "text": text.rstrip("\n")}
+        self.hooks.on_event(self.config.node_id, event)
+
+    async def _answer_context(self, prompt: str) -> str:
+        try:
+            request = json.loads(prompt)
+        except ValueError:
+            return json.dumps({"value": None, "error": "input() is not available in node code"})
+        if not isinstance(request, dict) or request.get("kernelexec") != "context":
+            return json.dumps({"value": None, "error": "input() is not available in node code"})
+        try:
+            answer = await self.hooks.on_context(self.config.node_id, request)
+        except Exception as exc:
+            answer = {"value": None, "error": f"context {request.get('op')} failed: {exc}"}
+        return json.dumps(answer)
+
+    # -- state --------------------------------------------------------------------------
+    def stats(self) -> PoolStats:
+        busy = sum(1 for w in self.workers if w.state is WorkerState.BUSY)
+        return PoolStats(
+            state=self.state,
+            busy=busy,
+            total=len(self.workers),
+            queued=len(self._queue),
+            messages=self._counts["messages"],
+            errors=self._counts["errors"],
+            timeouts=self._counts["timeouts"],
+            restarts=sum(w.restarts for w in self.workers),
+        )
+
+    def kernels(self) -> list[dict[str, Any]]:
+        """Hot kernels a Jupyter client can attach to."""
+        return [
+            {"worker": w.index, "pid": w.kernel.pid, "connection_file": w.kernel.connection_file}
+            for w in self.workers
+            if w.kernel.connection_file and w.state in (WorkerState.READY, WorkerState.BUSY)
+        ]
+
+    async def update_code(self, code: str) -> None:
+        """New message code for every worker; hot kernels keep their setup state."""
+        self.config = self.config.replace(code=code)
+        for worker in self.workers:
+            await worker.update_code(code)
+
+    def _fail(self, error: KernelexecError) -> None:
+        self.error = error
+        self._set_state("error")
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        stats = self.stats()
+        self.hooks.on_state(
+            self.config.node_id,
+            {
+                "state": state,
+                "busy": stats.busy,
+                "total": stats.total,
+                "queued": stats.queued,
+                "error": self.error.to_dict() if self.error and state == "error" else None,
+                "detail": detail,
+            },
+        )
+
+
+def _as_kernelexec_error(exc: BaseException) -> KernelexecError:
+    if isinstance(exc, KernelexecError):
+        return exc
+    text = f"{type(exc).__name__}: {exc}"
+    return SetupError(text)

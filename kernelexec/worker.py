@@ -1,0 +1,306 @@
+"""One kernel's life: start, set up, run batches of messages, time out, restart, stop.
+
+A :class:`Worker` drives one :class:`~kernelexec.kernels.base.KernelHandle`. It speaks the
+in-kernel contract of docs/internals.md: ops ``init``, ``setup``, ``run``, ``code`` and
+``stop`` sent as execute_requests whose answer comes back in the reply payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import PoolConfig
+from .errors import (
+    ExecutionTimeout,
+    KernelexecError,
+    SetupError,
+    error_from_dict,
+)
+from .kernels.base import KernelHandle
+
+__all__ = ["BOOTSTRAP_CODE", "Job", "Worker", "WorkerState", "failed_result"]
+
+log = logging.getLogger("kernelexec.worker")
+
+BOOTSTRAP_CODE = (
+    "import kernelexec.runtime as __kernelexec_runtime__\n"
+    "__kernelexec__ = __kernelexec_runtime__.install(get_ipython())\n"
+    "del __kernelexec_runtime__\n"
+)
+HANDLE_CODE = "__kernelexec__.handle()"
+#: Extra time a batch gets beyond the sum of its timeouts before the worker steps in.
+BACKSTOP_GRACE = 2.0
+#: How long the worker waits after an interrupt before it restarts the kernel.
+INTERRUPT_GRACE = 2.0
+#: How long stop code may run at shutdown.
+STOP_CODE_LIMIT = 5.0
+#: How long a result waits for the send events it announced.
+SEND_WAIT_LIMIT = 2.0
+
+
+class WorkerState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass
+class Job:
+    """One message waiting for, or running on, a worker."""
+
+    req_id: str
+    msg: dict[str, Any]
+    future: asyncio.Future[dict[str, Any]]
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+
+
+class Worker:
+    """Runs one node's code on one kernel."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        kernel: KernelHandle,
+        *,
+        index: int,
+        workdir: str,
+        fork: bool = False,
+        bootstrap_code: str = BOOTSTRAP_CODE,
+    ) -> None:
+        self.config = config
+        self.kernel = kernel
+        self.index = index
+        self.workdir = workdir
+        self.fork = fork
+        self.bootstrap_code = bootstrap_code
+        self.state = WorkerState.NEW
+        self.restarts = 0
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+        self._sent_seen: dict[str, int] = {}
+        self._sent_waiters: dict[str, tuple[int, asyncio.Future[None]]] = {}
+        kernel.on_event = self._on_kernel_event
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.node_id}#{self.index}"
+
+    # -- life cycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the kernel, install the runtime, load the code, run setup."""
+        self.state = WorkerState.STARTING
+        try:
+            await self.kernel.start()
+            await self._prepare()
+        except BaseException:
+            self.state = WorkerState.FAILED
+            raise
+        self.state = WorkerState.READY
+
+    async def _prepare(self) -> None:
+        reply = await self.kernel.execute(self.bootstrap_code, {})
+        if reply.get("status") != "ok":
+            text = f"could not load the kernelexec runtime in the kernel: {_reply_error(reply)}"
+            raise KernelexecError(text)
+        await self._op({"op": "init", "node": self._node_info()}, error_cls=None)
+        if self.config.setup.strip():
+            await self._op({"op": "setup", "code": self.config.setup}, error_cls=SetupError)
+
+    def _node_info(self) -> dict[str, Any]:
+        from . import blobs
+
+        return {
+            "node_id": self.config.node_id,
+            "name": self.config.name,
+            "outputs": self.config.outputs,
+            "code": self.config.code,
+            "workdir": self.workdir,
+            "blob_dir": blobs.blob_dir(),
+            "fork": self.fork,
+        }
+
+    async def _op(
+        self, request: dict[str, Any], *, error_cls: type[KernelexecError] | None
+    ) -> dict[str, Any]:
+        reply = await self.kernel.execute(HANDLE_CODE, request)
+        data = _payload(reply)
+        if data.get("error"):
+            error = error_from_dict(data["error"])
+            if error_cls is not None and not isinstance(error, error_cls):
+                wrapped = error_cls(
+                    f"{request['op']} code failed: {error.message}",
+                    type_name=error.type_name,
+                    traceback=error.traceback,
+                    line=error.line,
+                )
+                raise wrapped
+            raise error
+        return data
+
+    async def restart(self) -> None:
+        """A fresh kernel process, with runtime, code and setup again."""
+        self.restarts += 1
+        self.state = WorkerState.STARTING
+        log.info("Restarting kernel %s", self.name)
+        try:
+            await self.kernel.restart()
+            await self._prepare()
+        except BaseException:
+            self.state = WorkerState.FAILED
+            raise
+        self.state = WorkerState.READY
+
+    async def update_code(self, code: str) -> None:
+        """New message code; the kernel keeps its setup state (notebook live link)."""
+        self.config = self.config.replace(code=code)
+        await self._op({"op": "code", "code": code}, error_cls=None)
+
+    async def stop(self) -> None:
+        """Run stop code (bounded), then shut the kernel down. Never raises."""
+        if self.state is WorkerState.CLOSED:
+            return
+        try:
+            if self.config.stop.strip() and self.kernel.is_alive():
+                request = {"op": "stop", "code": self.config.stop}
+                await asyncio.wait_for(self._op(request, error_cls=None), STOP_CODE_LIMIT)
+        except (Exception, asyncio.TimeoutError) as exc:
+            log.warning("Stop code of %s did not finish cleanly: %s", self.name, exc)
+        finally:
+            self.state = WorkerState.CLOSED
+            await self.kernel.shutdown(now=not self.kernel.is_alive())
+
+    # -- messages ---------------------------------------------------------------------
+    async def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Run a batch; returns one RESULT per job, in order. Never raises for a job."""
+        self.state = WorkerState.BUSY
+        now = time.perf_counter()
+        for job in jobs:
+            job.started = now
+        batch = [
+            {"req_id": job.req_id, "msg": job.msg, "timeout": self.config.timeout} for job in jobs
+        ]
+        try:
+            data = await self._run_with_backstop({"op": "run", "batch": batch}, len(jobs))
+            results: list[dict[str, Any]] = data["results"]
+            await self._wait_for_sends(results)
+        except KernelexecError as error:
+            results = [_failed(job.req_id, error) for job in jobs]
+            await self._recover(error)
+        finally:
+            if self.state is WorkerState.BUSY:
+                self.state = WorkerState.READY
+        return results
+
+    async def _run_with_backstop(self, request: dict[str, Any], count: int) -> dict[str, Any]:
+        task = asyncio.ensure_future(self.kernel.execute(HANDLE_CODE, request))
+        if self.config.timeout <= 0:
+            return _payload(await task)
+        limit = self.config.timeout * count + BACKSTOP_GRACE
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            log.warning("Kernel %s overran its timeout; interrupting", self.name)
+            with contextlib.suppress(Exception):
+                await self.kernel.interrupt()
+            done, _ = await asyncio.wait({task}, timeout=INTERRUPT_GRACE)
+        if not done:
+            task.cancel()
+            text = (
+                f"the code ran longer than the timeout ({self.config.timeout:g} s) and did not "
+                "stop when interrupted; the kernel was restarted"
+            )
+            raise ExecutionTimeout(text)
+        reply = task.result()
+        if reply.get("status") != "ok":
+            text = f"the code was interrupted after the timeout ({self.config.timeout:g} s)"
+            raise ExecutionTimeout(text)
+        return _payload(reply)
+
+    async def _recover(self, error: KernelexecError) -> None:
+        """After a dead or stuck kernel: a fresh one (setup runs again)."""
+        if isinstance(error, ExecutionTimeout) and self.kernel.is_alive() and not _stuck(error):
+            return
+        try:
+            await self.restart()
+        except Exception as exc:  # the pool retries failed workers with backoff
+            log.error("Kernel %s could not be restarted: %s", self.name, exc)
+
+    # -- events -------------------------------------------------------------------------
+    def _on_kernel_event(self, event: dict[str, Any], buffers: list[bytes]) -> None:
+        if event.get("type") == "send" and event.get("req_id"):
+            self._count_send(str(event["req_id"]))
+        if buffers:
+            event = {**event, "buffers": buffers}
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _count_send(self, req_id: str) -> None:
+        seen = self._sent_seen.get(req_id, 0) + 1
+        self._sent_seen[req_id] = seen
+        waiter = self._sent_waiters.get(req_id)
+        if waiter is not None and seen >= waiter[0] and not waiter[1].done():
+            waiter[1].set_result(None)
+
+    async def _wait_for_sends(self, results: list[dict[str, Any]]) -> None:
+        """Deliver a request's node.send() messages before its result (they race on IOPub)."""
+        for result in results:
+            req_id = result["req_id"]
+            expected = int(result.get("sent", 0))
+            if expected and self._sent_seen.get(req_id, 0) < expected:
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._sent_waiters[req_id] = (expected, future)
+                try:
+                    await asyncio.wait_for(future, SEND_WAIT_LIMIT)
+                except asyncio.TimeoutError:
+                    log.warning("%s: send events of %s did not all arrive", self.name, req_id)
+                finally:
+                    self._sent_waiters.pop(req_id, None)
+            self._sent_seen.pop(req_id, None)
+
+
+def _stuck(error: KernelexecError) -> bool:
+    return "did not stop when interrupted" in error.message
+
+
+def _payload(reply: dict[str, Any]) -> dict[str, Any]:
+    if reply.get("status") != "ok":
+        text = f"the kernel refused the request: {_reply_error(reply)}"
+        raise KernelexecError(text)
+    for item in reply.get("payload") or ():
+        if item.get("source") == "kernelexec":
+            data: dict[str, Any] = item.get("data") or {}
+            return data
+    text = "the kernel's reply had no kernelexec answer (is the runtime installed?)"
+    raise KernelexecError(text)
+
+
+def _reply_error(reply: dict[str, Any]) -> str:
+    return f"{reply.get('ename', '?')}: {reply.get('evalue', '')}"
+
+
+def _failed(req_id: str, error: KernelexecError) -> dict[str, Any]:
+    return {
+        "req_id": req_id,
+        "outputs": [],
+        "logs": [],
+        "status": [],
+        "stdout": "",
+        "error": error.to_dict(),
+        "done": True,
+        "sent": 0,
+        "exec_ms": 0.0,
+    }
+
+
+def failed_result(req_id: str, error: KernelexecError) -> dict[str, Any]:
+    """A RESULT that carries only an error (queue full, pool closed, setup failed...)."""
+    return _failed(req_id, error)
