@@ -1,0 +1,105 @@
+"""A real Jupyter Kernel Gateway on 127.0.0.1, for tests and bench/gateway_latency.py.
+
+``running_gateway(token)`` starts ``jupyter kernelgateway`` from this interpreter's
+environment on a free port with the given auth token and kernel listing enabled, waits
+until it answers, yields its base URL, and on exit stops it (SIGTERM, then SIGKILL of the
+whole process group) so that no gateway or ipykernel process is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["free_port", "gateway_kernel_ids", "running_gateway"]
+
+_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str, token: str, timeout: float = 2.0) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body: bytes = response.read()
+        return body
+
+
+def gateway_kernel_ids(url: str, token: str) -> list[str]:
+    """The ids of the kernels the gateway runs (GET /api/kernels)."""
+    import json
+
+    return [k["id"] for k in json.loads(_get(f"{url}/api/kernels", token))]
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    # kernels are in the gateway's process group: kill stragglers of the group too
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def running_gateway(token: str, *, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        str(_BIN / "jupyter"),
+        "kernelgateway",
+        "--KernelGatewayApp.ip=127.0.0.1",
+        f"--KernelGatewayApp.port={port}",
+        f"--KernelGatewayApp.auth_token={token}",
+        "--KernelGatewayApp.default_kernel_name=python3",
+        "--JupyterWebsocketPersonality.list_kernels=True",
+        *extra_args,
+    ]
+    env = dict(os.environ)
+    env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["JUPYTER_PATH"] = str(_BIN.parent / "share" / "jupyter")
+    env.pop("KG_AUTH_TOKEN", None)
+    log = tempfile.NamedTemporaryFile(prefix="kernelexec-kg-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                text = Path(log.name).read_text(errors="replace")
+                msg = f"kernel gateway exited with {proc.returncode}:\n{text[-3000:]}"
+                raise RuntimeError(msg)
+            try:
+                _get(f"{url}/api", token, timeout=1.0)
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    msg = f"kernel gateway did not answer on {url} within 30 s"
+                    raise RuntimeError(msg) from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log.name)
