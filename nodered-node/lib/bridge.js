@@ -1,0 +1,430 @@
+// One bridge (`python -m kernelexec serve`) per distinct Python interpreter or bridge URL, shared
+// by every kernelexec node of the Node-RED runtime that uses it (register/deregister with a
+// reference count, as 10-mqtt.js does for broker connections).
+//
+// A Bridge owns: the child process (when it started one), the WebSocket, the hello/welcome
+// handshake, restarts with backoff when the process dies, and routing of server frames to the
+// registered clients by node_id. It knows nothing about pools or messages: clients do.
+//
+// Client interface (implemented by lib/runner.js):
+//   client.id                      node id (frames are routed on node_id)
+//   client.bridgeUp(bridge)        a connection is ready (after each (re)start): configure now
+//   client.bridgeDown(error)       the connection is gone or could not be made
+//   client.frame(frame)            a server frame for this node
+"use strict";
+const { spawn } = require("child_process");
+const crypto = require("crypto");
+const readline = require("readline");
+const WebSocket = require("ws");
+const protocol = require("./protocol");
+const { t } = require("./i18n");
+
+const READY_TIMEOUT_MS = 60000;
+const STOP_GRACE_MS = 5000;
+const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
+const STDERR_TAIL = 16384;
+const REQUIRED_MODULES = /No module named '?([A-Za-z0-9_.]+)'?/;
+const CLIENT_NAME = "node-red-kernelexec/" + require("../package.json").version;
+
+const bridges = new Map();
+let log = { debug() {}, info() {}, warn() {}, error() {} };
+
+function setLogger(logger) {
+    if (logger) {
+        log = logger;
+    }
+}
+
+function bridgeError(code, message, hint) {
+    const err = new Error(message);
+    err.code = code;
+    err.hint = hint || null;
+    return err;
+}
+
+class Bridge {
+    constructor(options) {
+        this.key = options.key;
+        this.python = options.python;
+        this.url = options.url;
+        this.token = options.token || crypto.randomBytes(24).toString("hex");
+        this.clients = new Map();
+        this.requests = new Map();
+        this.child = null;
+        this.ws = null;
+        this.welcome = null;
+        this.state = "idle";
+        this.failures = 0;
+        this.lastError = null;
+        this.retryTimer = null;
+        this.stopping = null;
+        this.generation = 0;
+    }
+
+    get ready() {
+        return this.state === "ready";
+    }
+
+    get blobDir() {
+        return this.welcome ? this.welcome.blob_dir : null;
+    }
+
+    add(client) {
+        this.clients.set(client.id, client);
+        if (this.state === "idle") {
+            this.start();
+        } else if (this.ready) {
+            setImmediate(() => this.clients.get(client.id) === client && client.bridgeUp(this));
+        } else if (this.state === "failed" && this.lastError) {
+            setImmediate(() => this.clients.get(client.id) === client && client.bridgeDown(this.lastError));
+        }
+    }
+
+    start() {
+        this.state = "starting";
+        const generation = ++this.generation;
+        if (this.url) {
+            this.connect(this.url, generation);
+        } else {
+            this.spawnProcess(generation);
+        }
+    }
+
+    spawnProcess(generation) {
+        const args = ["-m", "kernelexec", "serve", "--port", "0", "--watch-stdin"];
+        const env = Object.assign({}, process.env, { KERNELEXEC_TOKEN: this.token, PYTHONUNBUFFERED: "1" });
+        let child;
+        try {
+            child = spawn(this.python, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+        } catch (err) {
+            this.fail(generation, this.spawnError(err));
+            return;
+        }
+        this.child = child;
+        child.stderrTail = "";
+        child.on("error", (err) => this.fail(generation, this.spawnError(err)));
+        child.stdin.on("error", () => {});
+        child.stderr.on("data", (chunk) => {
+            child.stderrTail = (child.stderrTail + chunk.toString()).slice(-STDERR_TAIL);
+        });
+        readline.createInterface({ input: child.stderr }).on("line", (line) => log.debug("[kernelexec bridge] " + line));
+        readline.createInterface({ input: child.stdout }).on("line", (line) => this.stdoutLine(line, generation));
+        child.on("exit", (code, signal) => this.processExit(child, generation, code, signal));
+        child.readyTimer = setTimeout(() => {
+            if (this.state === "starting" && this.generation === generation) {
+                this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.bridgeNotReady", { python: this.python, seconds: READY_TIMEOUT_MS / 1000 })));
+                child.kill("SIGKILL");
+            }
+        }, READY_TIMEOUT_MS);
+        log.info(t("kernelexec.log.bridgeStarting", { python: this.python, pid: child.pid }));
+    }
+
+    stdoutLine(line, generation) {
+        let info = null;
+        try {
+            info = JSON.parse(line);
+        } catch (ignored) {
+            // not the ready line
+        }
+        if (this.state !== "starting" || this.generation !== generation || !info || typeof info !== "object" || !(info.port || info.url)) {
+            log.debug("[kernelexec bridge] " + line);
+            return;
+        }
+        clearTimeout(this.child.readyTimer);
+        const url = info.ws_url || (info.url && /^wss?:/.test(info.url) ? info.url : null) ||
+            `ws://${info.host && info.host !== "0.0.0.0" ? info.host : "127.0.0.1"}:${info.port}/ws`;
+        this.connect(url, generation);
+    }
+
+    spawnError(err) {
+        if (err.code === "ENOENT") {
+            return bridgeError("BRIDGE_FAILED", t("kernelexec.error.pythonNotFound", { python: this.python }),
+                t("kernelexec.hint.installPython", { python: this.python }));
+        }
+        return bridgeError("BRIDGE_FAILED", t("kernelexec.error.spawnFailed", { python: this.python, error: err.message }));
+    }
+
+    exitError(child, code, signal) {
+        const tail = (child.stderrTail || "").trim();
+        const missing = REQUIRED_MODULES.exec(tail);
+        if (missing) {
+            const hint = t("kernelexec.hint.installKernelexec", { python: this.python });
+            return bridgeError("BRIDGE_FAILED", t("kernelexec.error.missingModule", { python: this.python, module: missing[1] }) + " " + hint, hint);
+        }
+        const last = tail.split("\n").slice(-3).join(" | ");
+        return bridgeError("BRIDGE_FAILED", t("kernelexec.error.bridgeExited", { python: this.python, code: code === null ? signal : code, stderr: last || "-" }));
+    }
+
+    processExit(child, generation, code, signal) {
+        clearTimeout(child.readyTimer);
+        if (this.child === child) {
+            this.child = null;
+        }
+        if (this.stopping || this.generation !== generation) {
+            return;
+        }
+        if (this.state === "starting") {
+            this.fail(generation, this.exitError(child, code, signal));
+        } else {
+            this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.bridgeDied", { code: code === null ? signal : code })));
+        }
+    }
+
+    connect(url, generation) {
+        const ws = new WebSocket(url, {
+            headers: { Authorization: "token " + this.token },
+            maxPayload: protocol.MAX_FRAME_BYTES,
+            perMessageDeflate: false,
+        });
+        this.ws = ws;
+        ws.on("open", () => this.sendRaw({ type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME }));
+        ws.on("message", (data) => this.receive(data, generation));
+        ws.on("error", (err) => {
+            if (this.state === "starting" && this.generation === generation) {
+                this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: err.message })));
+            }
+        });
+        ws.on("close", () => {
+            if (this.ws === ws) {
+                this.ws = null;
+            }
+            if (this.stopping || this.generation !== generation) {
+                return;
+            }
+            if (this.state === "ready") {
+                this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost")));
+            } else if (this.state === "starting") {
+                this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: "closed" })));
+            }
+        });
+    }
+
+    receive(data, generation) {
+        let frame;
+        try {
+            frame = JSON.parse(data.toString());
+        } catch (err) {
+            log.warn(t("kernelexec.log.badFrame", { error: err.message }));
+            return;
+        }
+        if (this.generation !== generation) {
+            return;
+        }
+        if (frame.type === "welcome") {
+            this.welcomed(frame, generation);
+            return;
+        }
+        const client = this.route(frame);
+        if (client) {
+            client.frame(frame);
+        } else if (frame.type === "error") {
+            log.warn(t("kernelexec.log.bridgeError", { error: frame.error ? frame.error.message : JSON.stringify(frame) }));
+        } else if (frame.node_id) {
+            log.debug("kernelexec: frame for unknown node " + frame.node_id + " (" + frame.type + ")");
+        }
+    }
+
+    route(frame) {
+        if (frame.node_id && this.clients.has(frame.node_id)) {
+            return this.clients.get(frame.node_id);
+        }
+        if (frame.req_id && this.requests.has(frame.req_id)) {
+            return this.requests.get(frame.req_id);
+        }
+        return null;
+    }
+
+    welcomed(frame, generation) {
+        if (!protocol.compatible(frame.protocol_version)) {
+            this.fail(generation, bridgeError("VERSION_MISMATCH", t("kernelexec.error.versionMismatch", { theirs: frame.protocol_version, ours: protocol.PROTOCOL_VERSION })));
+            this.killChild();
+            return;
+        }
+        this.welcome = frame;
+        this.state = "ready";
+        this.failures = 0;
+        this.lastError = null;
+        log.info(t("kernelexec.log.bridgeReady", { server: frame.server, pid: frame.pid, blobDir: frame.blob_dir }));
+        for (const client of Array.from(this.clients.values())) {
+            client.bridgeUp(this);
+        }
+    }
+
+    /** Send a frame; false when there is no connection (the caller fails the message). */
+    send(frame) {
+        return this.ready && this.sendRaw(frame);
+    }
+
+    sendRaw(frame) {
+        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+            return false;
+        }
+        this.ws.send(JSON.stringify(frame));
+        return true;
+    }
+
+    track(reqId, client) {
+        this.requests.set(reqId, client);
+    }
+
+    untrack(reqId) {
+        this.requests.delete(reqId);
+    }
+
+    fail(generation, err) {
+        if (this.generation !== generation || this.stopping || this.state === "failed") {
+            return;
+        }
+        this.state = "failed";
+        this.lastError = err;
+        this.teardownConnection();
+        for (const client of Array.from(this.clients.values())) {
+            client.bridgeDown(err);
+        }
+        this.scheduleRestart();
+    }
+
+    lost(generation, err) {
+        if (this.generation !== generation || this.stopping) {
+            return;
+        }
+        log.warn(err.message);
+        this.state = "failed";
+        this.lastError = err;
+        this.welcome = null;
+        this.teardownConnection();
+        this.requests.clear();
+        for (const client of Array.from(this.clients.values())) {
+            client.bridgeDown(err);
+        }
+        this.scheduleRestart();
+    }
+
+    teardownConnection() {
+        if (this.ws) {
+            const ws = this.ws;
+            this.ws = null;
+            ws.removeAllListeners("close");
+            ws.on("error", () => {});
+            ws.terminate();
+        }
+        this.killChild();
+    }
+
+    killChild() {
+        if (this.child) {
+            const child = this.child;
+            this.child = null;
+            child.stdin.end();
+            child.kill("SIGTERM");
+            setTimeout(() => child.exitCode === null && child.signalCode === null && child.kill("SIGKILL"), STOP_GRACE_MS).unref();
+        }
+    }
+
+    scheduleRestart() {
+        if (this.clients.size === 0 || this.stopping) {
+            return;
+        }
+        const delay = BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)];
+        this.failures += 1;
+        clearTimeout(this.retryTimer);
+        this.retryTimer = setTimeout(() => {
+            if (!this.stopping && this.clients.size > 0) {
+                log.info(t("kernelexec.log.bridgeRestart", { attempt: this.failures }));
+                this.start();
+            }
+        }, delay);
+    }
+
+    /** Stop the bridge: close the socket, close stdin (--watch-stdin), then TERM, then KILL. */
+    stop() {
+        if (this.stopping) {
+            return this.stopping;
+        }
+        clearTimeout(this.retryTimer);
+        this.state = "stopped";
+        this.generation += 1;
+        this.stopping = new Promise((resolve) => {
+            if (this.ws) {
+                this.ws.removeAllListeners("close");
+                this.ws.on("error", () => {});
+                this.ws.close();
+                this.ws = null;
+            }
+            const child = this.child;
+            this.child = null;
+            if (!child || child.exitCode !== null || child.signalCode !== null) {
+                resolve();
+                return;
+            }
+            const term = setTimeout(() => child.kill("SIGTERM"), STOP_GRACE_MS);
+            const kill = setTimeout(() => child.kill("SIGKILL"), 2 * STOP_GRACE_MS);
+            child.once("exit", () => {
+                clearTimeout(term);
+                clearTimeout(kill);
+                resolve();
+            });
+            child.stdin.end();
+        });
+        return this.stopping;
+    }
+}
+
+function bridgeOptions(options) {
+    const url = options && options.url ? String(options.url).trim() : "";
+    if (url) {
+        return { key: "url:" + url, url, token: options.token || "" };
+    }
+    const python = (options && options.python) || process.env.KERNELEXEC_PYTHON || "python3";
+    return { key: "python:" + python, python };
+}
+
+/**
+ * Register a client on the bridge for `options` ({python} or {url, token}); the bridge starts
+ * with its first client. Returns the Bridge.
+ */
+function register(client, options) {
+    const opts = bridgeOptions(options);
+    let bridge = bridges.get(opts.key);
+    if (!bridge) {
+        bridge = new Bridge(opts);
+        bridges.set(opts.key, bridge);
+    }
+    bridge.add(client);
+    return bridge;
+}
+
+/** Deregister a client; the last one stops the bridge. Resolves when the process is gone. */
+function deregister(client, bridge) {
+    if (!bridge || bridge.clients.get(client.id) !== client) {
+        return Promise.resolve();
+    }
+    bridge.clients.delete(client.id);
+    for (const [reqId, owner] of bridge.requests) {
+        if (owner === client) {
+            bridge.requests.delete(reqId);
+        }
+    }
+    if (bridge.clients.size > 0) {
+        return Promise.resolve();
+    }
+    if (bridges.get(bridge.key) === bridge) {
+        bridges.delete(bridge.key);
+    }
+    return bridge.stop();
+}
+
+/** The live bridges (for tests and diagnostics). */
+function active() {
+    return Array.from(bridges.values());
+}
+
+process.once("exit", () => {
+    for (const bridge of bridges.values()) {
+        if (bridge.child) {
+            bridge.child.kill("SIGTERM");
+        }
+    }
+});
+
+module.exports = { register, deregister, active, setLogger, bridgeOptions, Bridge };

@@ -1,0 +1,38 @@
+// The bridge protocol, read from the package's copy of kernelexec/protocol/spec.json.
+// No other file holds protocol literals: frame types, config fields and error codes come from here.
+"use strict";
+const fs = require("fs");
+const path = require("path");
+
+const SPEC_PATH = path.join(__dirname, "..", "spec.json");
+const spec = JSON.parse(fs.readFileSync(SPEC_PATH, "utf8"));
+const encoding = spec.value_encoding;
+
+/** The pool configuration defaults, by protocol field name. */
+function configDefaults() {
+    const out = {};
+    for (const [name, field] of Object.entries(spec.config_fields)) {
+        out[name] = field.default;
+    }
+    return out;
+}
+
+/** True when a bridge speaking `version` can talk to us (same major number). */
+function compatible(version) {
+    return typeof version === "string" && version.split(".")[0] === spec.version.split(".")[0];
+}
+
+module.exports = {
+    spec,
+    SPEC_PATH,
+    PROTOCOL_VERSION: spec.version,
+    MARKER: encoding.marker_key,
+    BLOB_THRESHOLD: encoding.blob_threshold_bytes,
+    BLOB_PREFIX: encoding.blob_prefix,
+    MAX_FRAME_BYTES: spec.max_frame_bytes,
+    ERROR_CODES: Object.keys(spec.error_codes),
+    CONFIG_FIELDS: spec.config_fields,
+    SERVER_FRAMES: Object.keys(spec.server_frames),
+    configDefaults,
+    compatible,
+};

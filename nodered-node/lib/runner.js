@@ -1,0 +1,382 @@
+// The runtime of one kernelexec node: it speaks the bridge protocol for its node_id and maps
+// the answers onto Node-RED's send/done/status/error/context. Kernel decisions live in Python.
+//
+// Life cycle:  waiting (no pool yet: messages queue) -> ready (messages run) -> closed
+//              any state -> failed (bridge or pool error: messages fail with done(err))
+"use strict";
+const crypto = require("crypto");
+const bridges = require("./bridge");
+const codec = require("./codec");
+const { t } = require("./i18n");
+const { PoolStatus } = require("./status");
+
+const CLOSE_WAIT_MS = 8000;
+const REQ_PREFIX = crypto.randomBytes(3).toString("hex");
+let reqCounter = 0;
+
+/** An Error that Node-RED's Catch node reports as "<PythonType>: message (line N)". */
+function toError(error, fallbackCode) {
+    const err = new Error(error && error.message ? error.message : String(error));
+    err.name = (error && error.type) || "Error";
+    err.code = (error && error.code) || fallbackCode || "INTERNAL";
+    if (error && error.line) {
+        err.message += " " + t("kernelexec.error.atLine", { line: error.line });
+    }
+    err.stack = (error && error.traceback) || `${err.name}: ${err.message}`;
+    return err;
+}
+
+class Runner {
+    /**
+     * @param node    the Node-RED node
+     * @param config  the pool configuration (spec.json config_fields names)
+     * @param options {bridge: {python}|{url, token}, stdoutToMsg}
+     */
+    constructor(node, config, options) {
+        this.node = node;
+        this.id = node.id;
+        this.config = config;
+        this.options = options;
+        this.bridge = null;
+        this.state = "waiting";
+        this.failure = null;
+        this.waiting = [];
+        this.inflight = new Map();
+        this.closing = null;
+        this.delivery = Promise.resolve();
+        this.status = new PoolStatus(node, config.mode);
+    }
+
+    start() {
+        this.status.starting();
+        this.bridge = bridges.register(this, this.options.bridge);
+    }
+
+    // ---- bridge events -------------------------------------------------------------
+
+    bridgeUp(bridge) {
+        if (this.closing) {
+            return;
+        }
+        this.bridge = bridge;
+        this.state = "waiting";
+        this.failure = null;
+        bridge.send({ type: "configure", node_id: this.id, config: this.config });
+    }
+
+    bridgeDown(err) {
+        this.failAll(err);
+        if (this.closing) {
+            return;
+        }
+        this.state = "failed";
+        this.failure = err;
+        this.status.error(err.message);
+        if (err.code !== "BRIDGE_LOST") {
+            this.failWaiting(err);
+            this.reportOnce(err);
+        } else {
+            this.state = "waiting";
+        }
+    }
+
+    reportOnce(err) {
+        if (this.reported !== err.message) {
+            this.reported = err.message;
+            this.node.error(err.message);
+        }
+    }
+
+    frame(frame) {
+        const handler = FRAME_HANDLERS[frame.type];
+        if (handler) {
+            handler.call(this, frame);
+        }
+    }
+
+    // ---- frames ----------------------------------------------------------------------
+
+    onPoolState(frame) {
+        this.status.pool(frame);
+        if (frame.state === "ready") {
+            this.state = "ready";
+            this.failure = null;
+            this.reported = null;
+            this.flushWaiting();
+        } else if (frame.state === "error") {
+            const err = toError(frame.error || { message: frame.detail || "pool error" }, "INTERNAL");
+            this.state = "failed";
+            this.failure = err;
+            this.failWaiting(err);
+            this.reportOnce(err);
+        } else if (frame.state === "closed" && this.closing) {
+            this.closing.resolve();
+        } else if (frame.state !== "closed") {
+            this.state = "waiting";
+        }
+    }
+
+    onResult(frame) {
+        const req = this.inflight.get(frame.req_id);
+        if (!req) {
+            codec.removeFiles(codec.blobPaths(frame.outputs));
+            return;
+        }
+        req.result = true;
+        this.logs(frame.logs, req);
+        for (const status of frame.status || []) {
+            this.status.user(status);
+        }
+        if (frame.stdout) {
+            this.node.log(frame.stdout.replace(/\n$/, ""));
+        }
+        if (frame.error) {
+            this.finish(req, toError(frame.error));
+            return;
+        }
+        this.deliver(req, frame.outputs, frame.stdout).then(() => {
+            if (frame.done === false && !req.doneFrame) {
+                return;
+            }
+            this.finish(req, req.doneFrame && req.doneFrame.error ? toError(req.doneFrame.error) : null);
+        }, (err) => this.finish(req, err));
+    }
+
+    onSend(frame) {
+        const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
+        this.deliver(req, frame.outputs, null).catch((err) => this.node.error(err, req ? req.msg : undefined));
+    }
+
+    onDone(frame) {
+        const req = this.inflight.get(frame.req_id);
+        if (!req) {
+            return;
+        }
+        req.doneFrame = frame;
+        if (req.result) {
+            this.finish(req, frame.error ? toError(frame.error) : null);
+        }
+    }
+
+    onStatus(frame) {
+        this.status.user(frame.status);
+    }
+
+    onLog(frame) {
+        const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
+        this.logs([frame], req);
+    }
+
+    onError(frame) {
+        const err = toError(frame.error, "INTERNAL");
+        const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
+        if (req) {
+            this.finish(req, err);
+        } else {
+            this.node.error(err.message);
+        }
+    }
+
+    onClosed() {
+        if (this.closing) {
+            this.closing.resolve();
+        }
+    }
+
+    onContextRequest(frame) {
+        const reply = (value, error) => this.bridge && this.bridge.send({
+            type: "context_reply", ctx_id: frame.ctx_id, value: value === undefined ? null : value, error: error || null,
+        });
+        let store;
+        try {
+            const ctx = this.node.context();
+            store = frame.scope === "flow" ? ctx.flow : frame.scope === "global" ? ctx.global : ctx;
+        } catch (err) {
+            reply(null, err.message);
+            return;
+        }
+        contextOp(store, frame).then((value) => reply(value, null), (err) => reply(null, err.message || String(err)));
+    }
+
+    // ---- messages ----------------------------------------------------------------
+
+    input(msg, send, done) {
+        if (this.closing) {
+            done(toError({ code: "POOL_CLOSED", type: "Error", message: t("kernelexec.error.closed") }));
+        } else if (this.state === "ready") {
+            this.execute({ msg, send, done });
+        } else if (this.state === "failed" && this.failure) {
+            done(this.failure);
+        } else if (this.waiting.length >= this.config.queue_limit) {
+            done(toError({ code: "QUEUE_FULL", type: "Error", message: t("kernelexec.error.queueFull", { limit: this.config.queue_limit }) }));
+        } else {
+            this.waiting.push({ msg, send, done });
+        }
+    }
+
+    flushWaiting() {
+        const waiting = this.waiting;
+        this.waiting = [];
+        for (const item of waiting) {
+            this.execute(item);
+        }
+    }
+
+    failWaiting(err) {
+        const waiting = this.waiting;
+        this.waiting = [];
+        for (const item of waiting) {
+            item.done(err);
+        }
+    }
+
+    async execute(item) {
+        const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
+        const { wire, kept } = codec.splitMessage(item.msg);
+        const req = Object.assign({ reqId, kept, files: [], result: false, finished: false }, item);
+        this.inflight.set(reqId, req);
+        let encoded;
+        try {
+            encoded = await codec.encodeMessage(wire, { blobDir: this.bridge.blobDir, reqId });
+        } catch (err) {
+            this.finish(req, err);
+            return;
+        }
+        req.files = encoded.files;
+        if (req.finished) {
+            codec.removeFiles(req.files);
+            return;
+        }
+        this.bridge.track(reqId, this);
+        if (!this.bridge.send({ type: "execute", node_id: this.id, req_id: reqId, msg: encoded.msg })) {
+            this.finish(req, this.failure || toError({ code: "BRIDGE_LOST", type: "Error", message: t("kernelexec.error.connectionLost") }));
+        }
+    }
+
+    /** Deliveries run one after another, so that sends keep the order the kernel made them in. */
+    deliver(req, outputs, stdout) {
+        const next = this.delivery.then(() => this.deliverNow(req, outputs, stdout));
+        this.delivery = next.catch(() => {});
+        return next;
+    }
+
+    /** Decode, re-attach what stayed in JS and send. Output blob files are read and removed. */
+    async deliverNow(req, outputs, stdout) {
+        if (!Array.isArray(outputs) || outputs.length === 0) {
+            return;
+        }
+        const decoded = await codec.decodeValue(outputs, { blobDir: this.bridge && this.bridge.blobDir });
+        let count = 0;
+        const ports = decoded.map((list) => {
+            const msgs = (Array.isArray(list) ? list : [list]).filter((m) => m && typeof m === "object");
+            for (const m of msgs) {
+                count += 1;
+                if (req) {
+                    m._msgid = req.msg._msgid;
+                    codec.restoreKept(m, req.kept);
+                    if (this.options.stdoutToMsg && stdout) {
+                        m.stdout = stdout;
+                    }
+                }
+            }
+            return msgs.length === 0 ? null : msgs.length === 1 ? msgs[0] : msgs;
+        });
+        if (count > 0) {
+            (req && !req.finished ? req.send : this.node.send.bind(this.node))(ports);
+        }
+    }
+
+    logs(entries, req) {
+        for (const entry of entries || []) {
+            const text = entry.text;
+            if (entry.level === "error") {
+                this.node.error(text, req ? req.msg : undefined);
+            } else if (entry.level === "warn") {
+                this.node.warn(text);
+            } else if (entry.level === "debug") {
+                this.node.debug(text);
+            } else {
+                this.node.log(text);
+            }
+        }
+    }
+
+    /** End a message exactly once: done(err?) and remove its input files, whatever happened. */
+    finish(req, err) {
+        if (req.finished) {
+            return;
+        }
+        req.finished = true;
+        this.inflight.delete(req.reqId);
+        if (this.bridge) {
+            this.bridge.untrack(req.reqId);
+        }
+        codec.removeFiles(req.files);
+        req.done(err || undefined);
+    }
+
+    failAll(err) {
+        for (const req of Array.from(this.inflight.values())) {
+            this.finish(req, err);
+        }
+    }
+
+    // ---- close -------------------------------------------------------------------
+
+    async close() {
+        let resolve;
+        const closed = new Promise((r) => { resolve = r; });
+        this.closing = { resolve };
+        const err = toError({ code: "POOL_CLOSED", type: "Error", message: t("kernelexec.error.closed") });
+        this.failWaiting(err);
+        if (this.bridge && this.bridge.send({ type: "close", node_id: this.id })) {
+            const timer = setTimeout(resolve, CLOSE_WAIT_MS);
+            await closed;
+            clearTimeout(timer);
+        }
+        this.failAll(err);
+        this.status.stop();
+        await bridges.deregister(this, this.bridge);
+    }
+}
+
+const FRAME_HANDLERS = {
+    pool_state: Runner.prototype.onPoolState,
+    result: Runner.prototype.onResult,
+    send: Runner.prototype.onSend,
+    done: Runner.prototype.onDone,
+    status: Runner.prototype.onStatus,
+    log: Runner.prototype.onLog,
+    error: Runner.prototype.onError,
+    closed: Runner.prototype.onClosed,
+    context_request: Runner.prototype.onContextRequest,
+};
+
+/** Run one context operation on a Node-RED context store (async stores included). */
+function contextOp(store, frame) {
+    return new Promise((resolve, reject) => {
+        const cb = (err, value) => (err ? reject(err) : resolve(value));
+        if (frame.op === "keys") {
+            store.keys(cb);
+        } else if (frame.op === "get") {
+            store.get(frame.key, (err, value) => {
+                if (err) {
+                    reject(err);
+                    return;
+                }
+                try {
+                    resolve(codec.encodeInline(value, frame.scope + "." + frame.key));
+                } catch (e) {
+                    reject(e);
+                }
+            });
+        } else if (frame.op === "set") {
+            codec.decodeValue(frame.value, { unlink: false })
+                .then((value) => store.set(frame.key, value === null ? undefined : value, (err) => (err ? reject(err) : resolve(null))), reject);
+        } else {
+            reject(new Error(t("kernelexec.error.contextOp", { op: frame.op })));
+        }
+    });
+}
+
+module.exports = { Runner, toError };

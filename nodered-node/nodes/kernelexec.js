@@ -1,0 +1,105 @@
+// Node-RED entry point: registers the `kernelexec` node (python in the function category) and
+// its `kernelexec-env` config node (which Python, managed environment, existing bridge, gateway).
+"use strict";
+const bridges = require("../lib/bridge");
+const i18n = require("../lib/i18n");
+const protocol = require("../lib/protocol");
+const { Runner } = require("../lib/runner");
+
+const FIELDS = protocol.CONFIG_FIELDS;
+
+function integer(value, name) {
+    const field = FIELDS[name];
+    const n = parseInt(value, 10);
+    return Number.isFinite(n) ? n : field.default;
+}
+
+function seconds(value) {
+    const n = Number(value);
+    return Number.isFinite(n) && n > 0 ? n : 0;
+}
+
+/** The node's properties (named like the function node's) as a protocol pool configuration. */
+function poolConfig(n, envNode) {
+    return {
+        name: n.name || "",
+        code: typeof n.func === "string" ? n.func : FIELDS.code.default,
+        setup: n.initialize || "",
+        stop: n.finalize || "",
+        outputs: integer(n.outputs, "outputs"),
+        mode: n.mode === "cold" ? "cold" : "hot",
+        workers: integer(n.workers, "workers"),
+        timeout: seconds(n.timeout),
+        queue_limit: integer(n.queueLimit, "queue_limit"),
+        keep_order: n.keepOrder === true || n.keepOrder === "true",
+        env: envNode ? envNode.envConfig() : {},
+    };
+}
+
+module.exports = function (RED) {
+    i18n.init(RED);
+    bridges.setLogger(RED.log);
+
+    function KernelexecEnvNode(n) {
+        RED.nodes.createNode(this, n);
+        const creds = this.credentials || {};
+        this.name = n.name;
+        this.python = (n.python || "").trim();
+        this.url = (n.url || "").trim();
+
+        /** Which bridge serves the nodes using this environment. */
+        this.bridgeOptions = () => (this.url ? { url: this.url, token: creds.token || "" } : { python: this.python });
+
+        /** config.env of the configure frame (EnvConfig in kernelexec/config.py). */
+        this.envConfig = () => {
+            const env = {};
+            const put = (key, value) => {
+                if (value !== undefined && value !== null && value !== "") {
+                    env[key] = value;
+                }
+            };
+            put("python", this.python);
+            put("requirements", (n.requirements || "").trim());
+            put("memory_limit", (n.memoryLimit || "").trim());
+            const cpu = Number(n.cpuLimit);
+            put("cpu_limit", n.cpuLimit !== "" && Number.isFinite(cpu) && cpu > 0 ? cpu : null);
+            if (n.network === false || n.network === "false") {
+                env.network = false;
+            }
+            put("user", (n.user || "").trim());
+            put("gateway_url", (n.gatewayUrl || "").trim());
+            put("gateway_token", creds.gatewayToken || "");
+            return env;
+        };
+    }
+    RED.nodes.registerType("kernelexec-env", KernelexecEnvNode, {
+        credentials: {
+            token: { type: "password" },
+            gatewayToken: { type: "password" },
+        },
+    });
+
+    function KernelexecNode(n) {
+        RED.nodes.createNode(this, n);
+        const node = this;
+        const envNode = n.env ? RED.nodes.getNode(n.env) : null;
+        if (n.env && !envNode) {
+            node.warn(i18n.t("kernelexec.warn.missingEnv", { id: n.env }));
+        }
+        const runner = new Runner(node, poolConfig(n, envNode), {
+            bridge: envNode ? envNode.bridgeOptions() : {},
+            stdoutToMsg: n.stdoutToMsg === true || n.stdoutToMsg === "true",
+        });
+        node.on("input", (msg, send, done) => runner.input(msg, send, done));
+        node.on("close", (removed, done) => {
+            runner.close().then(() => done(), (err) => {
+                node.error(err);
+                done();
+            });
+        });
+        runner.start();
+    }
+    RED.nodes.registerType("kernelexec", KernelexecNode);
+};
+
+module.exports.poolConfig = poolConfig;

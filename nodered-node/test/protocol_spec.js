@@ -1,0 +1,56 @@
+// The package ships a byte-identical copy of kernelexec/protocol/spec.json.
+"use strict";
+const assert = require("assert");
+const fs = require("fs");
+const path = require("path");
+const protocol = require("../lib/protocol");
+
+const SOURCE = path.join(__dirname, "..", "..", "kernelexec", "protocol", "spec.json");
+
+describe("protocol spec copy", function () {
+    it("is byte-identical to ../kernelexec/protocol/spec.json", function () {
+        if (!fs.existsSync(SOURCE)) {
+            this.skip();
+        }
+        const copy = fs.readFileSync(protocol.SPEC_PATH);
+        const source = fs.readFileSync(SOURCE);
+        assert.ok(copy.equals(source), "nodered-node/spec.json differs from kernelexec/protocol/spec.json: run `npm run copy-spec` and commit the copy");
+    });
+
+    it("exposes the constants the codec and bridge use", function () {
+        assert.strictEqual(protocol.MARKER, "$kx");
+        assert.ok(protocol.BLOB_THRESHOLD > 0);
+        assert.ok(protocol.BLOB_PREFIX.length > 0);
+        assert.ok(protocol.compatible(protocol.PROTOCOL_VERSION));
+        assert.ok(!protocol.compatible("999.0"));
+        assert.strictEqual(protocol.configDefaults().code, "return msg");
+    });
+
+    it("has an en-US message for every RED._ key used at runtime", function () {
+        const catalog = require("../nodes/locales/en-US/kernelexec.json");
+        const dirs = [path.join(__dirname, "..", "lib"), path.join(__dirname, "..", "nodes")];
+        const missing = [];
+        for (const dir of dirs) {
+            for (const file of fs.readdirSync(dir).filter((f) => f.endsWith(".js"))) {
+                const text = fs.readFileSync(path.join(dir, file), "utf8");
+                for (const m of text.matchAll(/\bt\(\s*"(kernelexec\.[A-Za-z0-9_.]*[A-Za-z0-9_])"/g)) {
+                    const value = m[1].split(".").reduce((o, k) => (o ? o[k] : undefined), catalog);
+                    if (typeof value !== "string") {
+                        missing.push(`${file}: ${m[1]}`);
+                    }
+                }
+            }
+        }
+        assert.deepStrictEqual(missing, []);
+    });
+
+    it("uses no console.* in runtime code", function () {
+        const dirs = [path.join(__dirname, "..", "lib"), path.join(__dirname, "..", "nodes")];
+        for (const dir of dirs) {
+            for (const file of fs.readdirSync(dir).filter((f) => f.endsWith(".js"))) {
+                const text = fs.readFileSync(path.join(dir, file), "utf8");
+                assert.ok(!/\bconsole\./.test(text), `${file} uses console.*`);
+            }
+        }
+    });
+});
