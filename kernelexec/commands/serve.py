@@ -1,0 +1,214 @@
+"""``kernelexec serve``: run the bridge a Node-RED runtime talks to.
+
+When it listens, it prints exactly one JSON line on stdout::
+
+    {"event": "ready", "url": "http://127.0.0.1:PORT", "port": PORT, "pid": PID, "token": ...}
+
+``token`` is the generated token when none was given (the process that reads stdout needs it
+to connect; it is also shown once on stderr for a person), and null when the token came from
+``--token`` or ``KERNELEXEC_TOKEN``: the caller knows it, and a secret is never echoed. The
+Node-RED node starts ``kernelexec serve --watch-stdin`` with ``KERNELEXEC_TOKEN`` set, keeps
+the stdin pipe open, and the bridge shuts down cleanly when that pipe closes, even when
+Node-RED was killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["main", "register", "run"]
+
+log = logging.getLogger("kernelexec.serve")
+
+Stop = Callable[[str], None]
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to the CLI's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="run the bridge a Node-RED runtime talks to (WebSocket)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--host",
+        default=env("KERNELEXEC_HOST", "127.0.0.1"),
+        help="address to listen on (KERNELEXEC_HOST env var; default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env("KERNELEXEC_PORT", "0")),
+        help="port (KERNELEXEC_PORT env var; default 0 = a free port)",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="the token clients must send (better: KERNELEXEC_TOKEN env var, "
+        "invisible to ps); default: a random token, printed once",
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow --host to be a non-loopback address (anyone with the token "
+        "can run code as this user)",
+    )
+    parser.add_argument(
+        "--watch-stdin",
+        action="store_true",
+        help="shut down when stdin reaches end of file (the parent died)",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="shut down when this process is gone (polled every second)",
+    )
+    parser.add_argument(
+        "--context-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a context request waits for Node-RED (default 30)",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the bridge until a signal or the parent's death; 0 after a clean shutdown."""
+    level = str(getattr(args, "log_level", None) or "WARNING").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not is_loopback(args.host):
+        if not args.allow_remote:
+            print(f"kernelexec serve: refusing to listen on {args.host!r}, which is not a loopback "
+                  "address: anyone who reaches it with the token can run code as this user. "
+                  "Add --allow-remote if that is what you want.", file=sys.stderr)  # fmt: skip
+            return 2
+        log.warning("Listening on %s, reachable from other machines: protect the token", args.host)
+    token = args.token or os.environ.get("KERNELEXEC_TOKEN") or None
+    return asyncio.run(_serve(args, token))
+
+
+async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
+    from ..server import Bridge, BridgeOptions, Server
+
+    token = given_token or secrets.token_urlsafe(32)
+    bridge = Bridge(options=BridgeOptions(context_timeout=args.context_timeout))
+    server = Server(token=token, host=args.host, port=args.port, bridge=bridge)
+    await server.start()
+    stopped = asyncio.Event()
+    reasons: list[str] = []
+
+    def stop(reason: str) -> None:
+        if reasons:
+            log.info("Already stopping (%s); ignoring: %s", reasons[0], reason)
+            return
+        reasons.append(reason)
+        stopped.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, f"received {signal.Signals(sig).name}")
+    watchers = _start_watchers(args, loop, stop)
+    _announce(server, None if given_token else token)
+    await stopped.wait()
+    await server.stop(reasons[0])
+    for watcher in watchers:
+        watcher.cancel()
+    return 0
+
+
+def _announce(server: Any, generated_token: str | None) -> None:
+    if generated_token is not None:
+        print(f"kernelexec serve: token {generated_token}", file=sys.stderr, flush=True)
+    ready = {
+        "event": "ready",
+        "url": server.url,
+        "port": server.port,
+        "pid": os.getpid(),
+        "token": generated_token,
+    }
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+
+
+def _start_watchers(
+    args: argparse.Namespace, loop: asyncio.AbstractEventLoop, stop: Stop
+) -> list[asyncio.Task[None]]:
+    if args.watch_stdin:
+        threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True,
+                         name="kernelexec-stdin-watch").start()  # fmt: skip
+    if args.parent_pid is not None:
+        return [asyncio.ensure_future(_watch_parent(args.parent_pid, stop))]
+    return []
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: Stop) -> None:
+    """Read stdin until end of file (the parent closed its end or died)."""
+    with contextlib.suppress(OSError):
+        while os.read(0, 65536):
+            pass
+    with contextlib.suppress(RuntimeError):  # the loop is already closed
+        loop.call_soon_threadsafe(stop, "stdin closed: the parent process is gone")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with (
+        contextlib.suppress(OSError, IndexError),
+        open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f,
+    ):
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+async def _watch_parent(pid: int, stop: Stop, interval: float = 1.0) -> None:
+    was_parent = pid == os.getppid()
+    while True:
+        await asyncio.sleep(interval)
+        if not pid_alive(pid) or (was_parent and os.getppid() != pid):
+            stop(f"parent process {pid} is gone")
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kernelexec.commands.serve``: the serve command alone."""
+    parser = argparse.ArgumentParser(prog="kernelexec serve")
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="info", help="log level on stderr")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The bridge application (:func:`make_app`) and its life cycle (:class:`Server`).
+
+Shutdown (:meth:`Server.stop`, on SIGTERM/SIGINT or when the parent process is gone):
+
+1. stop accepting connections; new ``configure`` frames are refused;
+2. close every pool at once: waiting and running messages end with a POOL_CLOSED result
+   that still reaches Node-RED, stop code runs, kernels go down (killed past a deadline);
+3. close every WebSocket (1001, "bridge shutting down");
+4. remove orphan blob files (``kernelexec.blobs.sweep_orphans``) of the dead kernels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from tornado import httpserver, netutil, web
+
+from .bridge import Bridge
+from .handlers import NotFoundHandler, default_handlers
+
+__all__ = ["Server", "make_app", "sweep_blobs"]
+
+log = logging.getLogger("kernelexec.server")
+access_log = logging.getLogger("kernelexec.server.access")
+
+
+def _log_request(handler: web.RequestHandler) -> None:
+    """Access log without the query string: ``?token=`` must never reach a log."""
+    request = handler.request
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING
+    access_log.log(
+        level, "%d %s %s %.1fms", status, request.method, request.path,
+        1000.0 * request.request_time(),
+    )  # fmt: skip
+
+
+def make_app(bridge: Bridge, token: str) -> web.Application:
+    """The tornado application of one bridge, protected by ``token``."""
+    if not token:
+        msg = "the bridge needs a non-empty token"
+        raise ValueError(msg)
+    options = bridge.options
+    ping = options.ping_interval or None
+    return web.Application(
+        [*default_handlers, (r".*", NotFoundHandler)],
+        kernelexec_bridge=bridge,
+        kernelexec_token=token,
+        # frames above max_frame_bytes get a FRAME_TOO_LARGE error frame from the session;
+        # tornado drops the connection (1009) only beyond twice that, to bound memory.
+        websocket_max_message_size=2 * options.max_frame_bytes,
+        websocket_ping_interval=ping,
+        websocket_ping_timeout=3 * ping if ping else None,
+        log_function=_log_request,
+    )
+
+
+def sweep_blobs() -> None:
+    """Remove blob files whose writer is dead (when kernelexec.blobs is installed)."""
+    try:
+        from .. import blobs
+    except ImportError:
+        return
+    sweep: Any = getattr(blobs, "sweep_orphans", None)
+    if sweep is not None:
+        try:
+            sweep()
+        except Exception:
+            log.exception("Removing orphan blob files failed")
+
+
+class Server:
+    """One bridge listening on one address."""
+
+    def __init__(
+        self, *, token: str, host: str = "127.0.0.1", port: int = 0, bridge: Bridge | None = None
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.bridge = bridge or Bridge()
+        self.app = make_app(self.bridge, token)
+        self._http: httpserver.HTTPServer | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen; ``self.port`` is the real port afterwards (``port=0`` picks a free one)."""
+        sockets = netutil.bind_sockets(self.port, self.host)
+        self.port = sockets[0].getsockname()[1]
+        self._http = httpserver.HTTPServer(self.app)
+        self._http.add_sockets(sockets)
+        sweep_blobs()
+        log.info("Bridge listening on %s", self.url)
+
+    def stop(self, reason: str = "the bridge is stopping") -> asyncio.Future[None]:
+        """Shut down (idempotent): see the module docstring."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(reason))
+        return asyncio.shield(self._stopping)
+
+    async def _stop(self, reason: str) -> None:
+        bridge = self.bridge
+        bridge.closing = reason
+        log.info("Bridge stopping: %s", reason)
+        if self._http is not None:
+            self._http.stop()
+        await bridge.registry.close_all()
+        sessions = list(bridge.sessions)
+        await asyncio.gather(*(s.end(reason) for s in sessions), *bridge.tasks)
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                session.transport.close(1001, "bridge shutting down")
+        if self._http is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._http.close_all_connections(), 2.0)
+        sweep_blobs()
+        log.info("Bridge stopped")

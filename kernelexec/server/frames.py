@@ -1,0 +1,170 @@
+"""Frames of the bridge protocol: parse and validate client frames, build server frames.
+
+Everything here is derived from ``kernelexec/protocol/spec.json`` at import time: the frame
+types, their fields and the type of each field (the first word of the field's description:
+``string``, ``object``, ``integer``, ``number``, ``boolean``, ``array`` or ``any``; a
+description containing ``or null`` makes the field nullable, and a nullable field may be left
+out). Unknown extra fields are ignored, so a newer minor version of the client still works.
+The hot path (:func:`parse_frame`) does one ``json.loads`` and a few dict lookups per frame.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..protocol import ERROR_CODES, PROTOCOL_VERSION, load_spec
+
+__all__ = [
+    "CLIENT_FRAMES",
+    "SERVER_FRAMES",
+    "FrameError",
+    "dumps",
+    "error_frame",
+    "error_object",
+    "major_version",
+    "parse_frame",
+]
+
+_SPEC = load_spec()
+CLIENT_FRAMES: frozenset[str] = frozenset(_SPEC["client_frames"])
+SERVER_FRAMES: frozenset[str] = frozenset(_SPEC["server_frames"])
+
+_KINDS: dict[str, tuple[type, ...] | None] = {
+    "string": (str,),
+    "object": (dict,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "any": None,
+}
+
+#: (field name, accepted python types or None for any, nullable) per client frame type.
+_Field = tuple[str, "tuple[type, ...] | None", bool]
+
+
+def _field_rule(frame_type: str, name: str, description: str) -> _Field:
+    kind = description.split(None, 1)[0].strip(",:;").lower()
+    if kind not in _KINDS:
+        msg = f"spec.json: client frame {frame_type}.{name} has unknown type {kind!r}"
+        raise RuntimeError(msg)
+    return (name, _KINDS[kind], "or null" in description)
+
+
+_RULES: dict[str, tuple[_Field, ...]] = {
+    frame_type: tuple(_field_rule(frame_type, name, desc) for name, desc in body["fields"].items())
+    for frame_type, body in _SPEC["client_frames"].items()
+}
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+class FrameError(Exception):
+    """A client frame that cannot be handled; becomes an ``error`` frame, never a crash."""
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "BAD_FRAME",
+        *,
+        req_id: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.req_id = req_id
+        self.node_id = node_id
+
+    def to_frame(self) -> dict[str, Any]:
+        return error_frame(self.code, self.message, req_id=self.req_id, node_id=self.node_id)
+
+
+def error_object(code: str, message: str, type_name: str = "BridgeError") -> dict[str, Any]:
+    """The protocol's error object (spec ``error_object``) for an error the bridge detects."""
+    if code not in ERROR_CODES:
+        msg = f"error code {code!r} is not in spec.json error_codes"
+        raise ValueError(msg)
+    return {"code": code, "type": type_name, "message": message, "traceback": None, "line": None}
+
+
+def error_frame(
+    code: str, message: str, *, req_id: str | None = None, node_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": error_object(code, message, "ProtocolError"),
+        "req_id": req_id,
+        "node_id": node_id,
+    }
+
+
+def _ids(frame: dict[str, Any]) -> tuple[str | None, str | None]:
+    req_id, node_id = frame.get("req_id"), frame.get("node_id")
+    return (
+        req_id if isinstance(req_id, str) else None,
+        node_id if isinstance(node_id, str) else None,
+    )
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_fields(frame_type: str, frame: dict[str, Any]) -> None:
+    for name, kinds, nullable in _RULES[frame_type]:
+        value = frame.get(name)
+        if value is None:
+            if nullable:
+                frame.setdefault(name, None)
+                continue
+            if kinds is None and name in frame:
+                continue
+            req_id, node_id = _ids(frame)
+            msg = f"{frame_type} frame: field {name!r} is missing; see docs/protocol.md"
+            raise FrameError(msg, req_id=req_id, node_id=node_id)
+        if kinds is not None and (
+            not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+        ):
+            req_id, node_id = _ids(frame)
+            expected = " or ".join(k.__name__ for k in kinds)
+            msg = f"{frame_type} frame: field {name!r} is {_describe(value)}; expected {expected}"
+            raise FrameError(msg, req_id=req_id, node_id=node_id)
+
+
+def parse_frame(text: str | bytes) -> dict[str, Any]:
+    """Decode and validate one client frame; raises :class:`FrameError` when it is unusable."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        msg = f"frame is not valid JSON ({exc}); send one JSON object per text frame"
+        raise FrameError(msg) from None
+    if not isinstance(frame, dict):
+        msg = f"frame is {_describe(frame)}, not a JSON object with a 'type' field"
+        raise FrameError(msg)
+    frame_type = frame.get("type")
+    if frame_type not in _RULES:
+        req_id, node_id = _ids(frame)
+        known = ", ".join(sorted(CLIENT_FRAMES))
+        msg = f"unknown frame type {_describe(frame_type)}; known types: {known}"
+        raise FrameError(msg, "UNKNOWN_TYPE", req_id=req_id, node_id=node_id)
+    _check_fields(frame_type, frame)
+    return frame
+
+
+def major_version(version: str) -> int | None:
+    """The MAJOR of a "MAJOR.MINOR" version string, or None when it is not one."""
+    head, _, tail = version.partition(".")
+    if not (head + tail).isascii() or not head.isdigit() or not tail.isdigit():
+        return None
+    return int(head)
+
+
+PROTOCOL_MAJOR = major_version(PROTOCOL_VERSION)
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    """Encode a server frame (compact, UTF-8 text, NaN refused: JSON.parse cannot read it)."""
+    return _ENCODER.encode(frame)
