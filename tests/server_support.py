@@ -1,0 +1,193 @@
+"""Helpers for the bridge tests: a real bridge (in-process or `python -m kernelexec serve`)
+and a WebSocket client that speaks the protocol (tornado.websocket.websocket_connect)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from kernelexec.protocol import PROTOCOL_VERSION
+from kernelexec.server import Bridge, BridgeOptions, Server
+
+TOKEN = "test-token-0123456789"
+READ_TIMEOUT = 60.0
+
+
+async def start_server(**options: Any) -> Server:
+    """An in-process bridge on a free loopback port, real pools."""
+    opts = BridgeOptions(**{"context_timeout": 5.0, "max_frame_bytes": 1 << 20, **options})
+    server = Server(token=TOKEN, bridge=Bridge(options=opts))
+    await server.start()
+    return server
+
+
+def ws_url(port: int, token: str | None = None) -> str:
+    query = f"?token={token}" if token is not None else ""
+    return f"ws://127.0.0.1:{port}/ws{query}"
+
+
+async def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> HTTPResponse:
+    request = HTTPRequest(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        return await AsyncHTTPClient().fetch(request, raise_error=False)
+    except HTTPClientError as exc:  # pragma: no cover - raise_error=False returns instead
+        assert exc.response is not None
+        return exc.response
+
+
+class Client:
+    """A protocol client; frames read but not yet wanted wait in a backlog."""
+
+    def __init__(self, ws: WebSocketClientConnection) -> None:
+        self.ws = ws
+        self.backlog: list[dict[str, Any]] = []
+        self.seen: list[dict[str, Any]] = []
+        self.context: dict[str, Any] | None = None
+
+    @classmethod
+    async def connect(
+        cls, port: int, *, token: str = TOKEN, hello: bool = True, **headers: str
+    ) -> Client:
+        request = HTTPRequest(ws_url(port), headers={"Authorization": f"token {token}", **headers})
+        client = cls(await websocket_connect(request))
+        if hello:
+            await client.send(type="hello", protocol_version=PROTOCOL_VERSION, client="pytest")
+            welcome = await client.next(lambda f: f["type"] in ("welcome", "error"))
+            assert welcome["type"] == "welcome", welcome
+        return client
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.write_message(json.dumps(frame))
+
+    async def send_raw(self, text: str | bytes) -> None:
+        await self.ws.write_message(text, binary=isinstance(text, bytes))
+
+    async def _read(self, timeout: float) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.ws.read_message(), timeout)
+        if message is None:
+            raise ConnectionError(f"closed: {self.ws.close_code} {self.ws.close_reason}")
+        frame: dict[str, Any] = json.loads(message)
+        self.seen.append(frame)
+        if frame["type"] == "context_request" and self.context is not None:
+            await self._answer_context(frame)
+        return frame
+
+    async def _answer_context(self, frame: dict[str, Any]) -> None:
+        store = self.context
+        assert store is not None
+        key = f"{frame['scope']}:{frame['key']}"
+        value = None
+        if frame["op"] == "get":
+            value = store.get(key)
+        elif frame["op"] == "set":
+            store[key] = frame["value"]
+        else:
+            value = sorted(k.split(":", 1)[1] for k in store if k.startswith(frame["scope"]))
+        await self.send(type="context_reply", ctx_id=frame["ctx_id"], value=value, error=None)
+
+    async def next(
+        self, want: Callable[[dict[str, Any]], bool], timeout: float = READ_TIMEOUT
+    ) -> dict[str, Any]:
+        """The first frame (backlog first) for which ``want`` is true."""
+        for i, frame in enumerate(self.backlog):
+            if want(frame):
+                return self.backlog.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self._read(max(0.01, deadline - time.monotonic()))
+            if want(frame):
+                return frame
+            self.backlog.append(frame)
+
+    async def result(self, req_id: str, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+        return await self.next(
+            lambda f: f.get("req_id") == req_id and f["type"] in ("result", "error"), timeout
+        )
+
+    async def state(
+        self, node_id: str, *states: str, timeout: float = READ_TIMEOUT
+    ) -> dict[str, Any]:
+        return await self.next(
+            lambda f: (
+                f["type"] == "pool_state" and f["node_id"] == node_id and f["state"] in states
+            ),
+            timeout,
+        )
+
+    async def configure(self, node_id: str, **config: Any) -> dict[str, Any]:
+        """Configure a pool and wait until it is ready (or failed)."""
+        await self.send(type="configure", node_id=node_id, config=config)
+        return await self.state(node_id, "ready", "error")
+
+    async def execute(self, node_id: str, req_id: str, msg: dict[str, Any]) -> dict[str, Any]:
+        await self.send(type="execute", node_id=node_id, req_id=req_id, msg=msg)
+        return await self.result(req_id)
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+class BridgeProcess:
+    """`python -m kernelexec serve` as a child process; reads its ready line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, "KERNELEXEC_TOKEN": TOKEN, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kernelexec", "serve", "--port", "0", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"bridge did not start: {err.decode(errors='replace')}")
+        self.ready: dict[str, Any] = json.loads(line)
+        self.port: int = self.ready["port"]
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait(self, timeout: float = 30.0) -> tuple[int, str]:
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err.decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)
+
+
+def gone(processes: list[psutil.Process], timeout: float = 10.0) -> list[psutil.Process]:
+    """The processes still alive (not zombies) after waiting up to ``timeout``."""
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def kernel_children() -> list[psutil.Process]:
+    """Kernel processes below this test process."""
+    return [
+        p for p in psutil.Process().children(recursive=True) if "kernel" in " ".join(_cmdline(p))
+    ]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []

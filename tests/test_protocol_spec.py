@@ -1,0 +1,27 @@
+"""The Node-RED package ships a byte-identical copy of the protocol spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kernelexec.protocol import PROTOCOL_VERSION, load_spec, spec_text
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "kernelexec" / "protocol" / "spec.json"
+COPY = ROOT / "nodered-node" / "spec.json"
+
+
+def test_nodered_copy_is_byte_identical() -> None:
+    if not COPY.exists():
+        pytest.skip(f"{COPY} does not exist yet: the Node-RED package ships no spec copy")
+    assert COPY.read_bytes() == SOURCE.read_bytes(), (
+        f"{COPY} differs from {SOURCE}: copy the Python spec over the Node-RED one "
+        "(spec.json is edited in kernelexec/protocol only)"
+    )
+
+
+def test_the_package_loads_the_file_it_ships() -> None:
+    assert spec_text().encode("utf-8") == SOURCE.read_bytes()
+    assert load_spec()["version"] == PROTOCOL_VERSION

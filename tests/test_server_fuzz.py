@@ -1,0 +1,121 @@
+"""Fuzzing the frame parser and the session: any input gives a frame or a FrameError, and a
+session answers every input with spec-conforming frames without ever raising."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernelexec.errors import EnvironmentBuildError
+from kernelexec.protocol import ERROR_CODES, PROTOCOL_VERSION, load_spec
+from kernelexec.server import Bridge, BridgeOptions
+from kernelexec.server.frames import CLIENT_FRAMES, SERVER_FRAMES, FrameError, parse_frame
+from kernelexec.server.session import Session
+
+SPEC = load_spec()
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def spec_shaped_frames(draw: st.DrawFn) -> dict[str, Any]:
+    """Frames of a real client type whose fields are sometimes right, sometimes anything."""
+    frame_type = draw(st.sampled_from(sorted(CLIENT_FRAMES)) | st.text(max_size=12))
+    frame: dict[str, Any] = {"type": frame_type}
+    fields = SPEC["client_frames"].get(frame_type, {}).get("fields", {})
+    for name, description in fields.items():
+        if draw(st.booleans()) and draw(st.booleans()):
+            continue  # leave the field out
+        kind = description.split()[0].strip(",:")
+        good = {
+            "string": st.text(max_size=10),
+            "object": st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+            "any": json_values,
+        }.get(kind, json_values)
+        frame[name] = draw(good | json_values)
+    extra = draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2))
+    return {**extra, **frame}
+
+
+def check_parsed(frame: dict[str, Any]) -> None:
+    assert frame["type"] in CLIENT_FRAMES
+    for name, description in SPEC["client_frames"][frame["type"]]["fields"].items():
+        assert name in frame or "or null" in description
+
+
+@given(st.text() | st.binary())
+def test_any_text_parses_or_raises_frame_error(raw: str | bytes) -> None:
+    try:
+        frame = parse_frame(raw)
+    except FrameError as exc:
+        assert exc.code in ERROR_CODES and exc.message
+    else:
+        check_parsed(frame)
+
+
+@given(spec_shaped_frames())
+def test_spec_shaped_frames_parse_or_raise_frame_error(frame: dict[str, Any]) -> None:
+    try:
+        parsed = parse_frame(json.dumps(frame))
+    except FrameError as exc:
+        assert exc.code in ("BAD_FRAME", "UNKNOWN_TYPE")
+        assert exc.to_frame()["type"] == "error"
+    else:
+        check_parsed(parsed)
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed: tuple[int | None, str | None] | None = None
+
+    def write_message(self, message: str) -> None:
+        self.frames.append(json.loads(message))
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closed = (code, reason)
+
+
+def no_kernels_here(config: Any, hooks: Any) -> Any:
+    text = "the fuzz test starts no kernels"
+    raise EnvironmentBuildError(text)
+
+
+async def feed(frames: list[str]) -> RecordingTransport:
+    bridge = Bridge(options=BridgeOptions(max_frame_bytes=4096), pool_factory=no_kernels_here)
+    transport = RecordingTransport()
+    session = Session(bridge, transport)
+    session.handle(
+        json.dumps({"type": "hello", "protocol_version": PROTOCOL_VERSION, "client": "f"})
+    )
+    for raw in frames:
+        session.handle(raw)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    await session.end("fuzz done")
+    return transport
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(spec_shaped_frames().map(json.dumps) | st.text(max_size=30), max_size=8))
+def test_session_answers_any_input_with_spec_frames(frames: list[str]) -> None:
+    transport = asyncio.run(feed(frames))
+    assert transport.frames[0]["type"] == "welcome"
+    for frame in transport.frames:
+        assert frame["type"] in SERVER_FRAMES
+        missing = set(SPEC["server_frames"][frame["type"]]["fields"]) - set(frame)
+        assert not missing, frame
+        error = frame.get("error")
+        if isinstance(error, dict):
+            assert error["code"] in ERROR_CODES
+            assert error["code"] != "INTERNAL", error  # a bridge bug, not a bad frame

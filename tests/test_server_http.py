@@ -1,0 +1,103 @@
+"""The bridge's HTTP surface on a real server: health, token, origin, 404s, metrics access."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from server_support import TOKEN, Client, http_get, start_server, ws_url
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from kernelexec.server import Server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def server() -> AsyncIterator[Server]:
+    server = await start_server()
+    yield server
+    await server.stop("tests done")
+
+
+async def test_healthz_needs_no_token_and_is_small_json(server: Server) -> None:
+    response = await http_get(server.port, "/healthz")
+    assert response.code == 200
+    body = json.loads(response.body)
+    assert body["status"] == "ok" and body["pools"] == 0
+    assert TOKEN not in response.body.decode()
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, 401),
+        ({"Authorization": "token wrong"}, 403),
+        ({"Authorization": f"token {TOKEN}x"}, 403),
+        ({"Authorization": "token"}, 401),
+        ({"Authorization": f"token {TOKEN}"}, 200),
+        ({"Authorization": f"Bearer {TOKEN}"}, 200),
+    ],
+)
+async def test_metrics_needs_the_token(server: Server, headers: dict[str, str], code: int) -> None:
+    response = await http_get(server.port, "/metrics", headers)
+    assert response.code == code
+    if code == 401:
+        assert response.headers["WWW-Authenticate"].startswith("token")
+    if code != 200:
+        assert json.loads(response.body)["message"]
+
+
+async def test_query_token_is_for_the_websocket_only(server: Server) -> None:
+    response = await http_get(server.port, f"/metrics?token={TOKEN}")
+    assert response.code == 401
+
+
+async def test_unknown_path_is_a_json_404(server: Server) -> None:
+    response = await http_get(server.port, "/nope", {"Authorization": f"token {TOKEN}"})
+    assert response.code == 404
+    assert "/ws" in json.loads(response.body)["message"]
+
+
+async def ws_status(server: Server, url: str, headers: dict[str, str]) -> int:
+    try:
+        ws = await websocket_connect(HTTPRequest(url, headers=headers))
+    except HTTPClientError as exc:
+        return exc.code
+    ws.close()
+    return 101
+
+
+@pytest.mark.parametrize(
+    ("token", "headers", "code"),
+    [
+        (None, {}, 401),
+        ("wrong", {}, 403),
+        (TOKEN, {}, 101),
+        (None, {"Authorization": f"token {TOKEN}"}, 101),
+        (TOKEN, {"Origin": "http://evil.example.com"}, 403),
+        (TOKEN, {"Origin": "http://localhost:1"}, 403),
+        (TOKEN, {"Origin": "null"}, 403),
+    ],
+)
+async def test_websocket_refusals(
+    server: Server, token: str | None, headers: dict[str, str], code: int
+) -> None:
+    assert await ws_status(server, ws_url(server.port, token), headers) == code
+
+
+async def test_websocket_accepts_its_own_origin(server: Server) -> None:
+    origin = {"Origin": f"http://127.0.0.1:{server.port}"}
+    assert await ws_status(server, ws_url(server.port, TOKEN), origin) == 101
+
+
+async def test_healthz_counts_connections(server: Server) -> None:
+    client = await Client.connect(server.port)
+    try:
+        body = json.loads((await http_get(server.port, "/healthz")).body)
+        assert body["connections"] >= 1
+    finally:
+        client.close()
