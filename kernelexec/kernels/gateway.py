@@ -286,7 +286,14 @@ def _reason(response: HTTPResponse) -> str:
 class _Rest:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.client = AsyncHTTPClient(force_instance=True, max_clients=32)
+        self._client: AsyncHTTPClient | None = None
+
+    @property
+    def client(self) -> AsyncHTTPClient:
+        # made on first use, inside the event loop that will drive it
+        if self._client is None:
+            self._client = AsyncHTTPClient(force_instance=True, max_clients=32)
+        return self._client
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -353,7 +360,9 @@ class _Rest:
         raise GatewayError(msg)
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 @dataclass
@@ -383,6 +392,8 @@ class GatewayKernel(KernelHandle):
         self._closing = False
         self._death: str | None = None
         self._stage_seq = 0
+        self._auto_restarted = False
+        self._spec_checked = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -395,6 +406,7 @@ class GatewayKernel(KernelHandle):
         if self.settings.kernel_env:
             body["env"] = dict(self.settings.kernel_env)
         started = time.monotonic()
+        await self._check_kernel_name()
         try:
             model = await self._rest.call(
                 "POST", "/api/kernels", body, timeout=self.settings.start_timeout,
@@ -415,20 +427,48 @@ class GatewayKernel(KernelHandle):
             await self._delete_quietly()
             raise
 
+    async def _check_kernel_name(self) -> None:
+        """Fail clearly (and at once) when the gateway has no such kernel spec."""
+        if self._spec_checked:
+            return
+        try:
+            specs = await self._rest.call("GET", "/api/kernelspecs")
+        except _NotFound:
+            return
+        names = sorted((specs or {}).get("kernelspecs") or {})
+        if names and self.settings.kernel_name not in names:
+            msg = (
+                f"gateway {self.settings.url} has no kernel spec "
+                f"{self.settings.kernel_name!r}; it has {names} (set kernel_name in gateway_url)"
+            )
+            raise GatewayError(msg)
+        self._spec_checked = True
+
     async def restart(self) -> None:
         self._fail_pending("the kernel was restarted")
         await self._close_ws()
         if self.kernel_id is None:
             await self.start()
             return
+        if self._auto_restarted:
+            # the gateway restarts a dead kernel itself: a fresh process is on its way
+            self._auto_restarted = False
+            try:
+                await self._open(self.settings.start_timeout)
+                return
+            except (GatewayError, KernelDiedError) as exc:
+                log.info("gateway kernel %s did not come back by itself: %s", self.kernel_id, exc)
+                await self._close_ws()
         try:
             await self._rest.call(
                 "POST", f"/api/kernels/{self.kernel_id}/restart",
-                timeout=self.settings.start_timeout,
+                timeout=self.settings.start_timeout, retries=2,
             )
-        except _NotFound:  # culled, or the gateway itself restarted and lost it
-            log.warning("gateway kernel %s is gone; starting a new one", self.kernel_id)
-            self.kernel_id = None
+        except (_NotFound, GatewayError) as exc:
+            # culled, lost by a restarted gateway, or a restart that failed: a new kernel
+            log.warning("gateway kernel %s could not be restarted (%s); starting a new one",
+                        self.kernel_id, exc)
+            await self._delete_quietly(retries=1)
             await self.start()
             return
         await self._open(self.settings.start_timeout)
@@ -448,8 +488,7 @@ class GatewayKernel(KernelHandle):
         for task in list(self._tasks):
             task.cancel()
         await self._delete_quietly(retries=1 if now else None)
-        self._rest.close()
-        self._rest = _Rest(self.settings)  # usable again by a later start()
+        self._rest.close()  # a later start() makes a new HTTP client
 
     async def _delete_quietly(self, retries: int | None = None) -> None:
         kernel_id, self.kernel_id = self.kernel_id, None
@@ -592,11 +631,17 @@ class GatewayKernel(KernelHandle):
         conn, self._ws = self._ws, None
         reader, self._reader = self._reader, None
         if conn is not None:
-            conn.close()
-        if reader is not None:
+            conn.close()  # close handshake; the reader ends when the server answers
+            if reader is not None:
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(reader), 1.0)
+            stream = getattr(conn, "stream", None)
+            if stream is not None and not stream.closed():
+                stream.close()  # no answer: drop the socket rather than leak it
+        if reader is not None and not reader.done():
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(reader, 2.0)
+                await asyncio.wait_for(reader, 1.0)
 
     # -- messages --------------------------------------------------------------------
 
@@ -670,6 +715,7 @@ class GatewayKernel(KernelHandle):
             and content.get("execution_state") in ("dead", "restarting")
             and not msg.parent_id  # the gateway's own notice, not the kernel's
         ):
+            self._auto_restarted = content["execution_state"] == "restarting"
             self._mark_dead(f"the kernel died (gateway status {content['execution_state']!r})")
 
     async def _answer_stdin(self, msg: _Message) -> None:
