@@ -91,7 +91,7 @@ class Bridge {
     }
 
     spawnProcess(generation) {
-        const args = ["-m", "kernelexec", "serve", "--port", "0", "--watch-stdin"];
+        const args = ["-m", "kernelexec", "serve", "--port", "0", "--watch-stdin", "--parent-pid", String(process.pid)];
         const env = Object.assign({}, process.env, { KERNELEXEC_TOKEN: this.token, PYTHONUNBUFFERED: "1" });
         let child;
         try {

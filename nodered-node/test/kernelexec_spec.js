@@ -1,0 +1,346 @@
+// End to end: flows with the kernelexec node on a real Node-RED runtime, the real bridge
+// (spawned by the node with KERNELEXEC_PYTHON) and real IPython kernels.
+"use strict";
+const assert = require("assert");
+const fs = require("fs");
+const bridges = require("../lib/bridge");
+const S = require("./support");
+
+const { helper } = S;
+const N = S.nodes;
+
+function py(id, func, extra) {
+    return Object.assign({ id, type: "kernelexec", name: "", func, outputs: 1, mode: "hot", workers: 1, timeout: 0, wires: [["out"]] }, extra);
+}
+
+async function load(nodes, flow) {
+    await S.load(nodes, S.tab(flow));
+}
+
+describe("kernelexec node (real bridge, real kernels)", function () {
+    this.timeout(60000);
+
+    afterEach(async function () {
+        await S.unload();
+    });
+
+    it("runs function-style code on a message (hello)", async function () {
+        await load(N.kernelexecNode, [
+            py("n1", "msg['payload'] = 'hello ' + msg['payload']\nreturn msg"),
+            { id: "out", type: "helper" },
+        ]);
+        const got = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: "world", topic: "t" });
+        const [msg] = await got;
+        assert.strictEqual(msg.payload, "hello world");
+        assert.strictEqual(msg.topic, "t");
+    });
+
+    it("sends to several outputs, several messages per output", async function () {
+        await load(N.kernelexecNode, [
+            py("n1", "return [msg, [{'payload': 1}, {'payload': 2}], None]", { outputs: 3, wires: [["o1"], ["o2"], ["o3"]] }),
+            { id: "o1", type: "helper" }, { id: "o2", type: "helper" }, { id: "o3", type: "helper" },
+        ]);
+        const first = S.messages(helper.getNode("o1"), 1);
+        const second = S.messages(helper.getNode("o2"), 2);
+        let third = 0;
+        helper.getNode("o3").on("input", () => { third += 1; });
+        helper.getNode("n1").receive({ payload: "a" });
+        const [m1] = await first;
+        const [a, b] = await second;
+        assert.strictEqual(m1.payload, "a");
+        assert.deepStrictEqual([a.payload, b.payload], [1, 2]);
+        assert.strictEqual(a._msgid, m1._msgid, "new messages carry the input's _msgid, as in the function node");
+        await new Promise((r) => setTimeout(r, 200));
+        assert.strictEqual(third, 0);
+    });
+
+    it("delivers node.send() during and after the execution, in order", async function () {
+        const code = [
+            "import threading",
+            "node.send({'payload': 'early'})",
+            "threading.Timer(0.3, lambda: node.send({'payload': 'late'})).start()",
+            "msg['payload'] = 'result'",
+            "return msg",
+        ].join("\n");
+        await load(N.kernelexecNode, [py("n1", code), { id: "out", type: "helper" }]);
+        const got = S.messages(helper.getNode("out"), 3);
+        helper.getNode("n1").receive({ payload: 0 });
+        const msgs = await got;
+        assert.deepStrictEqual(msgs.map((m) => m.payload), ["early", "result", "late"]);
+    });
+
+    it("reports a Python exception to a Catch node with the user traceback", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", "x = 1\nraise ValueError('bad value ' + str(msg['payload']))"),
+            { id: "c1", type: "catch", scope: null, uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" },
+            { id: "caught", type: "helper" },
+        ]);
+        const got = S.messages(helper.getNode("caught"), 1);
+        helper.getNode("n1").receive({ payload: 7 });
+        const [msg] = await got;
+        assert.strictEqual(msg.payload, 7);
+        assert.match(msg.error.message, /^ValueError: bad value 7/);
+        assert.match(msg.error.message, /line 2/);
+        assert.strictEqual(msg.error.source.id, "n1");
+        assert.match(msg.error.stack, /line 2/);
+        assert.match(msg.error.stack, /ValueError/);
+    });
+
+    it("triggers Complete nodes, also when the code calls node.done() itself", async function () {
+        await load([N.kernelexecNode, N.completeNode], [
+            py("n1", "return msg"),
+            py("n2", "import threading\nnode.send(msg)\nthreading.Timer(0.2, node.done).start()", { wires: [["out2"]] }),
+            { id: "k1", type: "complete", scope: ["n1"], uncaught: false, wires: [["done1"]] },
+            { id: "k2", type: "complete", scope: ["n2"], uncaught: false, wires: [["done2"]] },
+            { id: "out", type: "helper" }, { id: "out2", type: "helper" },
+            { id: "done1", type: "helper" }, { id: "done2", type: "helper" },
+        ]);
+        const d1 = S.messages(helper.getNode("done1"), 1);
+        const d2 = S.messages(helper.getNode("done2"), 1);
+        const sent2 = S.messages(helper.getNode("out2"), 1);
+        helper.getNode("n1").receive({ payload: 1 });
+        const t0 = Date.now();
+        helper.getNode("n2").receive({ payload: 2 });
+        assert.strictEqual((await d1)[0].payload, 1);
+        assert.strictEqual((await sent2)[0].payload, 2);
+        assert.strictEqual((await d2)[0].payload, 2);
+        assert.ok(Date.now() - t0 >= 150, "complete fired only after node.done()");
+    });
+
+    it("shows the pool status, then the status set from Python", async function () {
+        await load([N.kernelexecNode, N.statusNode], [
+            py("n1", "node.status({'fill': 'blue', 'shape': 'ring', 'text': 'seen ' + str(msg['payload'])})\nreturn msg"),
+            { id: "out", type: "helper" },
+        ]);
+        const n1 = helper.getNode("n1");
+        await S.call(n1, "status", (s) => s && s.fill === "green" && /hot 0\/1 busy/.test(s.text));
+        const user = S.call(n1, "status", (s) => s && s.text === "seen 5");
+        n1.receive({ payload: 5 });
+        const [status] = await user;
+        assert.deepStrictEqual(status, { fill: "blue", shape: "ring", text: "seen 5" });
+    });
+
+    it("reads and writes node, flow and global context, Buffers included", async function () {
+        const code = [
+            "n = context.get('count') or 0",
+            "context.set('count', n + 1)",
+            "flow.set('blob', b'\\x00\\x01\\x02')",
+            "msg['payload'] = {'count': n + 1, 'greeting': global_.get('greeting'), 'keys': sorted(context.keys())}",
+            "return msg",
+        ].join("\n");
+        await load(N.kernelexecNode, [py("n1", code), { id: "out", type: "helper" }]);
+        const n1 = helper.getNode("n1");
+        n1.context().global.set("greeting", "hi");
+        const got = S.messages(helper.getNode("out"), 2);
+        n1.receive({ payload: 1 });
+        n1.receive({ payload: 2 });
+        const msgs = await got;
+        assert.deepStrictEqual(msgs.map((m) => m.payload.count), [1, 2]);
+        assert.strictEqual(msgs[0].payload.greeting, "hi");
+        assert.deepStrictEqual(msgs[1].payload.keys, ["count"]);
+        assert.strictEqual(n1.context().get("count"), 2);
+        assert.deepStrictEqual([...n1.context().flow.get("blob")], [0, 1, 2]);
+    });
+
+    it("answers an HTTP request (http in -> python -> http response)", async function () {
+        await helper.startServer();
+        try {
+            await load([N.kernelexecNode, N.httpInNode], [
+                { id: "in", type: "http in", url: "/py", method: "post", wires: [["n1"]] },
+                py("n1", "msg['payload'] = {'sum': sum(msg['payload']['numbers']), 'has_req': 'req' in msg}\nmsg['statusCode'] = 201\nreturn msg", { wires: [["res"]] }),
+                { id: "res", type: "http response", statusCode: "" },
+            ]);
+            // msg.req / msg.res never reach Python; the node puts them back on the output message.
+            const res = await helper.request().post("/py").send({ numbers: [1, 2, 3] }).set("Content-Type", "application/json");
+            assert.strictEqual(res.status, 201);
+            assert.deepStrictEqual(res.body, { sum: 6, has_req: false });
+        } finally {
+            await S.unload();
+            await helper.stopServer();
+        }
+    });
+
+    it("round-trips a 16 MiB Buffer through blob files and leaves none behind", async function () {
+        await load(N.kernelexecNode, [
+            py("n1", "data = msg['payload']\nassert isinstance(data, bytes), type(data)\nmsg['payload'] = data[::-1]\nmsg['size'] = len(data)\nreturn msg"),
+            { id: "out", type: "helper" },
+        ]);
+        const input = Buffer.alloc(16 * 1024 * 1024);
+        for (let i = 0; i < input.length; i += 4096) {
+            input[i] = i % 251;
+        }
+        input[0] = 1;
+        const got = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: input });
+        const [msg] = await got;
+        assert.ok(Buffer.isBuffer(msg.payload));
+        assert.strictEqual(msg.size, input.length);
+        assert.ok(msg.payload.equals(Buffer.from(input).reverse()));
+        const pids = [process.pid].concat(S.bridgeProcesses());
+        await S.waitFor(() => S.allBlobFiles(pids).length === 0, 5000, "blob files to be removed");
+    });
+
+    it("fails a message that runs past the timeout and keeps the kernel's state", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", "import time\nstate['n'] = state.get('n', 0) + 1\nif msg['payload'] == 'slow':\n    time.sleep(30)\nmsg['payload'] = state['n']\nreturn msg", { timeout: 1, initialize: "state = {}" }),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const caught = S.messages(helper.getNode("caught"), 1);
+        const t0 = Date.now();
+        helper.getNode("n1").receive({ payload: "slow" });
+        const [err] = await caught;
+        assert.ok(Date.now() - t0 < 10000, "timed out in time");
+        assert.match(err.error.message, /TIMEOUT|timed out|timeout/i);
+        const got = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: "fast" });
+        assert.strictEqual((await got)[0].payload, 2, "setup state survived the timeout");
+    });
+
+    it("fails the message when the kernel dies (os._exit) and keeps serving", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", "import os\nif msg['payload'] == 'die':\n    os._exit(3)\nreturn msg"),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const caught = S.messages(helper.getNode("caught"), 1);
+        helper.getNode("n1").receive({ payload: "die" });
+        const [err] = await caught;
+        assert.match(err.error.message, /die|dead|KERNEL_DIED/i);
+        const got = S.messages(helper.getNode("out"), 1, 30000);
+        helper.getNode("n1").receive({ payload: "alive" });
+        assert.strictEqual((await got)[0].payload, "alive");
+    });
+
+    it("refuses a message it cannot convert (circular) with a clear error", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", "return msg"),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const caught = S.messages(helper.getNode("caught"), 1);
+        const payload = { a: {} };
+        payload.a.self = payload;
+        helper.getNode("n1").receive({ payload });
+        const [err] = await caught;
+        assert.match(err.error.message, /msg\.payload\.a\.self: circular reference/);
+        assert.strictEqual(err.error.code, "CONVERSION_ERROR");
+    });
+
+    it("isolates messages in cold mode but keeps them in hot mode", async function () {
+        const code = "global counter\ncounter += 1\nmsg['payload'] = counter\nreturn msg";
+        await load(N.kernelexecNode, [
+            py("hot", code, { initialize: "counter = 0", wires: [["outHot"]] }),
+            py("cold", code, { initialize: "counter = 0", mode: "cold", wires: [["outCold"]] }),
+            { id: "outHot", type: "helper" }, { id: "outCold", type: "helper" },
+        ]);
+        const hot = S.messages(helper.getNode("outHot"), 2);
+        const cold = S.messages(helper.getNode("outCold"), 2);
+        for (const id of ["hot", "cold"]) {
+            helper.getNode(id).receive({ payload: 0 });
+            helper.getNode(id).receive({ payload: 0 });
+        }
+        assert.deepStrictEqual((await hot).map((m) => m.payload).sort(), [1, 2]);
+        assert.deepStrictEqual((await cold).map((m) => m.payload), [1, 1]);
+    });
+
+    it("fails in-flight messages when the bridge dies, restarts it and serves again", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", "import time\nif msg['payload'] == 'slow':\n    time.sleep(20)\nreturn msg"),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const n1 = helper.getNode("n1");
+        await S.call(n1, "status", (s) => s && s.fill === "green");
+        const caught = S.messages(helper.getNode("caught"), 1);
+        n1.receive({ payload: "slow" });
+        await new Promise((r) => setTimeout(r, 500));
+        const [bridge] = bridges.active();
+        const tree = S.processTree(bridge.child.pid);
+        process.kill(bridge.child.pid, "SIGKILL");
+        const [err] = await caught;
+        assert.match(err.error.message, /bridge process died/);
+        const got = S.messages(helper.getNode("out"), 1, 40000);
+        n1.receive({ payload: "again" });
+        assert.strictEqual((await got)[0].payload, "again");
+        // the killed bridge's kernels notice their parent is gone and exit
+        await S.waitFor(() => tree.slice(1).every((pid) => !S.alive(pid)), 20000, "orphaned kernels to exit");
+    });
+});
+
+describe("kernelexec node life cycle", function () {
+    this.timeout(60000);
+
+    afterEach(async function () {
+        await S.unload();
+    });
+
+    it("leaves no bridge, kernel or file behind after a redeploy and unload", async function () {
+        const flow = S.tab([py("n1", "return msg", { workers: 2, finalize: "print('stopping')" }), { id: "out", type: "helper" }]);
+        await S.load(N.kernelexecNode, flow);
+        let got = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: 1 });
+        await got;
+        const first = S.bridgeProcesses();
+        assert.ok(first.length >= 3, "a bridge and two kernels: " + first);
+        // redeploy: the same flow with changed code
+        await helper.setFlows(S.tab([py("n1", "msg['payload'] = 2\nreturn msg"), { id: "out", type: "helper" }]), "nodes");
+        got = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: 1 });
+        assert.strictEqual((await got)[0].payload, 2);
+        const second = S.bridgeProcesses();
+        await S.unload();
+        assert.deepStrictEqual(bridges.active(), []);
+        const all = Array.from(new Set(first.concat(second)));
+        await S.waitFor(() => all.every((pid) => !S.alive(pid)), 10000, "bridge and kernels to exit: " + all.filter(S.alive));
+        assert.deepStrictEqual(S.allBlobFiles(all.concat([process.pid])), []);
+    });
+
+    it("shows what to install when the Python does not exist, without crashing", async function () {
+        const saved = process.env.KERNELEXEC_PYTHON;
+        process.env.KERNELEXEC_PYTHON = "/nonexistent/python3";
+        try {
+            await S.load([N.kernelexecNode, N.catchNode], S.tab([
+                py("n1", "return msg"),
+                { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+                { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+            ]));
+            const n1 = helper.getNode("n1");
+            const red = S.call(n1, "status", (s) => s && s.fill === "red");
+            const error = S.call(n1, "error", (e) => typeof e === "string");
+            const [status] = await red;
+            assert.match(status.text, /not found/);
+            const [text] = await error;
+            assert.match(text, /\/nonexistent\/python3/);
+            assert.match(text, /pip install kernelexec/);
+            const caught = S.messages(helper.getNode("caught"), 1);
+            n1.receive({ payload: 1 });
+            assert.match((await caught)[0].error.message, /pip install kernelexec/);
+        } finally {
+            process.env.KERNELEXEC_PYTHON = saved;
+            await S.unload();
+        }
+    });
+
+    it("names the missing module and the pip command when Python lacks kernelexec", async function () {
+        const python = "/usr/bin/python3";
+        if (!fs.existsSync(python) || require("child_process").spawnSync(python, ["-c", "import kernelexec"]).status === 0) {
+            this.skip();
+        }
+        await S.load(N.kernelexecNode, [
+            { id: "tab1", type: "tab" },
+            { id: "e1", type: "kernelexec-env", python },
+            py("n1", "return msg", { z: "tab1", env: "e1" }),
+            { id: "out", type: "helper", z: "tab1" },
+        ]);
+        try {
+            const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
+            assert.match(text, /module 'kernelexec' is missing/);
+            assert.match(text, /\/usr\/bin\/python3 -m pip install kernelexec/);
+        } finally {
+            await S.unload();
+        }
+    });
+});

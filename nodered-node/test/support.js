@@ -1,0 +1,164 @@
+// Shared set-up for the end-to-end specs: a real Node-RED runtime (node-red-node-test-helper),
+// the real bridge spawned by the node itself, real kernels. Nothing is mocked.
+"use strict";
+const fs = require("fs");
+const path = require("path");
+const helper = require("node-red-node-test-helper");
+const bridges = require("../lib/bridge");
+
+const VENV_PYTHON = path.join(__dirname, "..", "..", ".venv", "bin", "python");
+if (!process.env.KERNELEXEC_PYTHON && fs.existsSync(VENV_PYTHON)) {
+    process.env.KERNELEXEC_PYTHON = VENV_PYTHON;
+}
+helper.init(require.resolve("node-red"));
+
+const NODES = path.join(path.dirname(require.resolve("node-red/package.json")), "..", "@node-red", "nodes", "core");
+const kernelexecNode = require("../nodes/kernelexec.js");
+const catchNode = require(path.join(NODES, "common", "25-catch.js"));
+const completeNode = require(path.join(NODES, "common", "24-complete.js"));
+const statusNode = require(path.join(NODES, "common", "25-status.js"));
+const httpInNode = require(path.join(NODES, "network", "21-httpin.js"));
+
+let loaded = false;
+
+/** helper.load, remembered so that unload() runs once however a test ends. */
+async function load(nodes, flow, credentials) {
+    loaded = true;
+    await helper.load(nodes, flow, credentials || {});
+}
+
+async function unload() {
+    if (loaded) {
+        loaded = false;
+        await helper.unload();
+    }
+}
+
+/** A flow on one tab: every node gets z. */
+function tab(nodes) {
+    return [{ id: "tab1", type: "tab", label: "test" }].concat(nodes.map((n) => Object.assign({ z: "tab1" }, n)));
+}
+
+/** Resolve with the next `count` messages a helper node receives. */
+function messages(node, count, timeoutMs) {
+    return new Promise((resolve, reject) => {
+        const got = [];
+        const timer = setTimeout(() => reject(new Error(`${node.id} received ${got.length} of ${count} messages`)), timeoutMs || 20000);
+        node.on("input", (msg) => {
+            got.push(msg);
+            if (got.length === count) {
+                clearTimeout(timer);
+                resolve(got);
+            }
+        });
+    });
+}
+
+/** Resolve with the first call of node.<method> (status, error, warn, log) matching `test`. */
+function call(node, method, test, timeoutMs) {
+    return new Promise((resolve, reject) => {
+        const seen = [];
+        const timer = setTimeout(() => reject(new Error(`no matching ${method} on ${node.id}; saw ${JSON.stringify(seen)}`)), timeoutMs || 20000);
+        const listener = (c) => {
+            seen.push(c.args[0]);
+            if (!test || test(c.args[0], c.args)) {
+                clearTimeout(timer);
+                node.removeListener("call:" + method, listener);
+                resolve(c.args);
+            }
+        };
+        node.on("call:" + method, listener);
+    });
+}
+
+/** parent pid of every process, from /proc. */
+function processTable() {
+    const table = new Map();
+    for (const entry of fs.readdirSync("/proc")) {
+        if (!/^\d+$/.test(entry)) {
+            continue;
+        }
+        try {
+            const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
+            const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+            table.set(Number(entry), { ppid: Number(fields[1]), state: fields[0] });
+        } catch (ignored) {
+            // the process ended while we looked
+        }
+    }
+    return table;
+}
+
+/** The pids of `pid` and all its descendants. */
+function processTree(pid) {
+    const table = processTable();
+    const out = [pid];
+    for (let i = 0; i < out.length; i++) {
+        for (const [child, info] of table) {
+            if (info.ppid === out[i]) {
+                out.push(child);
+            }
+        }
+    }
+    return out.filter((p) => table.has(p));
+}
+
+function alive(pid) {
+    const info = processTable().get(pid);
+    return Boolean(info) && info.state !== "Z";
+}
+
+/** The bridge processes this Node-RED runtime started, and their kernels. */
+function bridgeProcesses() {
+    return bridges.active().filter((b) => b.child).flatMap((b) => processTree(b.child.pid));
+}
+
+async function waitFor(predicate, timeoutMs, what) {
+    const end = Date.now() + (timeoutMs || 10000);
+    while (Date.now() < end) {
+        if (await predicate()) {
+            return;
+        }
+        await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error("timed out waiting for " + (what || "a condition"));
+}
+
+/** Blob files written by this process (kernelexec-<our pid>-...). */
+function ourBlobFiles() {
+    const dir = fs.existsSync("/dev/shm") ? "/dev/shm" : require("os").tmpdir();
+    return fs.readdirSync(dir).filter((f) => f.startsWith(`kernelexec-${process.pid}-`));
+}
+
+function allBlobFiles(pids) {
+    const dir = fs.existsSync("/dev/shm") ? "/dev/shm" : require("os").tmpdir();
+    return fs.readdirSync(dir).filter((f) => pids.some((pid) => f.startsWith(`kernelexec-${pid}-`)));
+}
+
+/** Wrap an async test body so that assertion errors reach mocha's done. */
+function check(done, fn) {
+    return (...args) => {
+        try {
+            fn(...args);
+        } catch (err) {
+            done(err);
+        }
+    };
+}
+
+module.exports = {
+    helper,
+    nodes: { kernelexecNode, catchNode, completeNode, statusNode, httpInNode },
+    tab,
+    load,
+    unload,
+    messages,
+    call,
+    processTree,
+    alive,
+    bridgeProcesses,
+    waitFor,
+    ourBlobFiles,
+    allBlobFiles,
+    check,
+};
