@@ -1,0 +1,251 @@
+"""Cold mode: every message runs in a child forked from the set-up kernel, then exits.
+
+The child (its own process group) runs the message exactly as a hot kernel would
+(:meth:`Runtime.run_here`) but talks only to a pipe: events and context requests go to the
+parent as frames, context replies come back on a second pipe, and the RESULT is the last
+frame before ``os._exit``. The child never touches zmq or ipykernel's streams.
+
+The parent relays events to its own channel (IOPub), answers context requests (stdin),
+enforces the timeout by killing the child's process group, and reaps the child. Anything
+the child started is killed with it. Frames: 4-byte big-endian length + UTF-8 JSON.
+
+Standard library only: this module runs inside the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import struct
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from . import blobs
+from .errors import ExecutionTimeout, KernelDiedError
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["PipeChannel", "run_in_child"]
+
+_HEADER = struct.Struct(">I")
+_REAP_WAIT = 1.0
+
+
+def _write_frame(fd: int, obj: Any) -> None:
+    data = json.dumps(obj, allow_nan=False).encode("utf-8")
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    parts, have = [], 0
+    while have < size:
+        chunk = os.read(fd, size - have)
+        if not chunk:
+            message = "the cold-mode parent closed the pipe"
+            raise EOFError(message)
+        parts.append(chunk)
+        have += len(chunk)
+    return b"".join(parts)
+
+
+def _read_frame(fd: int) -> Any:
+    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
+    return json.loads(_read_exact(fd, size))
+
+
+class PipeChannel:
+    """The child's channel: events and context requests as frames to the parent."""
+
+    def __init__(self, out_fd: int, in_fd: int) -> None:
+        self.out_fd, self.in_fd = out_fd, in_fd
+        self._lock = threading.Lock()
+
+    def event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            _write_frame(self.out_fd, {"kind": "event", "event": event})
+
+    def context(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            _write_frame(self.out_fd, {"kind": "context", "request": request})
+            reply: dict[str, Any] = _read_frame(self.in_fd)
+        return reply
+
+
+class _FrameReader:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def read(self) -> list[Any] | None:
+        """Frames complete so far (reads once); None at end of file."""
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            return None
+        self.buffer += chunk
+        frames = []
+        while len(self.buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self.buffer)
+            if len(self.buffer) < _HEADER.size + size:
+                break
+            frames.append(json.loads(self.buffer[_HEADER.size : _HEADER.size + size]))
+            del self.buffer[: _HEADER.size + size]
+        return frames
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():  # "This process is multi-threaded, use of fork()..."
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _child(runtime: Runtime, fds: tuple[int, int, int, int], msg: Any, req_id: str | None) -> None:
+    """In the child: run the message, write the RESULT, exit. Never returns."""
+    code = 0
+    try:
+        from_parent, to_parent_unused, to_child_unused, to_parent = fds
+        os.close(to_parent_unused)
+        os.close(to_child_unused)
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        channel = PipeChannel(to_parent, from_parent)
+        runtime.become_child(channel)
+        result = runtime.run_here(msg, req_id, 0.0)
+        _write_frame(to_parent, {"kind": "result", "result": result})
+    except BaseException:
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float) -> dict[str, Any]:
+    """Fork, run ``msg`` in the child, relay its events; the RESULT (never raises)."""
+    to_parent_r, to_parent_w = os.pipe()
+    to_child_r, to_child_w = os.pipe()
+    started = time.perf_counter()
+    pid = _fork()
+    if pid == 0:
+        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w), msg, req_id)
+    os.close(to_parent_w)
+    os.close(to_child_r)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    try:
+        return _parent(runtime, pid, to_parent_r, to_child_w, req_id, timeout, started)
+    finally:
+        os.close(to_parent_r)
+        os.close(to_child_w)
+        _kill_group(pid)
+        _reap(pid)
+
+
+def _parent(
+    runtime: Runtime, pid: int, from_child: int, to_child: int, req_id: str | None,
+    timeout: float, started: float,
+) -> dict[str, Any]:
+    deadline = started + timeout if timeout > 0 else None
+    reader = _FrameReader(from_child)
+    try:
+        while True:
+            wait = None if deadline is None else deadline - time.perf_counter()
+            if wait is not None and wait <= 0:
+                return _failed(runtime, req_id, started, _timeout(timeout))
+            ready, _, _ = select.select([from_child], [], [], wait)
+            if not ready:
+                continue
+            frames = reader.read()
+            if frames is None:
+                return _failed(runtime, req_id, started, _died(pid))
+            for frame in frames:
+                result = _handle_frame(runtime, frame, to_child)
+                if result is not None:
+                    return result
+    except KeyboardInterrupt:
+        runtime._interrupted = True
+        message = "interrupted: the message ran longer than the worker allowed"
+        return _failed(runtime, req_id, started, _timeout_error(message))
+
+
+def _handle_frame(runtime: Runtime, frame: dict[str, Any], to_child: int) -> dict[str, Any] | None:
+    kind = frame.get("kind")
+    if kind == "event":
+        runtime.channel.event(frame["event"])
+    elif kind == "context":
+        try:
+            reply = runtime.channel.context(frame["request"])
+        except Exception as exc:  # the child gets the error, the parent goes on
+            reply = {"value": None, "error": f"{type(exc).__name__}: {exc}"}
+        _write_frame(to_child, reply)
+    elif kind == "result":
+        result: dict[str, Any] = frame["result"]
+        return result
+    return None
+
+
+def _timeout_error(message: str) -> dict[str, Any]:
+    return ExecutionTimeout(message, type_name="TimeoutError").to_dict()
+
+
+def _timeout(timeout: float) -> dict[str, Any]:
+    return _timeout_error(f"the code ran longer than its timeout of {timeout:g} s and was stopped")
+
+
+def _died(pid: int) -> dict[str, Any]:
+    status = _reap(pid)
+    if status is not None and os.WIFSIGNALED(status):
+        how = f"was killed by signal {os.WTERMSIG(status)}"
+    elif status is not None and os.WIFEXITED(status):
+        how = f"exited with code {os.WEXITSTATUS(status)}"
+    else:
+        how = "ended"
+    message = f"the process running the message (pid {pid}) {how} before giving a result"
+    return KernelDiedError(message, type_name="ProcessExited").to_dict()
+
+
+def _failed(
+    runtime: Runtime, req_id: str | None, started: float, error: dict[str, Any]
+) -> dict[str, Any]:
+    if req_id is not None:
+        blobs.remove_request_blobs(req_id, directory=runtime.blob_dir, pid=runtime.pid)
+    return {
+        "req_id": req_id,
+        "outputs": [[] for _ in range(runtime.outputs)],
+        "logs": [],
+        "status": [],
+        "stdout": "",
+        "error": error,
+        "done": True,
+        "sent": 0,
+        "exec_ms": round((time.perf_counter() - started) * 1000.0, 3),
+    }
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> int | None:
+    """Wait for the child (bounded); its wait status, None if gone or not reaped in time."""
+    end = time.monotonic() + _REAP_WAIT
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return status
+        if time.monotonic() > end:
+            return None
+        time.sleep(0.001)

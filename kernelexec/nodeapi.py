@@ -1,0 +1,353 @@
+"""What user code sees: ``node``, ``context``/``flow``/``global_``, ``env`` and the
+script-style helpers, plus the channels their calls go out through.
+
+A :class:`Channel` carries events (``send``, ``done``, ``status``, ``log``) and blocking
+context requests out of the runtime: :class:`KernelChannel` over IOPub and stdin in a
+kernel, :class:`LocalChannel` in-process (a callback or a list, and :class:`MemoryContext`),
+and the cold-mode pipe in :mod:`kernelexec.coldfork`.
+
+Standard library only: this module runs inside the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .convert import Encoder, from_json
+
+if TYPE_CHECKING:
+    from .runtime import Request, Runtime
+
+__all__ = [
+    "COMM_ID",
+    "Channel",
+    "ContextAccessError",
+    "ContextStore",
+    "Env",
+    "KernelChannel",
+    "LocalChannel",
+    "MemoryContext",
+    "Node",
+    "normalize_outputs",
+    "script_helpers",
+]
+
+COMM_ID = "kernelexec-events"
+_TOPIC = b"comm-" + COMM_ID.encode()
+LEVELS = {
+    "debug": "debug",
+    "trace": "debug",
+    "info": "info",
+    "log": "info",
+    "warn": "warn",
+    "warning": "warn",
+    "error": "error",
+    "critical": "error",
+}
+
+
+class ContextAccessError(RuntimeError):
+    """A context get/set/keys was refused or could not be answered."""
+
+
+class Channel(Protocol):
+    def event(self, event: dict[str, Any]) -> None:
+        """Publish an event at once (any thread)."""
+
+    def context(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Ask for a context operation; blocks; returns {"value", "error"}."""
+
+
+class KernelChannel:
+    """Events as IOPub comm_msgs, context as stdin input_requests (see docs/internals.md)."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.parent: dict[str, Any] = {}
+        self.ident: Any = None
+        self._lock = threading.Lock()
+
+    def remember(self) -> dict[str, Any]:
+        """Keep the current shell request (other threads cannot see it); return it."""
+        self.parent = self.kernel.get_parent("shell")
+        self.ident = self.kernel._parent_ident["shell"]
+        return self.parent
+
+    def event(self, event: dict[str, Any]) -> None:
+        content = {"comm_id": COMM_ID, "data": event}
+        self.kernel.session.send(
+            self.kernel.iopub_socket, "comm_msg", content, parent=self.parent, ident=_TOPIC
+        )
+
+    def context(self, request: dict[str, Any]) -> dict[str, Any]:
+        prompt = json.dumps(request, allow_nan=False)
+        with self._lock:
+            text = self.kernel._input_request(prompt, self.ident, self.parent)
+        reply: dict[str, Any] = json.loads(text) if text else {}
+        return reply
+
+
+class MemoryContext:
+    """Context stores kept in this process (values stored as JSON, like the real ones)."""
+
+    def __init__(self) -> None:
+        self.scopes: dict[str, dict[str, str]] = {"node": {}, "flow": {}, "global": {}}
+        self._lock = threading.Lock()
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        store = self.scopes.setdefault(str(request.get("scope")), {})
+        op, key = request.get("op"), request.get("key")
+        with self._lock:
+            if op == "get":
+                text = store.get(str(key))
+                return {"value": None if text is None else json.loads(text), "error": None}
+            if op == "set":
+                if request.get("value") is None:
+                    store.pop(str(key), None)
+                else:
+                    store[str(key)] = json.dumps(request.get("value"))
+                return {"value": None, "error": None}
+            if op == "keys":
+                return {"value": sorted(store), "error": None}
+        return {"value": None, "error": f"unknown context op {op!r}"}
+
+
+class LocalChannel:
+    """In-process channel: events to ``on_event`` (default: appended to ``events``)."""
+
+    def __init__(
+        self,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_context: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.on_event = on_event or self.events.append
+        self.on_context = on_context or MemoryContext()
+
+    def event(self, event: dict[str, Any]) -> None:
+        self.on_event(event)
+
+    def context(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.on_context(request)
+
+
+# ------------------------------------------------------------------------ outputs
+
+
+def _as_msg(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    message = (
+        f"{where} is a {type(value).__name__}; a message must be a dict such as {{'payload': ...}}"
+    )
+    raise TypeError(message)
+
+
+def _one_output(item: Any, index: int) -> list[dict[str, Any]]:
+    if item is None:
+        return []
+    if isinstance(item, (list, tuple)):
+        where = f"output {index + 1}"
+        return [_as_msg(m, f"a message on {where}") for m in item if m is not None]
+    return [_as_msg(item, f"output {index + 1}")]
+
+
+def normalize_outputs(value: Any, count: int) -> list[list[dict[str, Any]]]:
+    """Node-RED's rules: dict -> output 1; list -> one entry per output; None -> nothing.
+
+    Entries past ``count`` are dropped, as in Node-RED.
+    """
+    if value is None:
+        return [[] for _ in range(count)]
+    if isinstance(value, dict):
+        return [[value] if i == 0 else [] for i in range(count)]
+    if isinstance(value, (list, tuple)):
+        outputs = [_one_output(item, i) for i, item in enumerate(value[:count])]
+        outputs.extend([] for _ in range(count - len(outputs)))
+        return outputs
+    message = (
+        f"the code returned a {type(value).__name__}; return a msg dict, a list with one "
+        "entry per output, or None to send nothing"
+    )
+    raise TypeError(message)
+
+
+# --------------------------------------------------------------------------- node
+
+
+class Node:
+    """``node`` in user code. A Node bound to a request (the one passed to message code)
+    keeps its request for threads and tasks that outlive the execution."""
+
+    __slots__ = ("_request", "_runtime")
+
+    def __init__(self, runtime: Runtime, request: Request | None = None) -> None:
+        self._runtime = runtime
+        self._request = request
+
+    @property
+    def id(self) -> str:
+        return self._runtime.node_id
+
+    @property
+    def name(self) -> str:
+        return self._runtime.node_name
+
+    @property
+    def outputs(self) -> int:
+        return self._runtime.outputs
+
+    def _req(self) -> Request | None:
+        return self._request or self._runtime.current_request()
+
+    def send(self, msg: Any, clone: bool = True) -> None:
+        """Send at once: a msg dict (output 1) or a list with one entry per output."""
+        self._runtime.emit_send(self._req(), normalize_outputs(msg, self._runtime.outputs))
+
+    def done(self, error: Any = None) -> None:
+        """Finish the message (when the code uses node.done, the result does not)."""
+        self._runtime.emit_done(self._req(), error)
+
+    def status(self, *args: Any, **fields: Any) -> None:
+        """status("text"), status(fill=, shape=, text=), status({...}); status() clears."""
+        status: dict[str, Any] = {}
+        if args and isinstance(args[0], dict):
+            status.update(args[0])
+        elif args:
+            status["text"] = str(args[0])
+        status.update({k: v for k, v in fields.items() if v is not None})
+        self._runtime.emit_status(status)
+
+    def log(self, text: Any) -> None:
+        self._runtime.emit_log(self._req(), "info", text)
+
+    def warn(self, text: Any) -> None:
+        self._runtime.emit_log(self._req(), "warn", text)
+
+    def debug(self, text: Any) -> None:
+        self._runtime.emit_log(self._req(), "debug", text)
+
+    trace = debug
+
+    def error(self, text: Any, msg: Any = None) -> None:
+        """Log an error; with ``msg`` the message fails (Catch nodes see it)."""
+        self._runtime.emit_error(self._req(), text, msg is not None)
+
+    def __repr__(self) -> str:
+        return f"<node {self.id} {self.name!r} outputs={self.outputs}>"
+
+
+class ContextStore:
+    """``context`` (node), ``flow`` and ``global_``: Node-RED context, through a channel."""
+
+    __slots__ = ("_runtime", "scope")
+
+    def __init__(self, runtime: Runtime, scope: str) -> None:
+        self._runtime = runtime
+        self.scope = scope
+
+    def _ask(self, op: str, key: str | None, value: Any = None) -> Any:
+        request = {
+            "kernelexec": "context",
+            "scope": self.scope,
+            "op": op,
+            "key": key,
+            "value": value,
+        }
+        reply = self._runtime.channel.context(request)
+        if reply.get("error"):
+            message = f"{self.scope} context {op} {key!r} failed: {reply['error']}"
+            raise ContextAccessError(message)
+        return reply.get("value")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = from_json(self._ask("get", str(key)), f"{self.scope}.get({key!r})")
+        return default if value is None else value
+
+    def set(self, key: str, value: Any) -> None:
+        encoded = Encoder(use_blobs=False).encode(value, f"{self.scope}.set({key!r})")
+        self._ask("set", str(key), encoded)
+
+    def keys(self) -> list[str]:
+        return list(self._ask("keys", None) or [])
+
+    def __repr__(self) -> str:
+        return f"<{self.scope} context>"
+
+
+class Env:
+    """``env.get(name)``: environment variables, plus NR_NODE_ID and NR_NODE_NAME."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name == "NR_NODE_ID":
+            return self._runtime.node_id
+        if name == "NR_NODE_NAME":
+            return self._runtime.node_name
+        return os.environ.get(name, default)
+
+
+# ------------------------------------------------------------------ script helpers
+
+
+def _inside(workdir: str, name: str) -> str:
+    base = os.path.realpath(workdir)
+    path = os.path.realpath(os.path.join(base, name))
+    if os.path.commonpath([base, path]) != base:
+        message = f"file {name!r} is outside the node's working directory {base}"
+        raise ValueError(message)
+    return path
+
+
+def script_helpers(runtime: Runtime) -> dict[str, Any]:
+    """``log``, ``save_file``, ``read_file``, ``run_command`` for script-style code."""
+
+    def log(text: Any, level: str = "info") -> None:
+        """Log a line (level: debug, info, warning/warn, error)."""
+        runtime.emit_log(runtime.current_request(), LEVELS.get(level, "info"), text)
+
+    def save_file(name: str, data: str | bytes) -> str:
+        """Write a file in the node's working directory; returns its path."""
+        path = _inside(runtime.workdir, name)
+        mode = "w" if isinstance(data, str) else "wb"
+        with open(path, mode, encoding="utf-8" if mode == "w" else None) as handle:
+            handle.write(data)
+        return path
+
+    def read_file(name: str, binary: bool = False) -> str | bytes | None:
+        """A file of the node's working directory (text, or bytes); None if missing."""
+        path = _inside(runtime.workdir, name)
+        if not os.path.exists(path):
+            return None
+        with open(path, "rb" if binary else "r", encoding=None if binary else "utf-8") as fh:
+            content: str | bytes = fh.read()
+        return content
+
+    def run_command(cmd: str | list[str], timeout: float | None = None) -> dict[str, Any]:
+        """Run a command in the working directory: {returncode, stdout, stderr}."""
+        try:
+            done = subprocess.run(
+                cmd,
+                shell=isinstance(cmd, str),
+                capture_output=True,
+                text=True,
+                cwd=runtime.workdir,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
+            text = f"command timed out after {timeout} s"
+            return {"returncode": -1, "stdout": out or "", "stderr": text}
+        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+    return {"log": log, "save_file": save_file, "read_file": read_file, "run_command": run_command}

@@ -1,0 +1,542 @@
+"""The in-kernel runtime: Node-RED function-node semantics for Python code in a kernel.
+
+In a kernel, the worker's bootstrap cell runs ``__kernelexec__ = install(get_ipython())``
+and then every request is the cell ``__kernelexec__.handle()``: the op comes from the
+parent execute_request's ``content["kernelexec"]`` and the answer goes into the reply
+payload (docs/internals.md lists the ops and the RESULT shape).
+
+In-process API (no kernel; used by the ``%%node`` magic and the tests)::
+
+    from kernelexec.runtime import Runtime
+
+    rt = Runtime(on_event=print)            # or Runtime(): events collect in rt.events
+    rt.init(code="msg['payload'] *= 2\\nreturn msg", name="double", outputs=1)
+    rt.setup("import math")                 # runs in rt.user_ns; raises SetupError
+    result = rt.run_message({"payload": 21}, req_id="r1", timeout=5)
+    result["outputs"] == [[{"payload": 42}]]
+    rt.stop("")                             # stop code; raises UserCodeError
+    rt.dispatch({"op": "run", "batch": [...]})  # any op of the contract, as the kernel
+    rt.close()
+
+``init``/``set_code`` raise CodeSyntaxError; ``run_message`` never raises: failures are in
+``result["error"]``. ``Runtime(user_ns=ns)`` runs the code in an existing namespace;
+``on_context(request) -> {"value", "error"}`` answers context requests (default: an
+in-memory store). Timeouts use SIGALRM, so they apply when called from the main thread
+(async code is timed out from any thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import blobs
+from .convert import Encoder, InputBlobs, from_json
+from .errors import (
+    ConversionError,
+    ExecutionTimeout,
+    KernelexecError,
+    SetupError,
+    UserCodeError,
+)
+from .guard import Alarm, MessageTimeout, OutputCapture, clock_ticks, kill_started_since
+from .nodeapi import (
+    Channel,
+    ContextStore,
+    Env,
+    KernelChannel,
+    LocalChannel,
+    Node,
+    normalize_outputs,
+    script_helpers,
+)
+from .wrapping import (
+    CompiledCode,
+    compile_node_code,
+    compile_script,
+    describe,
+    make_function,
+)
+
+__all__ = ["Request", "Runtime", "install"]
+
+_CURRENT: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "kernelexec_request", default=None
+)
+_SCRIPT_OUTPUTS = ("result", "output_topic", "additional_data")
+_UNSET: Any = object()
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One message being run: what its RESULT collects."""
+
+    req_id: str | None
+    ticks: int = 0
+    inputs: InputBlobs = field(default_factory=dict)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    sent: int = 0
+    finished: bool = False
+
+
+def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -> dict[str, Any]:
+    """The protocol error object for an exception raised by user code."""
+    info = describe(exc)
+    return cls(
+        info["message"], type_name=info["type"], traceback=info["traceback"], line=info["line"]
+    ).to_dict()
+
+
+def _error_of(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, KernelexecError):
+        return value.to_dict()
+    if isinstance(value, BaseException):
+        return user_error(value)
+    return UserCodeError(str(value), type_name="NodeError").to_dict()
+
+
+class NodeLoop:
+    """The event loop async node code runs on: one thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="kernelexec-node-loop", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 0.0) -> Any:
+        """Run ``coro`` there and wait; MessageTimeout when ``timeout`` passes."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
+        try:
+            return future.result(timeout if timeout > 0 else None)
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                raise  # the code's own TimeoutError
+            self._cancel(future)
+            raise MessageTimeout from None
+        except BaseException:
+            self._cancel(future)
+            raise
+
+    @staticmethod
+    def _cancel(future: concurrent.futures.Future[Any]) -> None:
+        future.cancel()
+        with contextlib.suppress(BaseException):
+            future.result(0.5)
+
+    def close(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+
+class Runtime:
+    """The runtime of one node in one process (see the module docstring for the API)."""
+
+    def __init__(
+        self,
+        shell: Any = None,
+        *,
+        user_ns: dict[str, Any] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_context: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self.shell = shell
+        if shell is not None:
+            self.user_ns: dict[str, Any] = shell.user_ns
+            self.channel: Channel = KernelChannel(shell.kernel)
+        else:
+            self.user_ns = user_ns if user_ns is not None else {"__name__": "__node__"}
+            self.channel = LocalChannel(on_event, on_context)
+        self.node_id, self.node_name, self.outputs = "", "", 1
+        self.workdir, self.blob_dir, self.fork = os.getcwd(), None, False
+        self.pid = os.getpid()
+        self.compiled: CompiledCode | None = None
+        self._func: Callable[..., Any] | None = None
+        self._lock = threading.RLock()
+        self._active: Request | None = None
+        self._interrupted = False
+        self._capture = OutputCapture(self._print_line, permanent=shell is not None)
+        self._alarm = Alarm()
+        self.loop = NodeLoop()
+        self.node = Node(self)
+        self.context, self.flow = ContextStore(self, "node"), ContextStore(self, "flow")
+        self.global_, self.env = ContextStore(self, "global"), Env(self)
+        self._helpers = script_helpers(self)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Events published so far (in-process runtimes without ``on_event``)."""
+        channel = self.channel
+        return channel.events if isinstance(channel, LocalChannel) else []
+
+    def current_request(self) -> Request | None:
+        """The request of this context (tasks inherit it), else the one running now."""
+        return _CURRENT.get() or self._active
+
+    # ------------------------------------------------------------------------- ops
+    def init(self, node: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        """Configure the node (node_id, name, outputs, code, workdir, blob_dir, fork)."""
+        info = {**(node or {}), **fields}
+        self.node_id = str(info.get("node_id") or "")
+        self.node_name = str(info.get("name") or "")
+        self.outputs = int(info.get("outputs", 1))
+        self.workdir = str(info.get("workdir") or self.workdir)
+        self.blob_dir = info.get("blob_dir") or None
+        self.fork = bool(info.get("fork", False))
+        if self.shell is not None and os.path.isdir(self.workdir):
+            os.chdir(self.workdir)
+        self.user_ns.update(
+            node=self.node, context=self.context, flow=self.flow, global_=self.global_, env=self.env
+        )
+        return self.set_code(str(info.get("code", "return msg")))
+
+    def set_code(self, code: str) -> dict[str, Any]:
+        """Compile new message code (setup state kept). Raises CodeSyntaxError."""
+        compiled = compile_node_code(code, self.node_name)
+        func = make_function(compiled, self.user_ns) if compiled.style == "function" else None
+        self.compiled, self._func = compiled, func
+        return {"ok": True, "style": compiled.style, "async": compiled.is_async}
+
+    def setup(self, code: str) -> dict[str, Any]:
+        """Run setup code in the user namespace. Raises SetupError / CodeSyntaxError."""
+        self._run_script(code, "setup", SetupError)
+        return {"ok": True}
+
+    def stop(self, code: str) -> dict[str, Any]:
+        """Run stop code in the user namespace. Raises UserCodeError / CodeSyntaxError."""
+        self._run_script(code, "stop", UserCodeError)
+        return {"ok": True}
+
+    def _run_script(self, code: str, part: str, error: type[KernelexecError]) -> None:
+        if not code.strip():
+            return
+        compiled = compile_script(code, self.node_name, part)
+        self._capture.start()
+        try:
+            self._exec(compiled, self.user_ns, 0.0)
+        except (Exception, MessageTimeout, KeyboardInterrupt) as exc:
+            info = user_error(exc, error)
+            raise error(
+                info["message"],
+                type_name=info["type"],
+                traceback=info["traceback"],
+                line=info["line"],
+            ) from None
+        finally:
+            text = self._capture.stop()
+            if text:
+                self.channel.event(
+                    {"type": "log", "req_id": None, "level": "info", "text": text.rstrip("\n")}
+                )
+
+    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one op of the contract; returns its answer, never raises."""
+        op = request.get("op")
+        try:
+            if op == "run":
+                return {"results": self.run_batch(request.get("batch") or [])}
+            if op == "init":
+                return self.init(request.get("node") or {})
+            if op == "code":
+                return self.set_code(str(request.get("code", "")))
+            if op == "setup":
+                return self.setup(str(request.get("code", "")))
+            if op == "stop":
+                return self.stop(str(request.get("code", "")))
+            message = f"unknown kernelexec op {op!r}; expected init, setup, run, stop or code"
+            return {"error": KernelexecError(message).to_dict()}
+        except KernelexecError as exc:
+            return {"error": exc.to_dict()}
+        except Exception as exc:
+            return {"error": user_error(exc, KernelexecError)}
+
+    def handle(self) -> None:
+        """The kernel cell ``__kernelexec__.handle()``: request from the parent, answer
+        into the reply payload."""
+        channel = self.channel
+        parent = channel.remember() if isinstance(channel, KernelChannel) else {}
+        request = (parent.get("content") or {}).get("kernelexec") or {}
+        answer = self.dispatch(request)
+        self.shell.payload_manager.write_payload({"source": "kernelexec", "data": answer})
+
+    async def handle_async(self) -> None:
+        """``await __kernelexec__.handle_async()``: the same (async code always runs on the
+        runtime's own event loop thread)."""
+        self.handle()
+
+    # ------------------------------------------------------------------- messages
+    def run_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """RESULTs for [{req_id, msg, timeout}] in order; after an interrupt, the rest
+        fail with TIMEOUT without running."""
+        self._interrupted = False
+        results = []
+        for item in batch:
+            req_id, timeout = item.get("req_id"), float(item.get("timeout") or 0)
+            if self._interrupted:
+                results.append(self._interrupted_result(req_id))
+            else:
+                results.append(self.run_message(item.get("msg"), req_id, timeout))
+        return results
+
+    def run_message(
+        self, msg: Any, req_id: str | None = None, timeout: float = 0.0
+    ) -> dict[str, Any]:
+        """Run the node code on one msg (in a forked child in cold mode); the RESULT."""
+        if self.compiled is None:
+            self.init()
+        if self.fork:
+            from .coldfork import run_in_child
+
+            return run_in_child(self, msg, req_id, timeout)
+        return self.run_here(msg, req_id, timeout)
+
+    async def run_message_async(
+        self, msg: Any, req_id: str | None = None, timeout: float = 0.0
+    ) -> dict[str, Any]:
+        """run_message for callers inside an event loop (a notebook cell)."""
+        return self.run_message(msg, req_id, timeout)
+
+    def run_here(self, msg: Any, req_id: str | None, timeout: float) -> dict[str, Any]:
+        """Run one msg in this process."""
+        req = Request(req_id, clock_ticks())
+        self._capture.start()
+        token = _CURRENT.set(req)
+        self._active = req
+        outputs: list[list[Any]] | None = None
+        exec_ms = 0.0
+        try:
+            started = time.perf_counter()
+            try:
+                value = self._call(self._decode(msg, req), req, timeout)
+            finally:
+                exec_ms = (time.perf_counter() - started) * 1000.0
+            outputs = self._encode_outputs(req, value)
+        except BaseException as exc:
+            req.error = self._failure(exc, req, timeout)
+        finally:
+            stdout = self._capture.stop()
+            _CURRENT.reset(token)
+            self._active = None
+            with self._lock:
+                req.finished = True
+        return self._result(req, outputs, stdout, exec_ms)
+
+    def _decode(self, msg: Any, req: Request) -> dict[str, Any]:
+        if not isinstance(msg, dict):
+            message = f"msg must be an object (a dict), not {type(msg).__name__}"
+            raise ConversionError(message, type_name="TypeError")
+        decoded: dict[str, Any] = from_json(msg, "msg", req.inputs)
+        return decoded
+
+    def _failure(self, exc: BaseException, req: Request, timeout: float) -> dict[str, Any]:
+        if isinstance(exc, (MessageTimeout, KeyboardInterrupt)):
+            kill_started_since(req.ticks)
+            if req.req_id is not None:
+                blobs.remove_request_blobs(req.req_id, directory=self.blob_dir, pid=self.pid)
+            return self._timeout_error(exc, timeout)
+        if req.req_id is not None:
+            blobs.remove_request_blobs(req.req_id, directory=self.blob_dir, pid=self.pid)
+        if isinstance(exc, KernelexecError):
+            return exc.to_dict()
+        if isinstance(exc, SystemExit):
+            return UserCodeError(
+                f"the code called exit({exc.code!r})", type_name="SystemExit"
+            ).to_dict()
+        return user_error(exc)
+
+    def _timeout_error(self, exc: BaseException, timeout: float) -> dict[str, Any]:
+        if isinstance(exc, KeyboardInterrupt):
+            self._interrupted = True
+            message = "interrupted: the message ran longer than the worker allowed"
+        else:
+            message = f"the code ran longer than its timeout of {timeout:g} s and was stopped"
+        info = describe(exc)
+        return ExecutionTimeout(
+            message, type_name="TimeoutError", traceback=info["traceback"], line=info["line"]
+        ).to_dict()
+
+    def _interrupted_result(self, req_id: str | None) -> dict[str, Any]:
+        message = "not run: an earlier message of the batch was interrupted"
+        req = Request(req_id, error=ExecutionTimeout(message, type_name="TimeoutError").to_dict())
+        return self._result(req, None, "", 0.0)
+
+    def _result(
+        self, req: Request, outputs: list[list[Any]] | None, stdout: str, exec_ms: float
+    ) -> dict[str, Any]:
+        uses_done = self.compiled is not None and self.compiled.uses_done
+        return {
+            "req_id": req.req_id,
+            "outputs": outputs if outputs is not None else [[] for _ in range(self.outputs)],
+            "logs": req.logs,
+            "status": [],
+            "stdout": stdout,
+            "error": req.error,
+            "done": req.error is not None or not uses_done,
+            "sent": req.sent,
+            "exec_ms": round(exec_ms, 3),
+        }
+
+    # ------------------------------------------------------------------ execution
+    def _call(self, msg: dict[str, Any], req: Request, timeout: float) -> Any:
+        compiled = self.compiled
+        assert compiled is not None
+        node = Node(self, req)
+        if self._func is not None:
+            args = (msg, node, self.context, self.flow, self.global_, self.env)
+            if compiled.is_async:
+                return self.loop.run(self._func(*args), timeout)
+            return self._guarded(self._func, args, timeout)
+        return self._run_script_style(compiled, msg, req, node, timeout)
+
+    def _guarded(self, func: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
+        if timeout <= 0 or not self._alarm.arm(timeout):
+            return func(*args)
+        try:
+            return func(*args)
+        finally:
+            self._alarm.disarm()
+
+    def _exec(self, compiled: CompiledCode, namespace: dict[str, Any], timeout: float) -> None:
+        if compiled.is_async:
+            self.loop.run(eval(compiled.code, namespace), timeout)
+        else:
+            self._guarded(exec, (compiled.code, namespace), timeout)
+
+    def _run_script_style(
+        self,
+        compiled: CompiledCode,
+        msg: dict[str, Any],
+        req: Request,
+        node: Node,
+        timeout: float,
+    ) -> Any:
+        namespace = dict(self.user_ns)
+        for name in _SCRIPT_OUTPUTS:
+            namespace.pop(name, None)
+        namespace.update(self._helpers)
+        namespace.update(
+            msg=msg,
+            payload=msg.get("payload"),
+            topic=msg.get("topic"),
+            node_id=self.node_id,
+            execution_id=req.req_id,
+            node=node,
+        )
+        self._exec(compiled, namespace, timeout)
+        result = namespace.get("result", _UNSET)
+        if result is _UNSET:
+            return None
+        out = namespace.get("msg")
+        out = out if isinstance(out, dict) else msg
+        out["payload"] = result
+        if "output_topic" in namespace:
+            out["topic"] = namespace["output_topic"]
+        if "additional_data" in namespace:
+            out["additionalData"] = namespace["additional_data"]
+        return out
+
+    def _encoder(self, req: Request | None, req_id: str | None) -> Encoder:
+        inputs = req.inputs if req is not None else None
+        return Encoder(req_id, directory=self.blob_dir, pid=self.pid, inputs=inputs)
+
+    def _encode_outputs(self, req: Request, value: Any) -> list[list[Any]]:
+        outputs = normalize_outputs(value, self.outputs)
+        if value is None:
+            return outputs
+        encode = self._encoder(req, req.req_id).encode
+        return [[encode(m) for m in output] for output in outputs]
+
+    # --------------------------------------------------------------------- events
+    def emit_send(self, req: Request | None, outputs: list[list[Any]]) -> None:
+        live = req is not None and not req.finished
+        req_id = req.req_id if live and req is not None else None
+        encode = self._encoder(req, req_id).encode
+        encoded = [[encode(m) for m in output] for output in outputs]
+        with self._lock:
+            live = req is not None and not req.finished
+            event = {"type": "send", "req_id": req_id if live else None, "outputs": encoded}
+            self.channel.event(event)
+            if live and req is not None:
+                req.sent += 1
+
+    def emit_done(self, req: Request | None, error: Any = None) -> None:
+        req_id = req.req_id if req is not None else None
+        self.channel.event({"type": "done", "req_id": req_id, "error": _error_of(error)})
+
+    def emit_status(self, status: dict[str, Any]) -> None:
+        encoded = Encoder(use_blobs=False).encode(status, "status")
+        self.channel.event({"type": "status", "status": encoded})
+
+    def emit_log(self, req: Request | None, level: str, text: Any) -> None:
+        line = text if isinstance(text, str) else str(text)
+        with self._lock:
+            if req is not None and not req.finished:
+                req.logs.append({"level": level, "text": line})
+                return
+        req_id = req.req_id if req is not None else None
+        self.channel.event({"type": "log", "req_id": req_id, "level": level, "text": line})
+
+    def emit_error(self, req: Request | None, text: Any, for_msg: bool) -> None:
+        """node.error: a log; with a msg, also the request's error (or a done event)."""
+        error = _error_of(text)
+        if not for_msg or req is None or error is None:
+            self.emit_log(req, "error", text)
+            return
+        with self._lock:
+            if not req.finished:
+                req.logs.append({"level": "error", "text": error["message"]})
+                req.error = req.error or error
+                return
+        self.channel.event({"type": "done", "req_id": req.req_id, "error": error})
+
+    def _print_line(self, level: str, text: str) -> None:
+        req = self.current_request()
+        self.emit_log(req, level, text)
+
+    # ------------------------------------------------------------------- life cycle
+    def become_child(self, channel: Channel) -> None:
+        """In a forked cold-mode child: talk through ``channel``, fresh locks and loop."""
+        self.channel = channel
+        self.fork = False
+        self._lock = threading.RLock()
+        self.loop = NodeLoop()
+        self._alarm = Alarm()
+
+    def close(self) -> None:
+        """Stop the event loop thread and put sys.stdout/sys.stderr back."""
+        self.loop.close()
+        self._capture.uninstall()
+
+
+def install(shell: Any) -> Runtime:
+    """Create the runtime of a kernel and put it in the user namespace as ``__kernelexec__``."""
+    previous = shell.user_ns.get("__kernelexec__")
+    if isinstance(previous, Runtime):
+        previous.close()
+    runtime = Runtime(shell)
+    shell.user_ns["__kernelexec__"] = runtime
+    with contextlib.suppress(OSError):
+        blobs.sweep_orphans(runtime.blob_dir)
+    return runtime
