@@ -111,6 +111,7 @@ class NodeLoop:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
@@ -121,7 +122,7 @@ class NodeLoop:
                     target=loop.run_forever, name="kernelexec-node-loop", daemon=True
                 )
                 thread.start()
-                self._loop = loop
+                self._loop, self._thread = loop, thread
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 0.0) -> Any:
@@ -145,9 +146,16 @@ class NodeLoop:
             future.result(0.5)
 
     def close(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+        """Stop the loop thread; tasks still pending are dropped."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(2.0)
+        if not thread.is_alive():
+            loop.close()
 
 
 class Runtime:
