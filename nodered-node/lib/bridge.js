@@ -21,6 +21,7 @@ const { t } = require("./i18n");
 
 const READY_TIMEOUT_MS = 60000;
 const STOP_GRACE_MS = 5000;
+const EXIT_WAIT_MS = 1000;
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
 const STDERR_TAIL = 16384;
 const REQUIRED_MODULES = /No module named '?([A-Za-z0-9_.]+)'?/;
@@ -92,10 +93,14 @@ class Bridge {
 
     spawnProcess(generation) {
         const args = ["-m", "kernelexec", "serve", "--port", "0", "--watch-stdin", "--parent-pid", String(process.pid)];
-        const env = Object.assign({}, process.env, { KERNELEXEC_TOKEN: this.token, PYTHONUNBUFFERED: "1" });
+        // PYDEVD_DISABLE_FILE_VALIDATION: ipykernel's debugger would print a frozen-modules warning
+        // from every kernel, which would reach the node log as warnings.
+        const env = Object.assign({ PYDEVD_DISABLE_FILE_VALIDATION: "1" }, process.env, { KERNELEXEC_TOKEN: this.token, PYTHONUNBUFFERED: "1" });
         let child;
         try {
-            child = spawn(this.python, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+            // Own process group: a Ctrl-C in Node-RED's terminal must not stop the bridge under the
+            // nodes' feet; Node-RED stops it in order (close frames, then stdin EOF).
+            child = spawn(this.python, args, { env, stdio: ["pipe", "pipe", "pipe"], detached: true });
         } catch (err) {
             this.fail(generation, this.spawnError(err));
             return;
@@ -191,7 +196,11 @@ class Bridge {
             if (this.stopping || this.generation !== generation) {
                 return;
             }
-            if (this.state === "ready") {
+            if (this.state === "ready" && this.child) {
+                // Most often the process is dying: give its exit a moment to tell why.
+                const child = this.child;
+                setTimeout(() => child === this.child && this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost"))), EXIT_WAIT_MS);
+            } else if (this.state === "ready") {
                 this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost")));
             } else if (this.state === "starting") {
                 this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: "closed" })));
@@ -285,7 +294,7 @@ class Bridge {
     }
 
     lost(generation, err) {
-        if (this.generation !== generation || this.stopping) {
+        if (this.generation !== generation || this.stopping || this.state !== "ready") {
             return;
         }
         log.warn(err.message);

@@ -172,6 +172,8 @@ class Runner {
         const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
         if (req) {
             this.finish(req, err);
+        } else if (this.closing) {
+            this.closing.resolve();
         } else {
             this.node.error(err.message);
         }

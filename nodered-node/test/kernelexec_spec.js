@@ -91,22 +91,20 @@ describe("kernelexec node (real bridge, real kernels)", function () {
     it("triggers Complete nodes, also when the code calls node.done() itself", async function () {
         await load([N.kernelexecNode, N.completeNode], [
             py("n1", "return msg"),
-            py("n2", "import threading\nnode.send(msg)\nthreading.Timer(0.2, node.done).start()", { wires: [["out2"]] }),
-            { id: "k1", type: "complete", scope: ["n1"], uncaught: false, wires: [["done1"]] },
-            { id: "k2", type: "complete", scope: ["n2"], uncaught: false, wires: [["done2"]] },
-            { id: "out", type: "helper" }, { id: "out2", type: "helper" },
-            { id: "done1", type: "helper" }, { id: "done2", type: "helper" },
+            py("n2", "import threading\nnode.send(msg)\nthreading.Timer(0.3, node.done).start()", { wires: [["out2"]] }),
+            { id: "k1", type: "complete", scope: ["n1", "n2"], uncaught: false, wires: [["completed"]] },
+            { id: "out", type: "helper" }, { id: "out2", type: "helper" }, { id: "completed", type: "helper" },
         ]);
-        const d1 = S.messages(helper.getNode("done1"), 1);
-        const d2 = S.messages(helper.getNode("done2"), 1);
+        const completed = S.messages(helper.getNode("completed"), 2);
         const sent2 = S.messages(helper.getNode("out2"), 1);
-        helper.getNode("n1").receive({ payload: 1 });
         const t0 = Date.now();
         helper.getNode("n2").receive({ payload: 2 });
-        assert.strictEqual((await d1)[0].payload, 1);
+        helper.getNode("n1").receive({ payload: 1 });
         assert.strictEqual((await sent2)[0].payload, 2);
-        assert.strictEqual((await d2)[0].payload, 2);
-        assert.ok(Date.now() - t0 >= 150, "complete fired only after node.done()");
+        const [first, second] = await completed;
+        assert.strictEqual(first.payload, 1, "n1 completes first: n2 waits for its node.done()");
+        assert.strictEqual(second.payload, 2);
+        assert.ok(Date.now() - t0 >= 250, "n2 completed only after node.done()");
     });
 
     it("shows the pool status, then the status set from Python", async function () {
@@ -145,21 +143,21 @@ describe("kernelexec node (real bridge, real kernels)", function () {
     });
 
     it("answers an HTTP request (http in -> python -> http response)", async function () {
-        await helper.startServer();
-        try {
-            await load([N.kernelexecNode, N.httpInNode], [
-                { id: "in", type: "http in", url: "/py", method: "post", wires: [["n1"]] },
-                py("n1", "msg['payload'] = {'sum': sum(msg['payload']['numbers']), 'has_req': 'req' in msg}\nmsg['statusCode'] = 201\nreturn msg", { wires: [["res"]] }),
-                { id: "res", type: "http response", statusCode: "" },
-            ]);
-            // msg.req / msg.res never reach Python; the node puts them back on the output message.
-            const res = await helper.request().post("/py").send({ numbers: [1, 2, 3] }).set("Content-Type", "application/json");
-            assert.strictEqual(res.status, 201);
-            assert.deepStrictEqual(res.body, { sum: 6, has_req: false });
-        } finally {
-            await S.unload();
-            await helper.stopServer();
-        }
+        let httpNode = null;
+        const httpIn = (RED) => {
+            httpNode = RED.httpNode;
+            return N.httpInNode(RED);
+        };
+        await load([N.kernelexecNode, httpIn], [
+            { id: "in", type: "http in", url: "/py", method: "post", wires: [["n1"]] },
+            py("n1", "msg['payload'] = {'sum': sum(msg['payload']['numbers']), 'has_req': 'req' in msg}\nmsg['statusCode'] = 201\nreturn msg", { wires: [["res"]] }),
+            { id: "res", type: "http response", statusCode: "" },
+        ]);
+        // A real HTTP request on an ephemeral server serving Node-RED's httpNode app.
+        // msg.req / msg.res never reach Python; the node puts them back on the output message.
+        const res = await require("supertest")(httpNode).post("/py").send({ numbers: [1, 2, 3] }).set("Content-Type", "application/json");
+        assert.strictEqual(res.status, 201);
+        assert.deepStrictEqual(res.body, { sum: 6, has_req: false });
     });
 
     it("round-trips a 16 MiB Buffer through blob files and leaves none behind", async function () {
@@ -232,13 +230,13 @@ describe("kernelexec node (real bridge, real kernels)", function () {
     it("isolates messages in cold mode but keeps them in hot mode", async function () {
         const code = "global counter\ncounter += 1\nmsg['payload'] = counter\nreturn msg";
         await load(N.kernelexecNode, [
-            py("hot", code, { initialize: "counter = 0", wires: [["outHot"]] }),
-            py("cold", code, { initialize: "counter = 0", mode: "cold", wires: [["outCold"]] }),
+            py("nHot", code, { initialize: "counter = 0", wires: [["outHot"]] }),
+            py("nCold", code, { initialize: "counter = 0", mode: "cold", wires: [["outCold"]] }),
             { id: "outHot", type: "helper" }, { id: "outCold", type: "helper" },
         ]);
         const hot = S.messages(helper.getNode("outHot"), 2);
         const cold = S.messages(helper.getNode("outCold"), 2);
-        for (const id of ["hot", "cold"]) {
+        for (const id of ["nHot", "nCold"]) {
             helper.getNode(id).receive({ payload: 0 });
             helper.getNode(id).receive({ payload: 0 });
         }
