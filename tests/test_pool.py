@@ -1,0 +1,278 @@
+"""Hot and cold pools on real kernels: semantics, order, limits, faults, blobs, clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+
+from kernelexec import blobs
+from kernelexec.config import PoolConfig
+from kernelexec.errors import SetupError
+from kernelexec.pool import MemoryHooks, Pool, make_pool
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def started(code: str, **fields: Any) -> tuple[Pool, MemoryHooks]:
+    hooks = MemoryHooks()
+    config = PoolConfig.from_dict(fields.pop("node_id", "n1"), {"code": code, **fields})
+    pool = make_pool(config, hooks)
+    await pool.start()
+    return pool, hooks
+
+
+async def closed(pool: Pool) -> None:
+    pids = [w.kernel.pid for w in pool.workers]
+    await pool.close()
+    for pid in pids:
+        assert pid is None or not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def echo() -> AsyncIterator[Pool]:
+    pool, _ = await started("return msg", node_id="echo")
+    yield pool
+    await closed(pool)
+
+
+def payloads(result: dict[str, Any], port: int = 0) -> list[Any]:
+    return [m.get("payload") for m in result["outputs"][port]]
+
+
+async def test_return_dict_goes_to_output_1(echo: Pool) -> None:
+    result = await echo.submit("r1", {"payload": 41, "topic": "t"})
+    assert result["error"] is None
+    assert result["outputs"][0] == [{"payload": 41, "topic": "t"}]
+    assert result["node_id"] == "echo" and result["timing"]["exec_ms"] >= 0
+
+
+async def test_list_sends_one_entry_per_output_and_nested_lists() -> None:
+    code = "return [None, [{'payload': 1}, {'payload': 2}], msg]"
+    pool, _ = await started(code, outputs=3)
+    try:
+        result = await pool.submit("r", {"payload": "x"})
+        assert result["error"] is None
+        assert result["outputs"][0] == []
+        assert payloads(result, 1) == [1, 2]
+        assert payloads(result, 2) == ["x"]
+    finally:
+        await closed(pool)
+
+
+async def test_hot_state_lives_on_and_setup_runs_once() -> None:
+    setup = "import os\ncount = 0\nSETUP_PID = os.getpid()"
+    code = "global count\ncount += 1\nmsg['payload'] = [count, SETUP_PID]\nreturn msg"
+    pool, _ = await started(code, setup=setup)
+    try:
+        first = await pool.submit("a", {})
+        second = await pool.submit("b", {})
+        assert payloads(first)[0][0] == 1
+        assert payloads(second)[0][0] == 2
+        assert payloads(first)[0][1] == payloads(second)[0][1] == pool.workers[0].kernel.pid
+    finally:
+        await closed(pool)
+
+
+async def test_cold_messages_never_see_each_other() -> None:
+    setup = "import os\nseen = []\nPARENT = os.getpid()"
+    code = (
+        "import os\nseen.append(msg['payload'])\n"
+        "msg['payload'] = [list(seen), os.getpid()]\nreturn msg"
+    )
+    pool, _ = await started(code, setup=setup, mode="cold")
+    try:
+        results = [await pool.submit(f"c{i}", {"payload": i}) for i in range(3)]
+        seen = [payloads(r)[0][0] for r in results]
+        pids = {payloads(r)[0][1] for r in results}
+        assert seen == [[0], [1], [2]]
+        assert len(pids) == 3 and pool.workers[0].kernel.pid not in pids
+    finally:
+        await closed(pool)
+
+
+async def test_keep_order_with_several_workers() -> None:
+    code = "import time, random\ntime.sleep(random.random() * 0.05)\nreturn msg"
+    pool, _ = await started(code, workers=3, keep_order=True)
+    try:
+        order: list[int] = []
+
+        async def one(i: int) -> None:
+            result = await pool.submit(f"k{i}", {"payload": i})
+            order.append(payloads(result)[0])
+
+        await asyncio.gather(*(one(i) for i in range(30)))
+        assert order == list(range(30))
+    finally:
+        await closed(pool)
+
+
+async def test_queue_limit_refuses_clearly_and_loses_nothing() -> None:
+    pool, _ = await started("import time\ntime.sleep(0.2)\nreturn msg", queue_limit=2)
+    try:
+        results = await asyncio.gather(*(pool.submit(f"q{i}", {"payload": i}) for i in range(8)))
+        codes = [r["error"]["code"] if r["error"] else "ok" for r in results]
+        assert codes.count("QUEUE_FULL") >= 4 and "ok" in codes
+        assert len(results) == 8
+        refused = next(r for r in results if r["error"])
+        assert "queueLimit 2" in refused["error"]["message"]
+    finally:
+        await closed(pool)
+
+
+async def test_timeout_interrupts_and_keeps_the_kernel() -> None:
+    setup = "import os\nMARK = os.getpid()"
+    code = (
+        "if msg['payload'] == 'spin':\n    while True:\n        pass\n"
+        "msg['payload'] = MARK\nreturn msg"
+    )
+    pool, _ = await started(code, setup=setup, timeout=0.3)
+    try:
+        pid = pool.workers[0].kernel.pid
+        result = await pool.submit("t1", {"payload": "spin"})
+        assert result["error"]["code"] == "TIMEOUT"
+        after = await pool.submit("t2", {"payload": "ok"})
+        assert after["error"] is None and payloads(after) == [pid]
+    finally:
+        await closed(pool)
+
+
+async def test_timeout_restarts_a_kernel_that_ignores_interrupts() -> None:
+    code = (
+        "import signal, time\n"
+        "if msg['payload'] == 'stuck':\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGINT})\n"
+        "    time.sleep(60)\n"
+        "return msg"
+    )
+    pool, _ = await started(code, timeout=0.2)
+    try:
+        pid = pool.workers[0].kernel.pid
+        result = await pool.submit("s1", {"payload": "stuck"})
+        assert result["error"]["code"] == "TIMEOUT"
+        assert "restarted" in result["error"]["message"]
+        after = await pool.submit("s2", {"payload": 1})
+        assert after["error"] is None and pool.workers[0].kernel.pid != pid
+        assert pool.stats().restarts == 1
+    finally:
+        await closed(pool)
+
+
+async def test_timeout_stops_processes_the_code_started() -> None:
+    code = (
+        "import subprocess, time\n"
+        "p = subprocess.Popen(['sleep', '300'])\n"
+        "msg['payload'] = p.pid\n"
+        "node.send(msg)\n"
+        "time.sleep(60)\n"
+    )
+    pool, hooks = await started(code, timeout=0.5)
+    try:
+        result = await pool.submit("p1", {})
+        assert result["error"]["code"] == "TIMEOUT"
+        sends = [e for _, e in hooks.events if e.get("type") == "send"]
+        child = sends[0]["outputs"][0][0]["payload"]
+        await asyncio.sleep(0.2)
+        assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+    finally:
+        await closed(pool)
+
+
+async def test_dead_kernel_fails_only_its_message_and_is_replaced() -> None:
+    code = "import os\nif msg['payload'] == 'die':\n    os._exit(3)\nreturn msg"
+    pool, _ = await started(code)
+    try:
+        result = await pool.submit("d1", {"payload": "die"})
+        assert result["error"]["code"] == "KERNEL_DIED"
+        assert "exit code 3" in result["error"]["message"]
+        after = await pool.submit("d2", {"payload": "fine"})
+        assert after["error"] is None and payloads(after) == ["fine"]
+    finally:
+        await closed(pool)
+
+
+async def test_setup_failure_is_one_clear_error_and_fails_messages_fast() -> None:
+    hooks = MemoryHooks()
+    config = PoolConfig.from_dict(
+        "bad", {"code": "return msg", "setup": "x = 1\nraise ValueError('no db')"}
+    )
+    pool = make_pool(config, hooks)
+    try:
+        with pytest.raises(SetupError) as caught:
+            await pool.start()
+        assert "no db" in caught.value.message
+        assert "line 2" in (caught.value.traceback or "")
+        result = await asyncio.wait_for(pool.submit("m", {}), 5)
+        assert result["error"]["code"] == "SETUP_FAILED"
+        assert [s["state"] for _, s in hooks.states][-1] == "error"
+    finally:
+        await closed(pool)
+
+
+async def test_user_error_points_at_the_users_line(echo: Pool) -> None:
+    pool, _ = await started("x = 1\ny = 2\nraise KeyError('nope')\nreturn msg")
+    try:
+        result = await pool.submit("e", {})
+        error = result["error"]
+        assert error["code"] == "USER_ERROR" and error["type"] == "KeyError"
+        assert error["line"] == 3 and "line 3" in error["traceback"]
+    finally:
+        await closed(pool)
+
+
+async def test_send_from_a_thread_after_return_and_context() -> None:
+    code = (
+        "import threading, time\n"
+        "context.set('n', context.get('n', 0) + 1)\n"
+        "def later():\n"
+        "    time.sleep(0.1)\n"
+        "    node.send({'payload': 'later'})\n"
+        "threading.Thread(target=later).start()\n"
+        "msg['payload'] = context.get('n')\n"
+        "return msg"
+    )
+    pool, hooks = await started(code)
+    try:
+        first = await pool.submit("x1", {})
+        second = await pool.submit("x2", {})
+        assert payloads(first) == [1] and payloads(second) == [2]
+        for _ in range(50):
+            sends = [e for _, e in hooks.events if e.get("type") == "send"]
+            if len(sends) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert [s["outputs"][0][0]["payload"] for s in sends] == ["later", "later"]
+    finally:
+        await closed(pool)
+
+
+async def test_big_buffers_travel_through_shm_and_are_removed() -> None:
+    pool, _ = await started("msg['payload'] = msg['payload'][::-1]\nreturn msg")
+    try:
+        data = os.urandom(3 * 1024 * 1024)
+        ref = blobs.write_blob(data, "b1")
+        result = await pool.submit("b1", {"payload": ref})
+        out = result["outputs"][0][0]["payload"]
+        assert out["$kx"] == "blob"
+        got = blobs.read_blob(out)
+        assert got == data[::-1]
+        os.unlink(ref["path"])
+        os.unlink(out["path"])
+    finally:
+        await closed(pool)
+
+
+async def test_close_runs_stop_code_and_leaves_no_process(tmp_path: Any) -> None:
+    marker = tmp_path / "stopped"
+    pool, _ = await started(
+        "return msg", stop=f"open({str(marker)!r}, 'w').write('bye')", workers=2
+    )
+    await closed(pool)
+    assert marker.read_text() == "bye"
+    result = await pool.submit("late", {})
+    assert result["error"]["code"] == "POOL_CLOSED"
