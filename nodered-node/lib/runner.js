@@ -123,7 +123,10 @@ class Runner {
             return;
         }
         req.result = true;
-        this.logs(frame.logs, req);
+        // node.error(text, msg) in Python fails the request: its text is both a log line and
+        // the result's error; report it once, through done(err).
+        const failure = frame.error ? frame.error.message : null;
+        this.logs((frame.logs || []).filter((e) => !(e.level === "error" && e.text === failure)));
         for (const status of frame.status || []) {
             this.status.user(status);
         }
@@ -150,6 +153,9 @@ class Runner {
     onDone(frame) {
         const req = this.inflight.get(frame.req_id);
         if (!req) {
+            if (frame.error) {
+                this.node.error(toError(frame.error));   // node.error(text, msg) after the message ended
+            }
             return;
         }
         req.doneFrame = frame;
@@ -163,8 +169,7 @@ class Runner {
     }
 
     onLog(frame) {
-        const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
-        this.logs([frame], req);
+        this.logs([frame]);
     }
 
     onError(frame) {
@@ -288,11 +293,12 @@ class Runner {
         }
     }
 
-    logs(entries, req) {
+    /** Python's node.log/warn/error/debug and log(): to the Node-RED log (warn/error also to the debug sidebar). */
+    logs(entries) {
         for (const entry of entries || []) {
             const text = entry.text;
             if (entry.level === "error") {
-                this.node.error(text, req ? req.msg : undefined);
+                this.node.error(text);
             } else if (entry.level === "warn") {
                 this.node.warn(text);
             } else if (entry.level === "debug") {

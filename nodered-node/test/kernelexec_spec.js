@@ -107,6 +107,42 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.ok(Date.now() - t0 >= 250, "n2 completed only after node.done()");
     });
 
+    it("sends warnings and print() output to the log, node.error(text, msg) once to Catch", async function () {
+        const code = "print('printed', msg['payload'])\nnode.warn('careful')\nif msg['payload'] == 'bad':\n    node.error('rejected', msg)\nreturn msg";
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", code, { stdoutToMsg: true }),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const n1 = helper.getNode("n1");
+        const warned = S.call(n1, "warn", (w) => w === "careful");
+        const logged = S.call(n1, "log", (l) => /printed ok/.test(l));
+        const got = S.messages(helper.getNode("out"), 1);
+        n1.receive({ payload: "ok" });
+        await warned;
+        await logged;
+        assert.strictEqual((await got)[0].stdout, "printed ok\n");
+        let catches = 0;
+        const caught = S.messages(helper.getNode("caught"), 1);
+        helper.getNode("caught").on("input", () => { catches += 1; });
+        n1.receive({ payload: "bad" });
+        const [err] = await caught;
+        assert.match(err.error.message, /rejected/);
+        await new Promise((r) => setTimeout(r, 300));
+        assert.strictEqual(catches, 1);
+    });
+
+    it("runs script-style code (result, output_topic, additional_data)", async function () {
+        const code = "log(f'got {payload}')\nresult = {'doubled': payload * 2}\noutput_topic = f'math/{topic}'\nadditional_data = {'by': node_id}";
+        await load(N.kernelexecNode, [py("n1", code), { id: "out", type: "helper" }]);
+        const got = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: 21, topic: "x" });
+        const [msg] = await got;
+        assert.deepStrictEqual(msg.payload, { doubled: 42 });
+        assert.strictEqual(msg.topic, "math/x");
+        assert.deepStrictEqual(msg.additionalData, { by: "n1" });
+    });
+
     it("shows the pool status, then the status set from Python", async function () {
         await load([N.kernelexecNode, N.statusNode], [
             py("n1", "node.status({'fill': 'blue', 'shape': 'ring', 'text': 'seen ' + str(msg['payload'])})\nreturn msg"),
