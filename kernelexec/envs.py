@@ -13,6 +13,7 @@ and pip), keyed by the interpreter and the normalized requirements, stored in
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -141,11 +142,21 @@ def _prepare_workdir(path: Path, user: str | None) -> None:
             import pwd
 
             entry = pwd.getpwnam(user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+            _chown_tree(path, entry.pw_uid, entry.pw_gid)
             path.chmod(0o700)
     except (OSError, KeyError) as exc:
         msg = f"cannot prepare the working directory {path}: {exc}"
         raise EnvironmentBuildError(msg) from None
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    """The node's directory belongs to its kernel user, files made earlier as another included."""
+    for top, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            item = os.path.join(top, name)
+            if os.lstat(item).st_uid != uid:
+                os.chown(item, uid, gid, follow_symlinks=False)
+    os.chown(path, uid, gid)
 
 
 def _package_link() -> Path:
@@ -429,7 +440,8 @@ async def _install(
              "--progress-bar", "off", "--disable-pip-version-check", "-r", str(req_file)],
         ]  # fmt: skip
     for argv in steps:
-        feed.progress(f"{'creating environment' if 'venv' in argv else 'installing'} ({argv[0]})")
+        step = "creating environment" if "venv" in argv else "installing requirements"
+        feed.progress(f"{step} ({'uv' if uv else 'pip'})")
         code, lines = await _run(argv, on_line=feed)
         if code != 0:
             msg = (
@@ -532,6 +544,28 @@ async def _build(interp: Interpreter, reqs: tuple[str, ...], key: str, progress:
 # --------------------------------------------------------------------------- launch
 
 
+_RUNTIME_DIRS: set[str] = set()
+
+
+def _make_runtime_dir() -> str:
+    """A private directory for one pool's kernel files; swept when its bridge is gone."""
+    base = Path(os.environ.get(RUNTIME_DIR_VAR) or tempfile.gettempdir())
+    for stale in base.glob("kx-*-*"):
+        match = re.fullmatch(r"kx-(\d+)-\w+", stale.name)
+        if match and not stale.is_symlink() and not sandbox.pid_alive(int(match.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+    if not _RUNTIME_DIRS:
+        atexit.register(_remove_runtime_dirs)
+    path = tempfile.mkdtemp(prefix=f"kx-{os.getpid()}-", dir=base)
+    _RUNTIME_DIRS.add(path)
+    return path
+
+
+def _remove_runtime_dirs() -> None:
+    for path in _RUNTIME_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _python_path(extra: Path) -> str:
     current = os.environ.get("PYTHONPATH")
     return f"{extra}{os.pathsep}{current}" if current else str(extra)
@@ -546,6 +580,8 @@ async def prepare_launch(
     cannot provide an isolation option (saying which and why), ConfigError for a bad value.
     Call ``spec.cleanup()`` once when the pool has closed (no kernel of it left).
     """
+    if env.user:
+        sandbox.check_user(env.user)
     cwd = node_workdir(node_id, workdir)
     _prepare_workdir(cwd, env.user)
     python, extra_env, described = sys.executable, dict[str, str](), "bridge interpreter"
@@ -589,8 +625,7 @@ async def _sandboxed_spec(
     progress: Progress,
 ) -> LaunchSpec:
     if box.user:  # connection file copy and ipc sockets the kernel user can reach
-        base = os.environ.get(RUNTIME_DIR_VAR) or tempfile.gettempdir()
-        box.runtime_dir = tempfile.mkdtemp(prefix="kx-", dir=base)
+        box.runtime_dir = _make_runtime_dir()
     for note in box.notes:
         log.warning("%s", note)
         progress(note)
@@ -607,7 +642,7 @@ async def _sandboxed_spec(
         argv=box.wrap(kernel_argv),
         env=extra_env,
         cwd=str(cwd),
-        transport="tcp" if box.network else "ipc",
+        transport="ipc",  # unix sockets: reachable from inside a network namespace
         cleanup=box.cleanup,
         description=f"{described}, " + " ".join(part for part in isolation if part),
     )

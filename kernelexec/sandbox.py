@@ -24,6 +24,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import stat
 import sys
@@ -240,7 +241,7 @@ def sweep_stale_cgroups(parent: Path) -> None:
     """Remove pool cgroups (``<node>-<bridge pid>-<rand>``) whose bridge process is gone."""
     for pool_dir in parent.iterdir() if parent.is_dir() else []:
         match = re.fullmatch(r".+-(\d+)-[0-9a-f]{6}", pool_dir.name)
-        if match and pool_dir.is_dir() and not _pid_alive(int(match.group(1))):
+        if match and pool_dir.is_dir() and not pid_alive(int(match.group(1))):
             for child in pool_dir.glob("k*"):
                 _remove_kernel_cgroup(child)
             with contextlib.suppress(OSError):
@@ -332,25 +333,27 @@ class Sandbox:
             _clean_runtime_dir(Path(self.runtime_dir))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _clean_runtime_dir(directory: Path) -> None:
-    """Remove ``k<pid>*`` files of dead kernels, and the directory once empty."""
+    """Remove ``k<pid>*`` files of dead kernels; the whole directory when no kernel is left."""
+    live = False
     for item in directory.glob("k*") if directory.is_dir() else []:
         match = re.match(r"k(\d+)", item.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and pid_alive(int(match.group(1))):
+            live = True
+        elif match:
             with contextlib.suppress(OSError):
                 item.unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()
+    if not live:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def plan_sandbox(
@@ -376,7 +379,7 @@ def plan_sandbox(
             msg = f"config.env.memory_limit: {exc}"
             raise ConfigError(msg) from None
     if user:
-        _check_user(user)
+        check_user(user)
     if not network:
         _check_netns()
     if box.memory or cpu_limit:
@@ -399,7 +402,8 @@ def plan_sandbox(
     return box
 
 
-def _check_user(user: str) -> None:
+def check_user(user: str) -> None:
+    """Raise EnvironmentBuildError unless kernels may run as ``user`` here."""
     import pwd
 
     from .errors import EnvironmentBuildError
@@ -647,7 +651,10 @@ def _become(user: str, runtime_dir: str | None, connection_file: str | None) -> 
     except OSError as exc:
         msg = f"cannot switch to user {user!r}: {exc.strerror or exc}"
         raise SandboxFailure(msg) from None
-    os.environ.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
+    home = entry.pw_dir
+    if not (os.path.isdir(home) and os.access(home, os.W_OK)) and runtime_dir:
+        home = runtime_dir  # IPython and friends want a writable home (system users have none)
+    os.environ.update(HOME=home, USER=user, LOGNAME=user)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     cwd = os.getcwd()

@@ -1,0 +1,322 @@
+"""Isolation on real kernels: memory and CPU limits, no network, another user, clean-up.
+
+Kernels are started from :func:`kernelexec.envs.prepare_launch`'s LaunchSpec by the worker's
+own LocalKernel (jupyter_client underneath). Needs root, cgroups (v1 or v2) with the memory
+and cpu controllers, and network namespaces: skipped where the host has none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+
+from kernelexec import envs, sandbox
+from kernelexec.config import EnvConfig
+from kernelexec.errors import ConfigError, EnvironmentBuildError, KernelDiedError
+from kernelexec.kernels.base import LaunchSpec
+from kernelexec.kernels.local import LocalKernel
+
+
+ROOT = os.geteuid() == 0
+HAS_CGROUPS = bool(sandbox.find_controller("memory") and sandbox.find_controller("cpu"))
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root (cgroups, namespaces, setuid)")
+needs_cgroups = pytest.mark.skipif(not (ROOT and HAS_CGROUPS), reason="needs writable cgroups")
+TEST_USER = "kernelexec-test"
+
+
+def cgroup_leftovers() -> list[str]:
+    """kernelexec cgroup directories of this process's pools."""
+    found = []
+    for controller in ("memory", "cpu"):
+        located = sandbox.find_controller(controller)
+        if located:
+            for parent in (located[1] / "kernelexec", located[1].parent / "kernelexec"):
+                found += [str(p) for p in parent.glob(f"*-{os.getpid()}-*")]
+    return found
+
+
+def runtime_leftovers() -> list[str]:
+    return [str(p) for p in Path(tempfile.gettempdir()).glob(f"kx-{os.getpid()}-*")]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    yield
+    assert not cgroup_leftovers(), "cgroups left behind"
+    assert not runtime_leftovers(), "runtime directories left behind"
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    """A node directory any user can reach (pytest's own temp root is private to root)."""
+    path = tempfile.mkdtemp(prefix="kx-test-work-")
+    os.chmod(path, 0o755)
+    yield os.path.join(path, "node")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def prepare(env: dict[str, Any], workdir: str, node_id: str = "sbx") -> LaunchSpec:
+    lines: list[str] = []
+    return await envs.prepare_launch(
+        EnvConfig.from_dict(env), node_id=node_id, workdir=workdir, progress=lines.append
+    )
+
+
+class Kernel:
+    """A LocalKernel plus stdout capture, for raw execute_requests (no kernelexec runtime)."""
+
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.spec = spec
+        self.handle = LocalKernel(spec, name="sandbox-test")
+        self.out: list[str] = []
+        self.handle.on_stream = lambda name, text: (
+            self.out.append(text) if name == "stdout" else None
+        )
+
+    async def run(self, code: str) -> tuple[dict[str, Any], str]:
+        self.out.clear()
+        code += "\nimport sys; sys.stdout.flush(); sys.stderr.flush()"
+        reply = await self.handle.execute(code, {})
+        for _ in range(50):
+            if self.out or reply["status"] != "ok":
+                break
+            await asyncio.sleep(0.02)
+        return reply, "".join(self.out)
+
+    async def value(self, expression: str) -> str:
+        reply, out = await self.run(f"print({expression})")
+        assert reply["status"] == "ok", reply
+        return out.strip()
+
+
+@pytest_asyncio.fixture
+async def kernel_factory() -> AsyncIterator[Any]:
+    started: list[Kernel] = []
+
+    async def start(spec: LaunchSpec) -> Kernel:
+        kernel = Kernel(spec)
+        started.append(kernel)
+        await kernel.handle.start()
+        return kernel
+
+    yield start
+    for kernel in started:
+        pid = kernel.handle.pid
+        await kernel.handle.shutdown(now=True)
+        assert pid is None or not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_parse_memory_units() -> None:
+    assert sandbox.parse_memory("512M") == 512 * 1024**2
+    assert sandbox.parse_memory("1G") == 1024**3
+    assert sandbox.parse_memory("1.5g") == int(1.5 * 1024**3)
+    assert sandbox.parse_memory("256MiB") == 256 * 1024**2
+    assert sandbox.parse_memory(4096) == 4096
+    for bad in ("lots", "-1G", "0", "12X"):
+        with pytest.raises(ValueError, match="512M"):
+            sandbox.parse_memory(bad)
+
+
+async def test_bad_memory_value_is_a_config_error(workdir: str) -> None:
+    with pytest.raises(ConfigError, match=r"memory_limit.*'1 gigabyte'"):
+        await prepare({"memory_limit": "1 gigabyte"}, workdir)
+
+
+async def test_no_isolation_means_no_wrapper(workdir: str) -> None:
+    spec = await prepare({}, workdir)
+    assert sandbox.WRAPPER_MODULE not in spec.argv
+    assert spec.cwd == workdir and os.path.isdir(workdir)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@needs_cgroups
+async def test_memory_limit_kills_the_kernel_and_says_why(
+    workdir: str, kernel_factory: Any
+) -> None:
+    spec = await prepare({"memory_limit": "200M"}, workdir)
+    assert spec.cleanup is not None and "memory 200M" in spec.description
+    kernel = await kernel_factory(spec)
+    pid = kernel.handle.pid
+    limit_dirs = [cg.kernel_dir(pid) for cg in sandbox.kernel_cgroups(spec.argv)]
+    assert limit_dirs and all(d.is_dir() for d in limit_dirs)
+    assert await kernel.value("len(bytearray(50 * 2**20))") == str(50 * 2**20)
+    with pytest.raises(KernelDiedError):
+        await kernel.run("block = bytearray(400 * 2**20)")
+    why = envs.explain_death(spec, pid)
+    assert why is not None and "memory limit" in why and "200M" in why
+    assert not any(d.exists() for d in limit_dirs), "the dead kernel's cgroup is released"
+    assert envs.explain_death(spec, pid) is None
+    await kernel.handle.restart()
+    assert await kernel.value("'alive'") == "alive"
+    assert kernel.handle.pid != pid
+
+
+@needs_cgroups
+async def test_ordinary_death_is_not_blamed_on_memory(workdir: str, kernel_factory: Any) -> None:
+    spec = await prepare({"memory_limit": "300M"}, workdir)
+    kernel = await kernel_factory(spec)
+    pid = kernel.handle.pid
+    with pytest.raises(KernelDiedError):
+        await kernel.run("import os; os._exit(3)")
+    assert envs.explain_death(spec, pid) is None
+
+
+@needs_root
+async def test_memory_limit_without_cgroups_falls_back_to_rlimit_as(
+    workdir: str, kernel_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "make_cgroup_dirs", lambda *a, **k: ([], "test: no cgroups"))
+    spec = await prepare({"memory_limit": "1500M"}, workdir)
+    assert "--rlimit-as" in spec.argv and "RLIMIT_AS" in spec.description
+    kernel = await kernel_factory(spec)
+    reply, _ = await kernel.run("block = bytearray(2 * 2**30)")
+    assert reply["status"] == "error" and reply["ename"] == "MemoryError"
+    assert await kernel.value("'still here'") == "still here"
+
+
+@needs_cgroups
+async def test_memory_limit_too_small_to_start_fails_at_deploy(workdir: str) -> None:
+    with pytest.raises(EnvironmentBuildError, match=r"memory limit.*8M"):
+        await prepare({"memory_limit": "8M"}, workdir)
+
+
+# --------------------------------------------------------------------------- cpu
+
+
+@needs_cgroups
+async def test_cpu_limit_caps_cpu_time(workdir: str, kernel_factory: Any) -> None:
+    spec = await prepare({"cpu_limit": 0.25}, workdir)
+    kernel = await kernel_factory(spec)
+    code = (
+        "import time\n"
+        "t0, c0 = time.monotonic(), time.process_time()\n"
+        "while time.monotonic() - t0 < 1.5: pass\n"
+        "print(round((time.process_time() - c0) / (time.monotonic() - t0), 2))"
+    )
+    reply, out = await kernel.run(code)
+    assert reply["status"] == "ok"
+    share = float(out.strip())
+    assert share < 0.45, f"a 0.25 CPU kernel used {share} CPU"
+
+
+async def test_cpu_limit_refused_without_cgroups(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "make_cgroup_dirs", lambda *a, **k: ([], "test: no cgroups"))
+    with pytest.raises(EnvironmentBuildError, match=r"cpu_limit=0.5.*RLIMIT_CPU"):
+        await prepare({"cpu_limit": 0.5}, workdir)
+
+
+# --------------------------------------------------------------------------- network
+
+
+@needs_root
+async def test_no_network_blocks_outside_but_kernel_answers(
+    workdir: str, kernel_factory: Any
+) -> None:
+    spec = await prepare({"network": False}, workdir)
+    assert spec.transport == "ipc" and "no network" in spec.description
+    kernel = await kernel_factory(spec)
+    # TEST-NET-1: never routable; inside the namespace there is no route at all.
+    code = (
+        "import socket, time\n"
+        "s = socket.socket(); s.settimeout(3); t = time.monotonic()\n"
+        "try:\n    s.connect(('192.0.2.1', 80)); print('connected')\n"
+        "except OSError as exc:\n    print(exc.errno, round(time.monotonic() - t, 1))\n"
+    )
+    _, out = await kernel.run(code)
+    errno, seconds = out.split()
+    assert errno == "101" and float(seconds) < 1, out  # ENETUNREACH, at once
+    loopback = (
+        "import socket\n"
+        "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
+        "cli = socket.create_connection(srv.getsockname(), timeout=2)\n"
+        "print(sorted(n for _, n in socket.if_nameindex()))"
+    )
+    assert await kernel.value("'x'") == "x"
+    _, out = await kernel.run(loopback)
+    assert out.strip() == "['lo']"
+    own = Path(f"/proc/{kernel.handle.pid}/ns/net").resolve()
+    assert own != Path("/proc/self/ns/net").resolve()
+
+
+# --------------------------------------------------------------------------- user
+
+
+@pytest.fixture(scope="module")
+def test_user() -> Iterator[str]:
+    if not ROOT or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd")
+    created = False
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True,
+        )
+        created = True
+    yield TEST_USER
+    if created:
+        subprocess.run(["userdel", TEST_USER], check=False)
+
+
+@needs_root
+async def test_user_that_does_not_exist_fails_at_deploy(workdir: str) -> None:
+    with pytest.raises(EnvironmentBuildError, match=r"no-such-user-kx.*useradd"):
+        await prepare({"user": "no-such-user-kx"}, workdir)
+
+
+@needs_root
+async def test_user_who_cannot_read_the_interpreter_fails_at_deploy(
+    workdir: str, test_user: str
+) -> None:
+    python = os.path.realpath(envs.sys.executable)
+    if os.access(python, os.X_OK) and not python.startswith("/root/"):
+        pytest.skip("the bridge interpreter is readable by everyone here")
+    with pytest.raises(EnvironmentBuildError, match=rf"{test_user}.*must be able to read"):
+        await prepare({"user": test_user}, workdir)
+
+
+def test_explain_death_ignores_unwrapped_commands() -> None:
+    spec = LaunchSpec(argv=("python", "-m", "kernelexec.kernel", "-f", "{connection_file}"))
+    assert envs.explain_death(spec, 12345) is None
+    envs.release_kernel(spec, 12345)
+
+
+async def test_cleanup_is_safe_per_kernel(workdir: str) -> None:
+    """LocalKernel.shutdown calls spec.cleanup for each kernel: siblings must survive it."""
+    if not (ROOT and HAS_CGROUPS):
+        pytest.skip("needs writable cgroups")
+    spec = await prepare({"memory_limit": "300M"}, workdir)
+    first, second = LocalKernel(spec), LocalKernel(spec)
+    await asyncio.gather(first.start(), second.start())
+    try:
+        await first.shutdown(now=True)
+        assert second.is_alive()
+        reply = await second.execute("1 + 1", {})
+        assert reply["status"] == "ok"
+        second_cgroups = [
+            cg.kernel_dir(second.pid or 0) for cg in sandbox.kernel_cgroups(spec.argv)
+        ]
+        assert all(d.is_dir() for d in second_cgroups)
+    finally:
+        await second.shutdown(now=True)
+    time.sleep(0.05)
