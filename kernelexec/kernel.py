@@ -14,6 +14,7 @@ gateway kernels. This module runs inside the kernel: standard library and ipyker
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -48,11 +49,22 @@ def _skip_empty_flushes() -> None:
     OutStream.flush = flush  # type: ignore[method-assign]
 
 
-def main(argv: list[str] | None = None) -> None:
+def _app_class() -> Any:
+    """IPKernelApp without the shell-channel thread (no subshells)."""
     from ipykernel.kernelapp import IPKernelApp
 
+    class KernelexecKernelApp(IPKernelApp):  # type: ignore[misc]
+        def init_sockets(self) -> None:
+            super().init_sockets()
+            if os.environ.get("KERNELEXEC_SUBSHELLS") != "1":
+                self.shell_channel_thread = None
+
+    return KernelexecKernelApp
+
+
+def main(argv: list[str] | None = None) -> None:
     _skip_empty_flushes()
-    app = IPKernelApp.instance(config=kernel_config())
+    app = _app_class().instance(config=kernel_config())
     app.initialize(sys.argv[1:] if argv is None else argv)  # type: ignore[no-untyped-call]
     app.start()  # type: ignore[no-untyped-call]
 

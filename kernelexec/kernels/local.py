@@ -135,6 +135,7 @@ class LocalKernel(KernelHandle):
         self._km = km
         env = {**os.environ, **self._launch.env}
         env.pop("JPY_PARENT_PID", None)
+        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
         await km.start_kernel(env=env, cwd=self._launch.cwd)
         self._connect()
         await self._wait_ready()
