@@ -53,9 +53,9 @@ def _app_class() -> Any:
     """IPKernelApp without the shell-channel thread (no subshells)."""
     from ipykernel.kernelapp import IPKernelApp
 
-    class KernelexecKernelApp(IPKernelApp):  # type: ignore[misc]
+    class KernelexecKernelApp(IPKernelApp):
         def init_sockets(self) -> None:
-            super().init_sockets()
+            super().init_sockets()  # type: ignore[no-untyped-call]
             if os.environ.get("KERNELEXEC_SUBSHELLS") != "1":
                 self.shell_channel_thread = None
 
@@ -65,8 +65,8 @@ def _app_class() -> Any:
 def main(argv: list[str] | None = None) -> None:
     _skip_empty_flushes()
     app = _app_class().instance(config=kernel_config())
-    app.initialize(sys.argv[1:] if argv is None else argv)  # type: ignore[no-untyped-call]
-    app.start()  # type: ignore[no-untyped-call]
+    app.initialize(sys.argv[1:] if argv is None else argv)
+    app.start()
 
 
 if __name__ == "__main__":
