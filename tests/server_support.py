@@ -163,9 +163,10 @@ class BridgeProcess:
         except psutil.NoSuchProcess:
             return []
 
-    def wait(self, timeout: float = 30.0) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err.decode(errors="replace")
+    def wait(self, timeout: float = 30.0) -> tuple[int, str, str]:
+        """Exit code, the rest of stdout, stderr."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -177,6 +178,25 @@ def gone(processes: list[psutil.Process], timeout: float = 10.0) -> list[psutil.
     """The processes still alive (not zombies) after waiting up to ``timeout``."""
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def still_running(
+    processes: list[psutil.Process], timeout: float = 10.0
+) -> list[psutil.Process]:
+    """Like :func:`gone` without blocking the event loop (for in-process bridges)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in processes if _alive(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        await asyncio.sleep(0.1)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def kernel_children() -> list[psutil.Process]:

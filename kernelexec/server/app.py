@@ -3,10 +3,11 @@
 Shutdown (:meth:`Server.stop`, on SIGTERM/SIGINT or when the parent process is gone):
 
 1. stop accepting connections; new ``configure`` frames are refused;
-2. close every pool at once: waiting and running messages end with a POOL_CLOSED result
-   that still reaches Node-RED, stop code runs, kernels go down (killed past a deadline);
-3. close every WebSocket (1001, "bridge shutting down");
-4. remove orphan blob files (``kernelexec.blobs.sweep_orphans``) of the dead kernels.
+2. answer every waiting and running message at once with a POOL_CLOSED result (it still
+   reaches Node-RED);
+3. close every pool at once: stop code runs, kernels go down (killed past a deadline);
+4. close every WebSocket (1001, "bridge shutting down");
+5. remove orphan blob files (``kernelexec.blobs.sweep_orphans``) of the dead kernels.
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ class Server:
         log.info("Bridge stopping: %s", reason)
         if self._http is not None:
             self._http.stop()
-        await bridge.registry.close_all()
         sessions = list(bridge.sessions)
+        for session in sessions:
+            session.fail_inflight()
+        await bridge.registry.close_all()
         await asyncio.gather(*(s.end(reason) for s in sessions), *bridge.tasks)
         for session in sessions:
             with contextlib.suppress(Exception):

@@ -349,6 +349,11 @@ class Session:
 
     # -- end ---------------------------------------------------------------------------
 
+    def fail_inflight(self) -> None:
+        """The bridge stops: every running message gets its POOL_CLOSED result now."""
+        for task in list(self._inflight.values()):
+            task.cancel()
+
     async def end(self, reason: str) -> None:
         """The connection is gone or the bridge stops: close this connection's pools."""
         if self.ended is None:

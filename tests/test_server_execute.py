@@ -1,0 +1,280 @@
+"""The bridge with real pools and kernels: execute, events, context, kernels, ownership."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+from server_support import TOKEN, Client, http_get, start_server, still_running
+
+from kernelexec.server import Server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TALK = """\
+node.send({'payload': 'early-1'})
+node.send({'payload': 'early-2'})
+node.status({'fill': 'green', 'shape': 'dot', 'text': 'ok'})
+node.warn('careful')
+msg['payload'] = msg['payload'] * 2
+return msg
+"""
+COUNT = """\
+n = flow.get('count') or 0
+flow.set('count', n + 1)
+msg['payload'] = [n, sorted(global_.keys())]
+return msg
+"""
+BOOM = "x = 1\nraise ValueError('bad ' + str(msg['payload']))\n"
+SLOW = "import time\ntime.sleep(float(msg.get('sleep', 0.5)))\nreturn msg\n"
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def server() -> AsyncIterator[Server]:
+    server = await start_server()
+    yield server
+    await server.stop("tests done")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def client(server: Server) -> AsyncIterator[Client]:
+    client = await Client.connect(server.port)
+    client.context = {"global:site": "lab", "global:owner": "me"}
+    for node_id, code in (("echo", "return msg"), ("talk", TALK), ("count", COUNT),
+                          ("boom", BOOM), ("slow", SLOW)):  # fmt: skip
+        await client.send(type="configure", node_id=node_id, config={"code": code})
+    for node_id in ("echo", "talk", "count", "boom", "slow"):
+        state = await client.state(node_id, "ready", "error")
+        assert state["state"] == "ready", state
+    yield client
+    client.close()
+
+
+def frames_of(client: Client, req_id: str) -> list[dict[str, Any]]:
+    return [f for f in client.seen if f.get("req_id") == req_id]
+
+
+async def test_echo_result(client: Client) -> None:
+    result = await client.execute("echo", "e1", {"payload": 41, "topic": "t", "text": "😀 ü"})
+    assert result["type"] == "result" and result["error"] is None
+    assert result["node_id"] == "echo" and result["done"] is True
+    assert result["outputs"] == [[{"payload": 41, "topic": "t", "text": "😀 ü"}]]
+    assert set(result["timing"]) == {"queued_ms", "exec_ms"}
+
+
+async def test_sends_status_and_logs_come_before_the_result(client: Client) -> None:
+    result = await client.execute("talk", "t1", {"payload": 21})
+    assert result["outputs"] == [[{"payload": 42}]]
+    frames = frames_of(client, "t1")
+    sends = [f for f in frames if f["type"] == "send"]
+    assert [s["outputs"] for s in sends] == [[[{"payload": "early-1"}]], [[{"payload": "early-2"}]]]
+    assert frames[-1] is result and result["sent"] == 2
+    assert all(s["node_id"] == "talk" for s in sends)
+    status = await client.next(lambda f: f["type"] == "status" and f["node_id"] == "talk")
+    assert status["status"]["text"] == "ok"
+    warning = [f for f in frames if f["type"] == "log"] or result["logs"]
+    assert any(w["level"] == "warn" and w["text"] == "careful" for w in warning)
+
+
+async def test_context_round_trips_through_node_red(client: Client) -> None:
+    first = await client.execute("count", "c1", {})
+    second = await client.execute("count", "c2", {})
+    assert first["error"] is None, first["error"]
+    assert first["outputs"][0][0]["payload"] == [0, ["owner", "site"]]
+    assert second["outputs"][0][0]["payload"][0] == 1
+    assert client.context is not None and client.context["flow:count"] == 2
+    requests = [f for f in client.seen if f["type"] == "context_request"]
+    assert {(r["scope"], r["op"]) for r in requests} >= {("flow", "get"), ("flow", "set"),
+                                                         ("global", "keys")}  # fmt: skip
+    assert all(r["node_id"] == "count" for r in requests)
+
+
+async def test_user_error_is_a_result_with_the_user_line(client: Client) -> None:
+    result = await client.execute("boom", "b1", {"payload": 7})
+    assert result["type"] == "result"
+    error = result["error"]
+    assert error["code"] == "USER_ERROR" and error["type"] == "ValueError"
+    assert "bad 7" in error["message"] and error["line"] == 2
+
+
+async def test_requests_run_side_by_side_on_different_nodes(client: Client) -> None:
+    await client.send(type="execute", node_id="slow", req_id="s1", msg={"sleep": 1.0})
+    echo = await client.execute("echo", "e2", {"payload": 1})
+    assert echo["error"] is None
+    assert not any(f.get("req_id") == "s1" and f["type"] == "result" for f in client.seen)
+    assert (await client.result("s1"))["error"] is None
+
+
+async def test_duplicate_running_req_id_is_refused(client: Client) -> None:
+    await client.send(type="execute", node_id="slow", req_id="d1", msg={"sleep": 0.5})
+    await client.send(type="execute", node_id="slow", req_id="d1", msg={"sleep": 0.5})
+    error = await client.next(lambda f: f["type"] == "error" and f["req_id"] == "d1")
+    assert error["error"]["code"] == "BAD_FRAME" and "unique" in error["error"]["message"]
+    result = await client.next(lambda f: f["type"] == "result" and f["req_id"] == "d1")
+    assert result["error"] is None
+
+
+async def test_pool_state_is_not_sent_per_message(client: Client) -> None:
+    before = len(client.seen)
+    for i in range(60):
+        await client.send(type="execute", node_id="echo", req_id=f"burst{i}", msg={"i": i})
+    for i in range(60):
+        assert (await client.result(f"burst{i}"))["error"] is None
+    await asyncio.sleep(0.4)  # the last throttled load report
+    await client.send(type="ping", id="sync")
+    await client.next(lambda f: f["type"] == "pong")
+    states = [f for f in client.seen[before:] if f["type"] == "pool_state"]
+    assert len(states) <= 8, states
+    for state in states[-1:]:
+        assert state["busy"] == 0 and state["queued"] == 0
+
+
+async def test_load_changes_are_reported_then_settle(client: Client) -> None:
+    client.backlog.clear()
+    before = len(client.seen)
+    for i in range(4):
+        await client.send(type="execute", node_id="slow", req_id=f"q{i}", msg={"sleep": 0.3})
+    loaded = await client.state("slow", "ready", timeout=5)
+    assert loaded["busy"] == 1 and loaded["total"] == 1  # (the pool batches the queue)
+    for i in range(4):
+        assert (await client.result(f"q{i}"))["error"] is None
+    idle = await client.next(
+        lambda f: f["type"] == "pool_state" and f["node_id"] == "slow" and f["busy"] == 0,
+        timeout=5,
+    )
+    assert idle["queued"] == 0 and idle["state"] == "ready"
+    states = [f for f in client.seen[before:] if f["type"] == "pool_state"]
+    assert len(states) <= 8  # 1.2 s of load: about one report per 250 ms at most
+
+
+async def test_list_kernels(client: Client) -> None:
+    await client.send(type="list_kernels", node_id="echo")
+    kernels = (await client.next(lambda f: f["type"] == "kernels"))["kernels"]
+    assert len(kernels) == 1 and kernels[0]["node_id"] == "echo"
+    assert psutil.pid_exists(kernels[0]["pid"]) and kernels[0]["connection_file"].endswith(".json")
+    await client.send(type="list_kernels", node_id=None)
+    every = (await client.next(lambda f: f["type"] == "kernels"))["kernels"]
+    assert {"echo", "talk", "count", "boom", "slow"} <= {k["node_id"] for k in every}
+
+
+async def test_metrics_report_each_pool(server: Server, client: Client) -> None:
+    await client.execute("boom", "m1", {"payload": 0})
+    response = await http_get(server.port, "/metrics", {"Authorization": f"token {TOKEN}"})
+    text = response.body.decode()
+    assert response.headers["Content-Type"].startswith("text/plain")
+
+    def value(name: str, node_id: str) -> float:
+        match = re.search(rf'^{name}{{node_id="{node_id}"}} (\S+)$', text, re.M)
+        assert match, (name, node_id)
+        return float(match.group(1))
+
+    assert value("kernelexec_messages_total", "echo") >= 60
+    assert value("kernelexec_errors_total", "boom") >= 2
+    assert value("kernelexec_errors_total", "echo") == 0
+    assert value("kernelexec_timeouts_total", "echo") == 0
+    assert value("kernelexec_kernel_restarts_total", "echo") == 0
+    assert value("kernelexec_workers", "talk") == 1
+    assert value("kernelexec_busy_workers", "echo") == 0
+    assert value("kernelexec_queue_depth", "echo") == 0
+    assert value("kernelexec_pool_ready", "echo") == 1
+    assert value("kernelexec_execution_seconds_count", "echo") >= 60
+    assert 'kernelexec_execution_seconds_bucket{le="0.01",node_id="echo"}' in text
+    assert re.search(r"^kernelexec_connections \d", text, re.M)
+
+
+async def test_setup_failure_leaves_other_pools_alone(client: Client) -> None:
+    config = {"setup": "raise RuntimeError('no database')", "code": "return msg"}
+    state = await client.configure("nosetup", **config)
+    assert state["state"] == "error" and state["error"]["code"] == "SETUP_FAILED"
+    assert "no database" in state["error"]["message"]
+    result = await client.execute("nosetup", "ns1", {})
+    assert result["error"]["code"] == "SETUP_FAILED"
+    assert (await client.execute("echo", "ns2", {"payload": 3}))["error"] is None
+    await client.send(type="close", node_id="nosetup")
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "nosetup")
+
+
+async def test_messages_sent_while_the_pool_starts_wait_for_it(client: Client) -> None:
+    await client.send(type="configure", node_id="fresh", config={"code": "return msg"})
+    await client.send(type="execute", node_id="fresh", req_id="f1", msg={"payload": "early"})
+    result = await client.result("f1")
+    assert result["error"] is None and result["outputs"] == [[{"payload": "early"}]]
+
+
+async def kernel_pids(client: Client, node_id: str) -> list[int]:
+    await client.send(type="list_kernels", node_id=node_id)
+    kernels = (await client.next(lambda f: f["type"] == "kernels"))["kernels"]
+    return [k["pid"] for k in kernels]
+
+
+async def test_reconfigure_replaces_the_pool(client: Client) -> None:
+    old = await kernel_pids(client, "fresh")
+    assert old
+    await client.send(type="execute", node_id="fresh", req_id="f2", msg={})
+    state = await client.configure("fresh", code="msg['payload'] = 'v2'\nreturn msg")
+    assert state["state"] == "ready"
+    assert (await client.result("f2"))["type"] == "result"  # the old pool answered or closed
+    assert (await client.execute("fresh", "f3", {}))["outputs"] == [[{"payload": "v2"}]]
+    assert not await still_running([psutil.Process(p) for p in old if psutil.pid_exists(p)])
+
+
+async def test_close_answers_closed_and_stops_the_kernels(client: Client) -> None:
+    pids = await kernel_pids(client, "fresh")
+    await client.send(type="close", node_id="fresh")
+    closed = await client.next(lambda f: f["type"] == "closed")
+    assert closed["node_id"] == "fresh"
+    assert not await still_running([psutil.Process(p) for p in pids if psutil.pid_exists(p)])
+    await client.send(type="execute", node_id="fresh", req_id="f4", msg={})
+    assert (await client.result("f4"))["error"]["code"] == "NOT_CONFIGURED"
+
+
+async def test_another_connection_cannot_drive_my_pool(server: Server, client: Client) -> None:
+    other = await Client.connect(server.port)
+    try:
+        await other.send(type="execute", node_id="echo", req_id="x1", msg={})
+        error = await other.result("x1")
+        assert error["type"] == "error" and error["error"]["code"] == "NOT_CONFIGURED"
+        assert "another" in error["error"]["message"]
+    finally:
+        other.close()
+
+
+async def test_closing_the_connection_closes_its_pools(server: Server) -> None:
+    mine = await Client.connect(server.port)
+    state = await mine.configure("leaver", code="return msg", workers=2)
+    assert state["state"] == "ready"
+    pids = await kernel_pids(mine, "leaver")
+    assert len(pids) == 2
+    await mine.send(type="execute", node_id="leaver", req_id="l1", msg={})
+    mine.close()
+    assert not await still_running([psutil.Process(p) for p in pids], timeout=20)
+    for _ in range(50):
+        if server.bridge.registry.get("leaver") is None:
+            break
+        await asyncio.sleep(0.1)
+    assert server.bridge.registry.get("leaver") is None
+
+
+async def test_context_request_nobody_answers_times_out_clearly() -> None:
+    server = await start_server(context_timeout=0.5)
+    client = await Client.connect(server.port)
+    try:
+        state = await client.configure("deaf", code="return {'payload': flow.get('x')}")
+        assert state["state"] == "ready"
+        result = await client.execute("deaf", "q1", {})
+        request = next(f for f in client.seen if f["type"] == "context_request")
+        assert request["ctx_id"] and request["key"] == "x"
+        assert result["error"] is not None
+        assert "did not answer" in result["error"]["message"]
+        late = {"type": "context_reply", "ctx_id": request["ctx_id"], "value": 1, "error": None}
+        await client.send(**late)
+        error = await client.next(lambda f: f["type"] == "error")
+        assert "expired" in error["error"]["message"]
+    finally:
+        client.close()
+        await server.stop("test done")
