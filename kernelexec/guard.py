@@ -154,11 +154,18 @@ class OutputCapture:
 
 
 class Alarm:
-    """A one-shot ITIMER_REAL alarm raising MessageTimeout in the main thread."""
+    """A one-shot ITIMER_REAL alarm raising MessageTimeout in the main thread.
 
-    def __init__(self) -> None:
+    ``permanent`` (in a kernel): the SIGALRM handler is installed once and stays, so
+    arming costs one ``setitimer`` call; a stray alarm while disarmed is ignored.
+    Otherwise the previous handler is put back after every message.
+    """
+
+    def __init__(self, *, permanent: bool = False) -> None:
         self.armed = False
         self.fired = False
+        self.permanent = permanent
+        self._installed = False
         self._previous: Any = None
 
     @staticmethod
@@ -178,18 +185,21 @@ class Alarm:
         self.fired = False
         if seconds <= 0 or not self.available():
             return False
-        self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+        if not self._installed:
+            self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+            self._installed = True
         self.armed = True
         signal.setitimer(signal.ITIMER_REAL, seconds)
         return True
 
     def disarm(self) -> None:
-        if self._previous is None:
-            return
         self.armed = False
+        if not self._installed:
+            return
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self._previous)
-        self._previous = None
+        if not self.permanent:
+            signal.signal(signal.SIGALRM, self._previous)
+            self._installed, self._previous = False, None
 
 
 # ---------------------------------------------------------------------- processes

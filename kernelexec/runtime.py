@@ -185,7 +185,7 @@ class Runtime:
         self._active: Request | None = None
         self._interrupted = False
         self._capture = OutputCapture(self._print_line, permanent=shell is not None)
-        self._alarm = Alarm()
+        self._alarm = Alarm(permanent=shell is not None)
         self.loop = NodeLoop()
         self.node = Node(self)
         self.context, self.flow = ContextStore(self, "node"), ContextStore(self, "flow")
