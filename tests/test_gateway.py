@@ -74,11 +74,11 @@ async def test_execute_plain_cell_and_extra_field(kernel: GatewayKernel) -> None
     assert reply["status"] == "ok"
     reply = await kernel.execute(
         "__answer({'x': x + 1, 'extra': __parent()['content']['kernelexec']})",
-        {"op": "run", "batch": [{"req_id": "r1", "msg": {"payload": "é😀"}}]},
+        {"op": "echo", "batch": [{"req_id": "r1", "msg": {"payload": "é😀"}}]},
     )
     assert payload(reply) == {
         "x": 42,
-        "extra": {"op": "run", "batch": [{"req_id": "r1", "msg": {"payload": "é😀"}}]},
+        "extra": {"op": "echo", "batch": [{"req_id": "r1", "msg": {"payload": "é😀"}}]},
     }
 
 
@@ -291,3 +291,169 @@ async def test_no_kernel_process_survives_the_gateway() -> None:
         await asyncio.sleep(0.1)
     assert not [pid for pid in pids if _pid_alive(pid)]
     await kept.shutdown(now=True)  # the gateway is gone: must not raise or hang
+
+
+# --------------------------------------------------------------------------------------
+# the pool on gateway kernels (the same semantics as tests/test_pool.py, remote)
+
+needs_runtime = pytest.mark.skipif(not HAS_RUNTIME, reason="kernelexec.runtime not there yet")
+
+
+async def gateway_pool(url: str, code: str, **fields: Any) -> tuple[Any, Any]:
+    from kernelexec.config import PoolConfig
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    hooks = MemoryHooks()
+    env = {"gateway_url": url, "gateway_token": TOKEN}
+    config = PoolConfig.from_dict(fields.pop("node_id", "gw"), {"code": code, "env": env, **fields})
+    pool = make_pool(config, hooks)
+    await pool.start()
+    return pool, hooks
+
+
+def outs(result: dict[str, Any], port: int = 0) -> list[Any]:
+    assert result["error"] is None, result["error"]
+    return [m.get("payload") for m in result["outputs"][port]]
+
+
+@needs_runtime
+async def test_pool_hot_state_events_and_context(gateway_url: str) -> None:
+    code = (
+        "global count\ncount += 1\n"
+        "context.set('n', (context.get('n') or 0) + 1)\n"
+        "node.send({'payload': 'early'})\n"
+        "node.status({'text': 'busy'})\n"
+        "msg['payload'] = [count, context.get('n'), os.getpid()]\nreturn msg"
+    )
+    pool, hooks = await gateway_pool(gateway_url, code, setup="import os\ncount = 0")
+    try:
+        first, second = await pool.submit("a", {}), await pool.submit("b", {})
+        assert outs(first)[0][:2] == [1, 1] and outs(second)[0][:2] == [2, 2]
+        assert outs(first)[0][2] == outs(second)[0][2]
+        types = [e["type"] for _, e in hooks.events]
+        assert types.count("send") == 2 and "status" in types
+    finally:
+        await pool.close()
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
+
+
+@needs_runtime
+async def test_pool_cold_messages_never_see_each_other(gateway_url: str) -> None:
+    code = "import os\nseen.append(msg['payload'])\nmsg['payload'] = list(seen)\nreturn msg"
+    pool, _ = await gateway_pool(gateway_url, code, setup="seen = []", mode="cold")
+    try:
+        results = [await pool.submit(f"c{i}", {"payload": i}) for i in range(3)]
+        assert [outs(r)[0] for r in results] == [[0], [1], [2]]
+    finally:
+        await pool.close()
+
+
+@needs_runtime
+@pytest.mark.parametrize("size", [3 * 1024 * 1024, 12 * 1024 * 1024])
+async def test_pool_blobs_cross_as_buffers(gateway_url: str, size: int) -> None:
+    """Blob refs name files of one machine: in and out they travel as buffers (and in
+    chunks above the gateway's 10 MiB message cap); the node sees ordinary blob refs."""
+    from kernelexec import blobs
+
+    code = (
+        "data = msg['payload']\n"
+        "node.send({'payload': data[:1000] * 100})\n"
+        "msg['payload'] = data[::-1]\nreturn msg"
+    )
+    pool, hooks = await gateway_pool(gateway_url, code)
+    ref = blobs.write_blob(os.urandom(size), "big1")
+    try:
+        result = await pool.submit("big1", {"payload": ref})
+        out = outs(result)[0]
+        assert out["$kx"] == "blob" and out["path"] != ref["path"]
+        assert blobs.read_blob(out) == blobs.read_blob(ref)[::-1]
+        os.unlink(out["path"])
+        sent = next(e for _, e in hooks.events if e["type"] == "send")
+        event_ref = sent["outputs"][0][0]["payload"]
+        assert blobs.read_blob(event_ref) == blobs.read_blob(ref)[:1000] * 100
+        os.unlink(event_ref["path"])
+    finally:
+        os.unlink(ref["path"])
+        await pool.close()
+
+
+@needs_runtime
+async def test_pool_timeout_interrupts_and_keeps_the_kernel(gateway_url: str) -> None:
+    code = "if msg['payload'] == 'spin':\n    while True:\n        pass\nreturn msg"
+    pool, _ = await gateway_pool(gateway_url, code, setup="import os", timeout=0.3)
+    try:
+        result = await pool.submit("t1", {"payload": "spin"})
+        assert result["error"]["code"] == "TIMEOUT"
+        assert outs(await pool.submit("t2", {"payload": "ok"})) == ["ok"]
+        assert pool.stats().restarts == 0
+    finally:
+        await pool.close()
+
+
+@needs_runtime
+async def test_pool_timeout_restarts_a_kernel_that_ignores_interrupts(gateway_url: str) -> None:
+    code = (
+        "import signal, time\n"
+        "if msg['payload'] == 'stuck':\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGINT})\n"
+        "    time.sleep(60)\n"
+        "return msg"
+    )
+    pool, _ = await gateway_pool(gateway_url, code, timeout=0.2)
+    try:
+        result = await pool.submit("s1", {"payload": "stuck"})
+        assert result["error"]["code"] == "TIMEOUT"
+        assert outs(await pool.submit("s2", {"payload": 1})) == [1]
+        assert pool.stats().restarts == 1
+    finally:
+        await pool.close()
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
+
+
+@needs_runtime
+async def test_pool_dead_kernel_fails_its_message_and_is_replaced(gateway_url: str) -> None:
+    code = "import os\nif msg['payload'] == 'die':\n    os._exit(3)\nreturn msg"
+    pool, _ = await gateway_pool(gateway_url, code, setup="x = 1")
+    try:
+        result = await pool.submit("d1", {"payload": "die"})
+        assert result["error"]["code"] == "KERNEL_DIED"
+        assert outs(await pool.submit("d2", {"payload": "fine"})) == ["fine"]
+    finally:
+        await pool.close()
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
+
+
+@needs_runtime
+async def test_pool_setup_failure_is_one_clear_error(gateway_url: str) -> None:
+    from kernelexec.config import PoolConfig
+    from kernelexec.errors import SetupError
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    env = {"gateway_url": gateway_url, "gateway_token": TOKEN}
+    setup = "x = 1\nraise ValueError('no db')"
+    config = PoolConfig.from_dict("gw-bad", {"code": "return msg", "setup": setup, "env": env})
+    pool = make_pool(config, MemoryHooks())
+    try:
+        with pytest.raises(SetupError) as caught:
+            await pool.start()
+        assert "no db" in caught.value.message
+        assert "line 2" in (caught.value.traceback or "")
+        result = await asyncio.wait_for(pool.submit("m", {}), 5)
+        assert result["error"]["code"] == "SETUP_FAILED"
+    finally:
+        await pool.close()
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
+
+
+@needs_runtime
+async def test_pool_close_runs_stop_code_and_deletes_the_kernels(
+    gateway_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "stopped"
+    pool, _ = await gateway_pool(
+        gateway_url, "return msg", stop=f"open({str(marker)!r}, 'w').write('bye')", workers=2
+    )
+    assert len(gateway_kernel_ids(gateway_url, TOKEN)) == 2
+    await pool.close()
+    assert marker.read_text() == "bye"
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []

@@ -40,6 +40,7 @@ import os
 import random
 import socket
 import struct
+import textwrap
 import time
 import uuid
 import zlib
@@ -394,6 +395,8 @@ class GatewayKernel(KernelHandle):
         self._stage_seq = 0
         self._auto_restarted = False
         self._spec_checked = False
+        #: output blobs of a reply (buffers of a kernelexec-gw-blobs comm_msg), by msg_id
+        self._blob_parcels: dict[str, asyncio.Future[list[bytes]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -701,10 +704,21 @@ class GatewayKernel(KernelHandle):
 
     def _on_iopub(self, msg: _Message) -> None:
         kind, content = msg.msg_type, msg.content
-        if kind == "comm_msg" and content.get("comm_id") == EVENTS_COMM_ID:
+        if kind == "comm_msg" and content.get("comm_id") == _BLOBS_COMM_ID:
+            data = content.get("data") or {}
+            parcel = self._blob_parcels.setdefault(
+                str(data.get("msg_id")), asyncio.get_running_loop().create_future()
+            )
+            if not parcel.done():
+                parcel.set_result(msg.buffers)
+        elif kind == "comm_msg" and content.get("comm_id") == EVENTS_COMM_ID:
+            event, buffers = content.get("data") or {}, [bytes(b) for b in msg.buffers]
+            if buffers and _has_gw_refs(event):
+                _buffers_to_blobs(event, buffers)
+                buffers = []
             if self.on_event is not None:
                 try:
-                    self.on_event(content.get("data") or {}, [bytes(b) for b in msg.buffers])
+                    self.on_event(event, buffers)
                 except Exception:
                     log.exception("gateway kernel %s: on_event failed", self.kernel_id)
         elif kind == "stream":
@@ -763,13 +777,42 @@ class GatewayKernel(KernelHandle):
             "code": code, "silent": True, "store_history": False, "user_expressions": {},
             "allow_stdin": True, "stop_on_error": False, "kernelexec": extra,
         }
-        if _wire_size(content, buffers) > self.settings.max_message - _HEADROOM:
+        op = extra.get("op")
+        if op in ("run", "setup", "stop", "init", "code"):  # a runtime request: see the blobs notes
+            content["kernelexec"], blobs_sent = _blobs_to_buffers(extra, buffers)
+            content["kernelexec_gw_blobs"] = blobs_sent
+            if _wire_size(content, buffers) > self.settings.max_message - _HEADROOM:
+                content["kernelexec_staged"] = await self._stage(buffers)
+                buffers = []
+            content["code"] = (
+                f"__kernelexec_gw__.before()\ntry:\n{textwrap.indent(code, '    ')}\n"
+                "finally:\n    __kernelexec_gw__.after()\n"
+            )
+        elif _wire_size(content, buffers) > self.settings.max_message - _HEADROOM:
             content["kernelexec_staged"] = await self._stage(buffers)
-            content["code"] = "__kernelexec_gw__.unstage()\n" + code
+            content["code"] = f"__kernelexec_gw__.before()\n{code}"
             buffers = []
         msg_id = await self._send("shell", "execute_request", content, buffers)
-        reply = await self._watch(self._wait_reply(msg_id))
-        return reply.content
+        try:
+            reply = await self._watch(self._wait_reply(msg_id))
+            return await self._blobs_from_kernel(msg_id, reply.content)
+        finally:
+            self._blob_parcels.pop(msg_id, None)
+
+    async def _blobs_from_kernel(self, msg_id: str, content: dict[str, Any]) -> dict[str, Any]:
+        """Output blobs came as buffers of a comm_msg: write them to local blob files."""
+        if not _has_gw_refs(content.get("payload")):
+            return content
+        parcel = self._blob_parcels.setdefault(
+            msg_id, asyncio.get_running_loop().create_future()
+        )
+        try:
+            buffers = await asyncio.wait_for(parcel, self.settings.request_timeout)
+        except asyncio.TimeoutError:
+            msg = f"gateway kernel {self.kernel_id}: the output blobs of a reply never came"
+            raise GatewayError(msg) from None
+        _buffers_to_blobs(content.get("payload"), buffers)
+        return content
 
     async def _watch(self, waiting: Awaitable[_T]) -> _T:
         """Await ``waiting`` while checking every liveness_interval that the kernel exists."""
@@ -827,6 +870,94 @@ class GatewayKernel(KernelHandle):
         return f"{self.settings.url} kernel {self.kernel_id}"
 
 
+_BLOBS_COMM_ID = "kernelexec-gw-blobs"
+# Blobs across machines. A blob ref {"$kx": "blob", "path", "size"} names a file on the
+# machine that wrote it, so refs never cross the WebSocket. Going in, the handle reads each
+# referenced file and sends its bytes as a buffer of the execute_request, the ref becoming
+# {"$kx": "blob", "gw": INDEX, "size", "req": REQ_ID}; the kernel side (before()) writes the
+# buffer to a blob file of the kernel's machine and restores a path ref, which the runtime
+# reads as usual (and after() removes). Coming out, after() and the event wrapper read the
+# kernel's output blob files, remove them, and send their bytes as comm_msg buffers with
+# "gw" refs; the handle writes them to blob files of this machine (named for the request,
+# owned by the reader as usual). The runtime is unchanged.
+
+
+def _walk_refs(value: Any, fix: Any, req_id: str | None = None) -> Any:
+    """``value`` with blob refs replaced by ``fix(ref, req_id)``; copies only what changes."""
+    if isinstance(value, dict):
+        if value.get("$kx") == "blob":
+            return fix(value, req_id)
+        rid = value.get("req_id")
+        rid = rid if isinstance(rid, str) else req_id
+        changed: dict[str, Any] | None = None
+        for key, item in value.items():
+            new = _walk_refs(item, fix, rid)
+            if new is not item:
+                changed = changed if changed is not None else dict(value)
+                changed[key] = new
+        return changed if changed is not None else value
+    if isinstance(value, list):
+        out: list[Any] | None = None
+        for index, item in enumerate(value):
+            new = _walk_refs(item, fix, req_id)
+            if new is not item:
+                out = out if out is not None else list(value)
+                out[index] = new
+        return out if out is not None else value
+    return value
+
+
+def _blobs_to_buffers(extra: dict[str, Any], buffers: list[bytes]) -> tuple[Any, bool]:
+    from .. import blobs
+
+    found = False
+
+    def fix(ref: dict[str, Any], req_id: str | None) -> dict[str, Any]:
+        nonlocal found
+        if "path" not in ref:
+            return ref
+        try:
+            data = blobs.read_blob(ref)
+        except (OSError, ValueError):
+            return ref  # the runtime reports the unreadable blob for this message
+        found = True
+        buffers.append(data)
+        return {"$kx": "blob", "gw": len(buffers) - 1, "size": len(data),
+                "req": blobs.safe_req_id(req_id)}
+
+    new = _walk_refs(extra, fix)
+    if isinstance(new, dict) and new.get("op") == "init" and isinstance(new.get("node"), dict):
+        new = {**new, "node": {**new["node"], "blob_dir": None}}  # the kernel's own
+    return new, found
+
+
+def _has_gw_refs(value: Any) -> bool:
+    if isinstance(value, dict):
+        if value.get("$kx") == "blob":
+            return "gw" in value
+        return any(_has_gw_refs(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_gw_refs(v) for v in value)
+    return False
+
+
+def _buffers_to_blobs(value: Any, buffers: list[bytes]) -> None:
+    """Replace "gw" refs in place by refs to new local blob files holding the buffers."""
+    from .. import blobs
+
+    if isinstance(value, dict):
+        if value.get("$kx") == "blob" and "gw" in value:
+            ref = blobs.write_blob(buffers[int(value["gw"])], str(value.get("req") or "_"))
+            value.clear()
+            value.update(ref)
+            return
+        for item in value.values():
+            _buffers_to_blobs(item, buffers)
+    elif isinstance(value, list):
+        for item in value:
+            _buffers_to_blobs(item, buffers)
+
+
 def _wire_size(content: dict[str, Any], buffers: Iterable[bytes]) -> int:
     return len(_dumps(content)) + sum(memoryview(b).nbytes for b in buffers) + 1024
 
@@ -839,10 +970,11 @@ RUNTIME_ROOTS = ("kernelexec.runtime", "kernelexec.kernel")
 
 _GATEWAY_HELPER = r'''
 class _KernelexecGateway:
-    """Reassembles request buffers that came in chunks (kernelexec.kernels.gateway)."""
+    # The kernel side of kernelexec.kernels.gateway: staged buffers, blobs as buffers.
 
     def __init__(self):
         self.staged = {}
+        self.inputs = []
 
     def _parent(self):
         kernel = get_ipython().kernel
@@ -857,12 +989,96 @@ class _KernelexecGateway:
         parts = self.staged.setdefault(info["key"], {}).setdefault(info["index"], [])
         parts.extend(bytes(b) for b in parent["buffers"])
 
-    def unstage(self):
+    def before(self):
+        # staged chunks back into the buffers; buffer blobs into this machine's blob files
         parent = self._parent()
-        info = parent["content"].pop("kernelexec_staged")
-        parts = self.staged.pop(info["key"], {})
-        joined = [b"".join(parts.get(i, ())) for i in range(info["count"])]
-        parent["buffers"][:] = [memoryview(b) for b in joined]
+        content = parent["content"]
+        info = content.pop("kernelexec_staged", None)
+        if info is not None:
+            parts = self.staged.pop(info["key"], {})
+            joined = [b"".join(parts.get(i, ())) for i in range(info["count"])]
+            parent["buffers"][:] = [memoryview(b) for b in joined]
+        if content.pop("kernelexec_gw_blobs", False):
+            from kernelexec import blobs
+            buffers = parent["buffers"]
+
+            def to_file(ref):
+                new = blobs.write_blob(buffers[ref["gw"]], ref.get("req"))
+                self.inputs.append(new["path"])
+                return new
+
+            self._walk(content.get("kernelexec"), to_file)
+
+    def after(self):
+        # input blob files go; output blob files travel as buffers of one comm_msg
+        import os
+        for path in self.inputs:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.inputs = []
+        buffers = []
+        for item in get_ipython().payload_manager.read_payload():
+            if item.get("source") == "kernelexec":
+                self._walk(item.get("data"), self._packer(buffers))
+        if buffers:
+            parent = self._parent()
+            data = {"msg_id": parent["header"]["msg_id"], "count": len(buffers)}
+            self._send("kernelexec-gw-blobs", data, parent, buffers)
+
+    def wrap(self, runtime):
+        # events with blob refs carry the blobs as their own buffers
+        channel = runtime.channel
+        original = channel.event
+
+        def event(ev):
+            buffers = []
+            self._walk(ev, self._packer(buffers))
+            if not buffers:
+                return original(ev)
+            return self._send("kernelexec-events", ev, channel.parent, buffers)
+
+        channel.event = event
+
+    def _send(self, comm_id, data, parent, buffers):
+        kernel = get_ipython().kernel
+        content = {"comm_id": comm_id, "data": data}
+        kernel.session.send(kernel.iopub_socket, "comm_msg", content, parent=parent,
+                            ident=("comm-" + comm_id).encode(), buffers=buffers)
+
+    def _packer(self, buffers):
+        import os
+        from kernelexec import blobs
+
+        def pack(ref):
+            path = ref.get("path")
+            if not isinstance(path, str):
+                return ref
+            data = blobs.read_blob(ref)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            parsed = blobs.parse_name(os.path.basename(path))
+            buffers.append(data)
+            return {"$kx": "blob", "gw": len(buffers) - 1, "size": len(data),
+                    "req": parsed[1] if parsed else "_"}
+        return pack
+
+    def _walk(self, value, fix):
+        if isinstance(value, dict):
+            if value.get("$kx") == "blob":
+                new = fix(value)
+                if new is not value:
+                    value.clear()
+                    value.update(new)
+                return
+            for item in value.values():
+                self._walk(item, fix)
+        elif isinstance(value, list):
+            for item in value:
+                self._walk(item, fix)
 '''
 
 _BOOTSTRAP = r'''
@@ -895,7 +1111,7 @@ def _kernelexec_bootstrap(bundle, digest):
         if exc.name != "kernelexec.runtime":
             raise
         return
-    ip.user_ns["__kernelexec__"] = runtime.install(ip)
+    ip.user_ns["__kernelexec_gw__"].wrap(runtime.install(ip))
 '''
 
 
