@@ -165,7 +165,7 @@ def _function_module(tree: ast.Module, is_async: bool) -> ast.Module:
     kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
     func = kind(name=_FUNC_NAME, args=args, body=tree.body or [ast.Pass()], decorator_list=[])
     if "type_params" in kind._fields:  # Python 3.12+
-        func.type_params = []
+        setattr(func, "type_params", [])  # noqa: B010 - field unknown to older typeshed
     func.lineno, func.col_offset = 1, 0
     wrapped = ast.Module(body=[func], type_ignores=[])
     ast.fix_missing_locations(wrapped)
