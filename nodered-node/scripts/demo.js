@@ -2,11 +2,11 @@
 // Start a real Node-RED on http://127.0.0.1:1880 with this package installed and every example
 // flow loaded, one tab each. Used by the repository's scripts/demo and by test/editor_spec.js.
 //
-//   node scripts/demo.js [--port 1880] [--user-dir DIR] [--reset]
+//   node scripts/demo.js [--port 1880] [--user-dir DIR] [--reset] [--empty]
 //
 // The user directory (default: <repo>/.node-red-demo) gets node_modules/@kernelexec/
 // node-red-kernelexec -> this package (a symlink) and, when it has none yet (or with --reset),
-// a flows.json made from examples/*.json. The Python comes from KERNELEXEC_PYTHON (else python3).
+// a flows.json made from examples/*.json (--empty: no flows). The Python comes from KERNELEXEC_PYTHON (else python3).
 "use strict";
 const fs = require("fs");
 const http = require("http");
@@ -109,8 +109,10 @@ function parseArgs(argv) {
             args.userDir = path.resolve(argv[++i]);
         } else if (argv[i] === "--reset") {
             args.reset = true;
+        } else if (argv[i] === "--empty") {
+            args.flows = [];
         } else {
-            throw new Error(`unknown argument ${argv[i]} (known: --port N, --user-dir DIR, --reset)`);
+            throw new Error(`unknown argument ${argv[i]} (known: --port N, --user-dir DIR, --reset, --empty)`);
         }
     }
     return args;

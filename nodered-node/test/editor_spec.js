@@ -1,0 +1,153 @@
+// A real browser on a real Node-RED editor with this package installed (scripts/demo.js in a
+// child process, its own user dir): the python node is in the palette, its edit dialog shows
+// the Python code editor, a flow is imported and deployed from the UI, and clicking the inject
+// button shows the Python result in the debug sidebar. Screenshots go to test/artifacts/.
+"use strict";
+const assert = require("assert");
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
+const { spawn } = require("child_process");
+
+const CHROMIUM = "/usr/bin/chromium";
+const VENV_PYTHON = path.join(__dirname, "..", "..", ".venv", "bin", "python");
+if (!process.env.KERNELEXEC_PYTHON && fs.existsSync(VENV_PYTHON)) {
+    process.env.KERNELEXEC_PYTHON = VENV_PYTHON;
+}
+const ARTIFACTS = path.join(__dirname, "artifacts");
+const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+const FLOW = [
+    { id: "e2e0inject000001", type: "inject", name: "go", props: [{ p: "payload" }], payload: "21", payloadType: "num", repeat: "", once: false, x: 140, y: 100, wires: [["e2e0python000001"]] },
+    { id: "e2e0python000001", type: "kernelexec", name: "", func: "return msg", initialize: "", finalize: "", outputs: 1, timeout: 0, mode: "hot", workers: 1, queueLimit: 1000, keepOrder: false, stdoutToMsg: false, env: "", x: 320, y: 100, wires: [["e2e0debug0000001"]] },
+    { id: "e2e0debug0000001", type: "debug", name: "", active: true, tosidebar: true, console: false, complete: "payload", targetType: "msg", x: 500, y: 100, wires: [] },
+];
+const CODE = "import sys\nmsg['payload'] = f\"python {sys.version_info[0]} says {msg['payload'] * 2}\"\nreturn msg";
+
+/** Start scripts/demo.js on a free port with an empty flow; resolves {url, child}. */
+function startEditor(userDir) {
+    return new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, [path.join(__dirname, "..", "scripts", "demo.js"), "--port", "0", "--user-dir", userDir, "--empty"], {
+            env: process.env, stdio: ["ignore", "pipe", "pipe"],
+        });
+        let output = "";
+        const timer = setTimeout(() => reject(new Error("Node-RED did not start:\n" + output)), 30000);
+        const onData = (chunk) => {
+            output += chunk;
+            const m = /open (http:\/\/127\.0\.0\.1:\d+\/)/.exec(output);
+            if (m) {
+                clearTimeout(timer);
+                resolve({ url: m[1], child, output: () => output });
+            }
+        };
+        child.stdout.on("data", onData);
+        child.stderr.on("data", onData);
+        child.on("exit", (code) => reject(new Error(`Node-RED exited (${code}):\n${output}`)));
+    });
+}
+
+function stopEditor(child) {
+    return new Promise((resolve) => {
+        if (child.exitCode !== null) {
+            resolve();
+            return;
+        }
+        child.once("exit", resolve);
+        child.kill("SIGTERM");
+        setTimeout(() => child.kill("SIGKILL"), 20000).unref();
+    });
+}
+
+describe("editor in a real browser", function () {
+    this.timeout(120000);
+    let editor = null;
+    let browser = null;
+    let page = null;
+    let userDir = null;
+
+    before(async function () {
+        if (!fs.existsSync(CHROMIUM)) {
+            this.skip();   // the real-browser test needs Debian's chromium at /usr/bin/chromium
+        }
+        fs.mkdirSync(ARTIFACTS, { recursive: true });
+        userDir = fs.mkdtempSync(path.join(os.tmpdir(), "kx-editor-"));
+        editor = await startEditor(userDir);
+        const { chromium } = require("playwright-core");
+        browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+        page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+        page.on("dialog", (d) => d.dismiss());
+        await page.goto(editor.url);
+        await page.waitForSelector("#red-ui-palette .red-ui-palette-node", { timeout: 30000 });
+    });
+
+    afterEach(async function () {
+        if (this.currentTest.state === "failed" && page) {
+            await page.screenshot({ path: path.join(ARTIFACTS, "failure.png") });
+            fs.writeFileSync(path.join(ARTIFACTS, "node-red.log"), editor.output());
+        }
+    });
+
+    after(async function () {
+        if (browser) {
+            await browser.close();
+        }
+        if (editor) {
+            await stopEditor(editor.child);
+        }
+        if (userDir) {
+            fs.rmSync(userDir, { recursive: true, force: true });
+        }
+    });
+
+    it("lists the python node in the function category of the palette", async function () {
+        const item = page.locator('#red-ui-palette-function .red-ui-palette-node[data-palette-type="kernelexec"]');
+        await item.waitFor({ timeout: 10000 });
+        assert.strictEqual((await item.locator(".red-ui-palette-label").innerText()).trim(), "python");
+    });
+
+    it("imports and deploys a flow, edits the code in the Python editor, shows the result in the debug sidebar", async function () {
+        // import from the UI (menu > Import, paste, Import), then drop the nodes on the canvas
+        await page.click("#red-ui-header-button-sidemenu");
+        await page.click("#menu-item-import");
+        await page.waitForSelector("#red-ui-clipboard-dialog-import-text");
+        await page.fill("#red-ui-clipboard-dialog-import-text", JSON.stringify(FLOW));
+        await page.press("#red-ui-clipboard-dialog-import-text", "End");   // the dialog validates on keyup
+        await page.click("#red-ui-clipboard-dialog-ok");
+        await page.mouse.move(300, 250);
+        await page.mouse.click(300, 250);
+        const pythonNode = page.locator("#e2e0python000001");
+        await pythonNode.waitFor({ timeout: 10000 });
+
+        // the edit dialog: tabs like the function node, and a Monaco editor in Python mode
+        await pythonNode.locator(".red-ui-flow-node").dblclick();
+        await page.waitForSelector("#node-input-func-editor .monaco-editor", { timeout: 15000 });
+        const tabs = await page.locator("#kernelexec-tabs li").allInnerTexts();
+        assert.deepStrictEqual(tabs.map((s) => s.trim()), ["Settings", "Setup", "On Message", "On Stop"]);
+        const language = await page.evaluate(() => {
+            const model = monaco.editor.getModels().find((m) => m.getValue() === "return msg");
+            return model && model.getLanguageId();
+        });
+        assert.strictEqual(language, "python");
+        await page.evaluate((code) => {
+            monaco.editor.getModels().find((m) => m.getValue() === "return msg").setValue(code);
+        }, CODE);
+        await page.screenshot({ path: path.join(ARTIFACTS, "edit-dialog.png") });
+        await page.click("#node-dialog-ok");
+
+        // deploy from the header button
+        await page.click("#red-ui-header-button-deploy");
+        await page.waitForSelector(".red-ui-notification", { timeout: 15000 });
+        // wait until the node's pool is up (its status turns green), then press the inject button
+        await page.waitForFunction(() => {
+            const status = document.querySelector("#e2e0python000001 .red-ui-flow-node-status-label");
+            return status && /busy/.test(status.textContent);
+        }, null, { timeout: 60000 });
+        await page.click("#red-ui-tab-debug-link-button");
+        await page.locator("#e2e0inject000001 .red-ui-flow-node-button-button").click();
+        const message = page.locator(".red-ui-debug-msg-payload", { hasText: "says 42" });
+        await message.first().waitFor({ timeout: 30000 });
+        assert.match(await message.first().innerText(), /python 3 says 42/);
+        await page.screenshot({ path: path.join(ARTIFACTS, "editor.png") });
+    });
+});
