@@ -550,13 +550,13 @@ _RUNTIME_DIRS: set[str] = set()
 def _make_runtime_dir() -> str:
     """A private directory for one pool's kernel files; swept when its bridge is gone."""
     base = Path(os.environ.get(RUNTIME_DIR_VAR) or tempfile.gettempdir())
-    for stale in base.glob("kx-*-*"):
-        match = re.fullmatch(r"kx-(\d+)-\w+", stale.name)
+    for stale in base.glob("kernelexec-run-*-*"):
+        match = re.fullmatch(r"kernelexec-run-(\d+)-\w+", stale.name)
         if match and not stale.is_symlink() and not sandbox.pid_alive(int(match.group(1))):
             shutil.rmtree(stale, ignore_errors=True)
     if not _RUNTIME_DIRS:
         atexit.register(_remove_runtime_dirs)
-    path = tempfile.mkdtemp(prefix=f"kx-{os.getpid()}-", dir=base)
+    path = tempfile.mkdtemp(prefix=f"kernelexec-run-{os.getpid()}-", dir=base)
     _RUNTIME_DIRS.add(path)
     return path
 

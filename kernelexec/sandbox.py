@@ -47,6 +47,8 @@ WRAPPER_MODULE = "kernelexec.sandbox"
 #: cgroup v2 directory to create kernel cgroups under (a delegated subtree), if set.
 CGROUP_ROOT_VAR = "KERNELEXEC_CGROUP_ROOT"
 CPU_PERIOD_US = 100_000
+#: Smallest RLIMIT_AS a kernel starts under (it maps ~0.8 GB of address space when idle).
+MIN_RLIMIT_AS = 1024**3
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 PR_SET_NO_NEW_PRIVS = 38
@@ -391,6 +393,14 @@ def plan_sandbox(
                 "nice and RLIMIT_CPU are not equivalent (RLIMIT_CPU kills the kernel after that "
                 "many CPU seconds in total), so the option is refused rather than ignored. "
                 "Remove cpu_limit or run the bridge where it may create cgroups."
+            )
+            raise EnvironmentBuildError(msg)
+        if why and (box.memory or 0) < MIN_RLIMIT_AS:
+            msg = (
+                f"env.memory_limit={memory_limit}: this host cannot give the kernel a memory "
+                f"cgroup ({why}); the fallback, RLIMIT_AS, limits address space, and an IPython "
+                "kernel maps ~0.8 GB before running anything: use at least 1G, or run the "
+                "bridge where it may create cgroups"
             )
             raise EnvironmentBuildError(msg)
         if why:

@@ -28,7 +28,6 @@ from kernelexec.errors import ConfigError, EnvironmentBuildError, KernelDiedErro
 from kernelexec.kernels.base import LaunchSpec
 from kernelexec.kernels.local import LocalKernel
 
-
 ROOT = os.geteuid() == 0
 HAS_CGROUPS = bool(sandbox.find_controller("memory") and sandbox.find_controller("cpu"))
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (cgroups, namespaces, setuid)")
@@ -48,7 +47,7 @@ def cgroup_leftovers() -> list[str]:
 
 
 def runtime_leftovers() -> list[str]:
-    return [str(p) for p in Path(tempfile.gettempdir()).glob(f"kx-{os.getpid()}-*")]
+    return [str(p) for p in Path(tempfile.gettempdir()).glob(f"kernelexec-run-{os.getpid()}-*")]
 
 
 @pytest.fixture(autouse=True)
@@ -189,6 +188,14 @@ async def test_memory_limit_without_cgroups_falls_back_to_rlimit_as(
     reply, _ = await kernel.run("block = bytearray(2 * 2**30)")
     assert reply["status"] == "error" and reply["ename"] == "MemoryError"
     assert await kernel.value("'still here'") == "still here"
+
+
+async def test_small_memory_limit_without_cgroups_is_refused(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "make_cgroup_dirs", lambda *a, **k: ([], "test: no cgroups"))
+    with pytest.raises(EnvironmentBuildError, match=r"memory_limit=300M.*RLIMIT_AS.*1G"):
+        await prepare({"memory_limit": "300M"}, workdir)
 
 
 @needs_cgroups
