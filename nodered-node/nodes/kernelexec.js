@@ -50,7 +50,11 @@ module.exports = function (RED) {
         /** Which bridge serves the nodes using this environment. */
         this.bridgeOptions = () => (this.url ? { url: this.url, token: creds.token || "" } : { python: this.python });
 
-        /** config.env of the configure frame (EnvConfig in kernelexec/config.py). */
+        /**
+         * config.env of the configure frame (EnvConfig in kernelexec/config.py). `python` is not
+         * in it: that interpreter runs this environment's bridge, and a bridge's kernels use its
+         * own interpreter (or a managed environment built from `requirements`).
+         */
         this.envConfig = () => {
             const env = {};
             const put = (key, value) => {
@@ -58,7 +62,6 @@ module.exports = function (RED) {
                     env[key] = value;
                 }
             };
-            put("python", this.python);
             put("requirements", (n.requirements || "").trim());
             put("memory_limit", (n.memoryLimit || "").trim());
             const cpu = Number(n.cpuLimit);

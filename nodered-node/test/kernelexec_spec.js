@@ -332,6 +332,65 @@ describe("kernelexec node life cycle", function () {
         assert.deepStrictEqual(S.allBlobFiles(all.concat([process.pid])), []);
     });
 
+    it("uses the environment node's Python, one bridge per distinct Python", async function () {
+        const python = process.env.KERNELEXEC_PYTHON;
+        await S.load(N.kernelexecNode, [
+            { id: "tab1", type: "tab" },
+            { id: "e1", type: "kernelexec-env", python },
+            py("n1", "import sys\nmsg['payload'] = sys.executable\nreturn msg", { z: "tab1", env: "e1" }),
+            py("n2", "return msg", { z: "tab1" }),
+            { id: "out", type: "helper", z: "tab1" },
+        ]);
+        const got = S.messages(helper.getNode("out"), 2);
+        helper.getNode("n1").receive({ payload: 1 });
+        helper.getNode("n2").receive({ payload: 2 });
+        const msgs = await got;
+        assert.ok(msgs.some((m) => typeof m.payload === "string" && m.payload.length > 0));
+        // same interpreter (env node and KERNELEXEC_PYTHON): one bridge for both nodes
+        assert.strictEqual(bridges.active().length, 1);
+    });
+
+    it("connects to an already running bridge by URL and token (a credential), and leaves it running", async function () {
+        const { spawn } = require("child_process");
+        const token = "test-token-" + process.pid;
+        const server = spawn(process.env.KERNELEXEC_PYTHON, ["-m", "kernelexec", "serve", "--port", "0"], {
+            env: Object.assign({}, process.env, { KERNELEXEC_TOKEN: token }), stdio: ["ignore", "pipe", "inherit"],
+        });
+        try {
+            const ready = await new Promise((resolve, reject) => {
+                server.stdout.once("data", (d) => resolve(JSON.parse(d.toString().split("\n")[0])));
+                server.once("exit", (code) => reject(new Error("bridge exited " + code)));
+            });
+            const url = `ws://127.0.0.1:${ready.port}/ws`;
+            await S.load(N.kernelexecNode, [
+                { id: "tab1", type: "tab" },
+                { id: "e1", type: "kernelexec-env", url },
+                py("n1", "msg['payload'] = 'remote ' + str(msg['payload'])\nreturn msg", { z: "tab1", env: "e1" }),
+                { id: "out", type: "helper", z: "tab1" },
+            ], { e1: { token } });
+            const got = S.messages(helper.getNode("out"), 1);
+            helper.getNode("n1").receive({ payload: 1 });
+            assert.strictEqual((await got)[0].payload, "remote 1");
+            assert.strictEqual(bridges.active()[0].url, url);
+            await S.unload();
+            assert.ok(S.alive(server.pid), "the node does not stop a bridge it did not start");
+        } finally {
+            server.kill("SIGTERM");
+            await new Promise((r) => (server.exitCode !== null ? r() : server.once("exit", r)));
+        }
+    });
+
+    it("reports an unreachable bridge URL without crashing", async function () {
+        await S.load(N.kernelexecNode, [
+            { id: "tab1", type: "tab" },
+            { id: "e1", type: "kernelexec-env", url: "ws://127.0.0.1:9/ws" },
+            py("n1", "return msg", { z: "tab1", env: "e1" }),
+            { id: "out", type: "helper", z: "tab1" },
+        ], { e1: { token: "nope" } });
+        const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
+        assert.match(text, /Cannot connect to the kernelexec bridge at ws:\/\/127\.0\.0\.1:9\/ws/);
+    });
+
     it("shows what to install when the Python does not exist, without crashing", async function () {
         const saved = process.env.KERNELEXEC_PYTHON;
         process.env.KERNELEXEC_PYTHON = "/nonexistent/python3";
