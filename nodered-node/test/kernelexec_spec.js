@@ -248,6 +248,23 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.strictEqual((await got)[0].payload, "alive");
     });
 
+    it("shows a syntax error at deploy and fails messages with it", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", "x = 1\nreturn msg +"),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const n1 = helper.getNode("n1");
+        const red = S.call(n1, "status", (st) => st && st.fill === "red");
+        const caught = S.messages(helper.getNode("caught"), 1);
+        n1.receive({ payload: 1 });   // waits for the pool, then fails with its error
+        const [status] = await red;
+        assert.match(status.text, /line 2|invalid syntax|SyntaxError/i);
+        const [err] = await caught;
+        assert.strictEqual(err.error.code, "SYNTAX_ERROR");
+        assert.match(err.error.message, /line 2/);
+    });
+
     it("refuses a message it cannot convert (circular) with a clear error", async function () {
         await load([N.kernelexecNode, N.catchNode], [
             py("n1", "return msg"),
