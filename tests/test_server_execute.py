@@ -278,3 +278,16 @@ async def test_context_request_nobody_answers_times_out_clearly() -> None:
     finally:
         client.close()
         await server.stop("test done")
+
+
+async def test_close_while_starting_leaves_no_kernel(server: Server, client: Client) -> None:
+    before = set(p.pid for p in psutil.Process().children(recursive=True))
+    await client.send(type="configure", node_id="brief", config={"code": "return msg"})
+    await client.send(type="execute", node_id="brief", req_id="br1", msg={})
+    await asyncio.sleep(0.3)  # kernels are being started
+    await client.send(type="close", node_id="brief")
+    result = await client.result("br1")
+    assert result["type"] == "result" and result["error"]["code"] == "POOL_CLOSED"
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "brief")
+    new = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not await still_running(new)

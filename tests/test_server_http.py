@@ -101,3 +101,17 @@ async def test_healthz_counts_connections(server: Server) -> None:
         assert body["connections"] >= 1
     finally:
         client.close()
+
+
+async def test_no_token_ever_reaches_the_logs(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "wrong-but-secret-0123"
+    with caplog.at_level("DEBUG"):
+        assert (await http_get(server.port, f"/metrics?token={secret}")).code == 401
+        assert (await http_get(server.port, f"/nope?token={secret}")).code == 404
+        assert await ws_status(server, ws_url(server.port, secret), {}) == 403
+        assert await ws_status(server, ws_url(server.port, TOKEN), {}) == 101
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/metrics" in text and "/ws" in text  # the requests were logged...
+    assert secret not in text and TOKEN not in text  # ...without their tokens

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from tornado import web
 
-__all__ = ["TokenAuthMixin", "check_token"]
+__all__ = ["RedactedLogMixin", "TokenAuthMixin", "check_token"]
 
 _SCHEMES = ("token", "bearer")
 
@@ -27,7 +27,14 @@ def check_token(given: str | None, expected: str) -> int | None:
     return None
 
 
-class TokenAuthMixin(web.RequestHandler):
+class RedactedLogMixin(web.RequestHandler):
+    """Tornado's own warnings name the request: without its query string (``?token=``)."""
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
+
+class TokenAuthMixin(RedactedLogMixin):
     """Refuses the request in ``prepare`` unless it carries the bridge's token."""
 
     #: Whether ``?token=`` is accepted (only the WebSocket handler sets this).

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from tornado import web, websocket
 
 from ..protocol import PROTOCOL_VERSION
-from .auth import TokenAuthMixin
+from .auth import RedactedLogMixin, TokenAuthMixin
 from .bridge import Bridge
 from .metrics import CONTENT_TYPE
 from .session import Session
@@ -45,7 +45,7 @@ class JSONErrorsMixin(web.RequestHandler):
         self.finish(json.dumps({"reason": self._reason, "message": message}))
 
 
-class BridgeHandler(web.RequestHandler):
+class BridgeHandler(RedactedLogMixin):
     @property
     def bridge(self) -> Bridge:
         bridge: Bridge = self.settings["kernelexec_bridge"]
@@ -104,7 +104,7 @@ class BridgeSocketHandler(
             self.bridge.spawn(session.end(reason))
 
 
-class NotFoundHandler(JSONErrorsMixin, web.RequestHandler):
+class NotFoundHandler(JSONErrorsMixin, RedactedLogMixin):
     def prepare(self) -> None:
         raise web.HTTPError(404, "no such endpoint: the bridge serves /healthz, /metrics and /ws")
 
