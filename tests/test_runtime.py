@@ -481,3 +481,33 @@ def test_events_callback(tmp_path: Path) -> None:
     runtime.node.log("outside")
     assert got == [{"type": "log", "req_id": None, "level": "info", "text": "outside"}]
     assert runtime.events == []
+
+
+def test_async_task_outliving_the_message_sends_and_finishes(rt: Runtime) -> None:
+    code = ("import asyncio\n"
+            "async def later():\n"
+            "    await asyncio.sleep(0.05)\n"
+            "    node.send({'payload': 'from task'})\n"
+            "    node.done()\n"
+            "TASKS.append(asyncio.get_running_loop().create_task(later()))\n"
+            "await asyncio.sleep(0)\n"
+            "return None")
+    rt.setup("TASKS = []")
+    result = run(rt, code, req_id="t1")
+    assert result["done"] is False and result["sent"] == 0
+    deadline = time.monotonic() + 5
+    while len(rt.events) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rt.events == [
+        {"type": "send", "req_id": None, "outputs": [[{"payload": "from task"}]]},
+        {"type": "done", "req_id": "t1", "error": None},
+    ]
+
+
+def test_in_process_timeout_is_skipped_off_the_main_thread(rt: Runtime) -> None:
+    rt.set_code("import time\ntime.sleep(0.3)\nreturn msg")
+    box: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: box.append(rt.run_message({}, "x", 0.05)))
+    worker.start()
+    worker.join()
+    assert box[0]["error"] is None  # documented: SIGALRM needs the main thread
