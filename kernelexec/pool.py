@@ -16,8 +16,6 @@ import asyncio
 import collections
 import json
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -94,15 +92,13 @@ class PoolStats:
     restarts: int
 
 
-def node_workdir(node_id: str) -> str:
-    """The node's own working directory (KERNELEXEC_WORK_DIR, default under ~/.local/share)."""
-    root = os.environ.get("KERNELEXEC_WORK_DIR") or os.path.join(
-        os.path.expanduser("~"), ".local", "share", "kernelexec", "work"
-    )
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", node_id) or "node"
-    path = os.path.join(root, safe)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+def node_workdir(node_id: str, workdir: str = "") -> str:
+    """The node's own working directory, created owner-only (see envs.node_workdir)."""
+    from .envs import node_workdir as path_of
+
+    path = path_of(node_id, workdir)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return str(path)
 
 
 def make_pool(config: PoolConfig, hooks: PoolHooks) -> Pool:
@@ -116,7 +112,7 @@ class Pool:
     def __init__(self, config: PoolConfig, hooks: PoolHooks) -> None:
         self.config = config
         self.hooks = hooks
-        self.workdir = config.workdir or node_workdir(config.node_id)
+        self.workdir = node_workdir(config.node_id, config.workdir)
         self.workers: list[Worker] = []
         self.state = "new"
         self.error: KernelexecError | None = None
