@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -115,3 +116,15 @@ async def test_no_token_ever_reaches_the_logs(
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "/metrics" in text and "/ws" in text  # the requests were logged...
     assert secret not in text and TOKEN not in text  # ...without their tokens
+
+
+async def test_websocket_stream_has_tcp_nodelay(server: Server) -> None:
+    client = await Client.connect(server.port)
+    try:
+        open_ = [s for s in server.bridge.sessions if s.transport.ws_connection is not None]
+        assert open_
+        for session in open_:
+            stream = session.transport.ws_connection.stream
+            assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        client.close()

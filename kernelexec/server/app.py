@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from tornado import httpserver, netutil, web
 
-from .bridge import Bridge
+from .bridge import Bridge, sweep_blobs
 from .handlers import NotFoundHandler, default_handlers
 
-__all__ = ["Server", "make_app", "sweep_blobs"]
+__all__ = ["Server", "make_app"]
 
 log = logging.getLogger("kernelexec.server")
 access_log = logging.getLogger("kernelexec.server.access")
@@ -57,20 +56,6 @@ def make_app(bridge: Bridge, token: str) -> web.Application:
         websocket_ping_timeout=3 * ping if ping else None,
         log_function=_log_request,
     )
-
-
-def sweep_blobs() -> None:
-    """Remove blob files whose writer is dead (when kernelexec.blobs is installed)."""
-    try:
-        from .. import blobs
-    except ImportError:
-        return
-    sweep: Any = getattr(blobs, "sweep_orphans", None)
-    if sweep is not None:
-        try:
-            sweep()
-        except Exception:
-            log.exception("Removing orphan blob files failed")
 
 
 class Server:

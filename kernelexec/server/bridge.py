@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Coroutine
@@ -15,7 +16,9 @@ from ..protocol import load_spec
 from .metrics import BridgeMetrics
 from .pools import PoolFactory, PoolRegistry, default_pool_factory
 
-__all__ = ["Bridge", "BridgeOptions", "blob_dir", "server_name"]
+__all__ = ["Bridge", "BridgeOptions", "blob_dir", "server_name", "sweep_blobs"]
+
+log = logging.getLogger("kernelexec.server")
 
 
 def server_name() -> str:
@@ -33,6 +36,18 @@ def blob_dir() -> str:
 
         return str(blobs.blob_dir())
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def sweep_blobs() -> None:
+    """Remove blob files whose writer is dead (e.g. outputs of kernels that were closed)."""
+    try:
+        from .. import blobs
+    except ImportError:
+        return
+    try:
+        blobs.sweep_orphans()
+    except Exception:
+        log.exception("Removing orphan blob files failed")
 
 
 @dataclass(frozen=True)

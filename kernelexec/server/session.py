@@ -16,7 +16,6 @@ the same shape as the pool's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any, Protocol
 from ..config import PoolConfig
 from ..errors import ConfigError
 from ..protocol import PROTOCOL_VERSION
-from .bridge import Bridge
+from .bridge import Bridge, sweep_blobs
 from .frames import (
     PROTOCOL_MAJOR,
     SERVER_FRAMES,
@@ -188,6 +187,7 @@ class Session:
             self.transport.close(1002, reason)
             return
         self.greeted = True
+        log.info("Connection from %.80s, protocol %.20s", frame["client"], version)
         self.send({
             "type": "welcome",
             "protocol_version": PROTOCOL_VERSION,
@@ -368,5 +368,5 @@ class Session:
             for task in pending:
                 task.cancel()
         await asyncio.gather(*running, *self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            self.bridge.sessions.discard(self)
+        self.bridge.sessions.discard(self)
+        sweep_blobs()  # outputs nobody will read: their kernels are gone now
