@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from kernelexec import envs
-from kernelexec.config import EnvConfig
+from kernelexec.config import EnvConfig, PoolConfig
 from kernelexec.errors import EnvironmentBuildError
 from kernelexec.kernels.base import LaunchSpec
 from kernelexec.kernels.local import LocalKernel
@@ -385,3 +385,45 @@ async def test_pip_fallback_builds_the_same_environment(
     assert f"{info.path}/bin/python" in pip_script and ".build-" not in pip_script
     pip = subprocess.run([str(info.path / "bin/pip"), "--version"], check=False)
     assert pip.returncode == 0, "scripts point at the final path after the rename"
+
+
+# --------------------------------------------------------------------------- through the pool
+
+
+@needs_registry
+async def test_pool_in_isolated_managed_env_recovers_after_oom(
+    built: tuple[envs.EnvInfo, float, list[str]],
+) -> None:
+    from kernelexec import sandbox
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    if os.geteuid() != 0 or not sandbox.find_controller("memory"):
+        pytest.skip("needs root and a memory cgroup")
+    code = (
+        "import six, socket\n"
+        "if msg['payload'] == 'big':\n"
+        "    block = bytearray(600 * 2**20)\n"
+        "s = socket.socket()\n"
+        "try:\n    s.connect(('192.0.2.1', 80)); net = 'up'\n"
+        "except OSError:\n    net = 'down'\n"
+        "msg['payload'] = [six.__name__, net]\n"
+        "return msg"
+    )
+    env = {
+        "python": BASE_PYTHON,
+        "requirements": REQUIREMENTS,
+        "memory_limit": "300M",
+        "network": False,
+    }
+    pool = make_pool(PoolConfig.from_dict("iso-pool", {"code": code, "env": env}), MemoryHooks())
+    await pool.start()
+    try:
+        first = await pool.submit("r1", {"payload": 1})
+        assert first["error"] is None and first["outputs"][0][0]["payload"] == ["six", "down"]
+        big = await pool.submit("r2", {"payload": "big"})
+        assert big["error"]["code"] == "KERNEL_DIED"
+        after = await pool.submit("r3", {"payload": 3})
+        assert after["error"] is None and after["outputs"][0][0]["payload"] == ["six", "down"]
+    finally:
+        await pool.close()
+    assert envs.remove_workdir("iso-pool")
