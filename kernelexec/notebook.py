@@ -207,7 +207,20 @@ def parse_sample(source: str) -> dict[str, Any]:
     return value
 
 
+_SAMPLE_FORM = "a sample cell must be msg = {...} with literal values, or a JSON object"
+
+
 def _literal_sample(text: str) -> Any:
+    try:
+        return _literal_value(text)
+    except ValueError as exc:
+        if str(exc).startswith("malformed node"):
+            msg = f"{_SAMPLE_FORM} (no calls or variables)"
+            raise ValueError(msg) from None
+        raise
+
+
+def _literal_value(text: str) -> Any:
     tree = ast.parse(text)
     if len(tree.body) != 1:
         msg = "a sample cell holds one statement: msg = {...}"
@@ -221,8 +234,7 @@ def _literal_sample(text: str) -> Any:
         return ast.literal_eval(stmt.value)
     if isinstance(stmt, ast.Expr):
         return ast.literal_eval(stmt.value)
-    msg = "a sample cell must be msg = {...} with literal values, or a JSON object"
-    raise ValueError(msg)
+    raise ValueError(_SAMPLE_FORM)
 
 
 def sample_source(sample: dict[str, Any], var: str = "msg") -> str:

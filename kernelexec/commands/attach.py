@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -87,6 +88,13 @@ async def _ask(url: str, token: str | None, node_id: str | None) -> list[dict[st
         return kernels
     finally:
         conn.close()
+        with contextlib.suppress(Exception):  # wait for the closing handshake: no socket left
+            await asyncio.wait_for(_drained(conn), 2.0)
+
+
+async def _drained(conn: Any) -> None:
+    while await conn.read_message() is not None:
+        pass
 
 
 async def list_kernels(

@@ -21,8 +21,9 @@ from ..notebook import NodeCode, NotebookError, load_node_code, read_notebook, s
 
 __all__ = ["build_flow", "inject_props", "kernelexec_node", "register", "run"]
 
-#: The kernelexec node's properties besides code and layout, with their defaults
-#: (spec.json config_fields in the Node-RED node's spelling).
+#: The kernelexec node's properties besides code and layout, with their defaults (the
+#: editor's ``defaults`` in nodered-node/nodes/kernelexec.html). ``notebook`` (the live
+#: link) is only written with ``--link``.
 NODE_DEFAULTS: dict[str, Any] = {
     "outputs": 1,
     "timeout": 0,
@@ -31,7 +32,7 @@ NODE_DEFAULTS: dict[str, Any] = {
     "queueLimit": 1000,
     "keepOrder": False,
     "env": "",
-    "notebook": "",
+    "stdoutToMsg": False,
 }
 _LAYOUT = ("x", "y", "z", "wires", "type", "func", "initialize", "finalize")
 
