@@ -327,3 +327,34 @@ async def test_cleanup_is_safe_per_kernel(workdir: str) -> None:
     finally:
         await second.shutdown(now=True)
     time.sleep(0.05)
+
+
+@needs_root
+def test_unprivileged_wrapper_leaves_the_network_through_a_user_namespace() -> None:
+    """A bridge that is not root gets no network through CLONE_NEWUSER | CLONE_NEWNET."""
+    python = "/usr/bin/python3"
+    package_parent = str(Path(sandbox.__file__).resolve().parent.parent)
+    if not os.path.exists(python) or shutil.which("su") is None:
+        pytest.skip("needs /usr/bin/python3 and su")
+    probe = (
+        "import os, socket\n"
+        "s = socket.socket()\n"
+        "try:\n    s.connect(('192.0.2.1', 80)); print('connected')\n"
+        "except OSError as exc:\n"
+        "    print(os.getuid(), exc.errno, [n for _, n in socket.if_nameindex()])"
+    )
+    command = (
+        f"cd / && PYTHONPATH={package_parent} {python} -m kernelexec.sandbox --no-network -- "
+        f'{python} -c "$PROBE"'
+    )
+    done = subprocess.run(
+        ["su", "-s", "/bin/sh", "nobody", "-c", command],
+        env={**os.environ, "PROBE": probe},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if "cannot create a network namespace" in done.stderr:
+        pytest.skip(f"unprivileged user namespaces are disabled here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().split(None, 2) == ["65534", "101", "['lo']"]
