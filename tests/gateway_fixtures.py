@@ -60,8 +60,27 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         proc.wait(5)
 
 
+def _kernelspec_dir(python: str) -> str:
+    """A JUPYTER_PATH entry whose ``python3`` kernel spec runs ``python``."""
+    import json
+
+    root = tempfile.mkdtemp(prefix="kernelexec-kg-spec-")
+    spec = Path(root, "kernels", "python3")
+    spec.mkdir(parents=True)
+    argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec.joinpath("kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": f"Python 3 ({python})", "language": "python"})
+    )
+    return root
+
+
 @contextlib.contextmanager
-def running_gateway(token: str, *, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+def running_gateway(
+    token: str, *, extra_args: tuple[str, ...] = (), kernel_python: str | None = None
+) -> Iterator[str]:
+    """``kernel_python``: run kernels with this interpreter (default: this environment's,
+    or $KERNELEXEC_GATEWAY_KERNEL_PYTHON, e.g. one with ipykernel 6 like EG's images)."""
+    kernel_python = kernel_python or os.environ.get("KERNELEXEC_GATEWAY_KERNEL_PYTHON")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [
@@ -77,6 +96,9 @@ def running_gateway(token: str, *, extra_args: tuple[str, ...] = ()) -> Iterator
     env = dict(os.environ)
     env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["JUPYTER_PATH"] = str(_BIN.parent / "share" / "jupyter")
+    spec_root = _kernelspec_dir(kernel_python) if kernel_python else None
+    if spec_root:
+        env["JUPYTER_PATH"] = spec_root + os.pathsep + env["JUPYTER_PATH"]
     env.pop("KG_AUTH_TOKEN", None)
     log = tempfile.NamedTemporaryFile(prefix="kernelexec-kg-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
@@ -103,3 +125,7 @@ def running_gateway(token: str, *, extra_args: tuple[str, ...] = ()) -> Iterator
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)
+        if spec_root:
+            import shutil
+
+            shutil.rmtree(spec_root, ignore_errors=True)

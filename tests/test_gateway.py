@@ -210,11 +210,32 @@ async def test_kernel_deleted_behind_our_back(gateway_url: str, kernel: GatewayK
         )
     finally:
         client.close()
+    try:  # ipykernel 7 dies under the request; ipykernel 6 may still answer it (aborted)
+        reply = await asyncio.wait_for(task, 15)
+        assert reply["status"] != "ok"
+    except KernelDiedError:
+        pass
+    deadline = time.monotonic() + 10
+    while kernel.is_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     with pytest.raises(KernelDiedError):
-        await asyncio.wait_for(task, 15)
+        await kernel.execute("pass", {})
     old = kernel.kernel_id
     await kernel.restart()
     assert kernel.kernel_id != old
+    assert (await kernel.execute("pass", {}))["status"] == "ok"
+
+
+async def test_lost_connection_is_reconnected_and_replayed(kernel: GatewayKernel) -> None:
+    """A dropped WebSocket comes back with the same session: the server replays the reply."""
+    await kernel.execute("import time", {})
+    task = asyncio.ensure_future(kernel.execute(ANSWER + "time.sleep(1)\n__answer('late')", {}))
+    await asyncio.sleep(0.3)
+    conn = kernel._ws
+    assert conn is not None and conn.stream is not None
+    conn.stream.close()  # as if the network dropped the connection
+    assert payload(await asyncio.wait_for(task, 15)) == "late"
+    assert kernel.is_alive() and kernel._ws is not conn
     assert (await kernel.execute("pass", {}))["status"] == "ok"
 
 

@@ -184,7 +184,10 @@ def make_gateway_kernel(env: EnvConfig, *, node_id: str) -> GatewayKernel:
         msg = "make_gateway_kernel needs env.gateway_url"
         raise GatewayError(msg)
     settings = GatewaySettings.from_url(env.gateway_url, env.gateway_token)
-    settings = replace(settings, kernel_env={**_kernel_env(env, node_id), **settings.kernel_env})
+    kernel_env = _kernel_env(env, node_id)
+    # Enterprise Gateway waits this long for a kernel to launch (its default is 30 s)
+    kernel_env.setdefault("KERNEL_LAUNCH_TIMEOUT", f"{int(settings.start_timeout)}")
+    settings = replace(settings, kernel_env={**kernel_env, **settings.kernel_env})
     return GatewayKernel(settings, node_id=node_id)
 
 
@@ -616,6 +619,8 @@ class GatewayKernel(KernelHandle):
             raise
         except Exception:
             log.exception("gateway kernel %s: reader failed", self.kernel_id)
+        finally:
+            conn.close()  # idempotent; releases the connection object
         if conn is self._ws and not self._closing:
             reason = f"WebSocket closed ({conn.close_code} {conn.close_reason or ''})".strip()
             self._spawn(self._reconnect(reason))
