@@ -144,3 +144,16 @@ async def test_parent_killed_with_sigkill_takes_the_bridge_down(args: list[str])
         parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+async def test_a_port_in_use_is_a_clear_error() -> None:
+    bridge = BridgeProcess()
+    try:
+        command = [sys.executable, "-m", "kernelexec", "serve", "--port", str(bridge.port)]
+        second = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        assert second.returncode == 1 and second.stdout == ""
+        assert f"cannot listen on 127.0.0.1:{bridge.port}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        bridge.proc.send_signal(signal.SIGTERM)
+        assert bridge.wait()[0] == 0

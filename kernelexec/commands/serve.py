@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(env("KERNELEXEC_PORT", "0")),
+        default=env("KERNELEXEC_PORT", "0"),
         help="port (KERNELEXEC_PORT env var; default 0 = a free port)",
     )
     parser.add_argument(
@@ -121,7 +121,12 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
     token = given_token or secrets.token_urlsafe(32)
     bridge = Bridge(options=BridgeOptions(context_timeout=args.context_timeout))
     server = Server(token=token, host=args.host, port=args.port, bridge=bridge)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        where = f"{args.host}:{args.port}"
+        print(f"kernelexec serve: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     stopped = asyncio.Event()
     reasons: list[str] = []
 
