@@ -257,9 +257,19 @@ class LocalKernel(KernelHandle):
             future.cancel()
             code = self._exit_code()
             text = f"the kernel process died (exit code {code}) while running the message"
-            raise KernelDiedError(text)
+            why = self._explain_death()
+            raise KernelDiedError(f"{text}: {why}" if why else text)
         future.cancel()
         raise TimeoutError
+
+    def _explain_death(self) -> str | None:
+        """Why the sandbox killed the kernel (memory limit), as docs/environments.md says."""
+        try:
+            from .. import envs
+
+            return envs.explain_death(self._launch, self.pid)
+        except Exception:
+            return None
 
     def _exit_code(self) -> int | None:
         provisioner = self._km.provisioner if self._km is not None else None
