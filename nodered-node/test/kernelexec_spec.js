@@ -19,6 +19,16 @@ async function load(nodes, flow) {
 
 describe("kernelexec node (real bridge, real kernels)", function () {
     this.timeout(60000);
+    let releaseBridge = null;
+
+    before(function () {
+        releaseBridge = S.keepBridge();
+    });
+
+    after(async function () {
+        await releaseBridge();
+        assert.deepStrictEqual(bridges.active(), []);
+    });
 
     afterEach(async function () {
         await S.unload();

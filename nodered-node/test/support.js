@@ -135,6 +135,16 @@ function allBlobFiles(pids) {
     return fs.readdirSync(dir).filter((f) => pids.some((pid) => f.startsWith(`kernelexec-${pid}-`)));
 }
 
+/**
+ * Keep the default bridge up across the tests of a describe block (a client that only holds a
+ * reference), so that each test pays for its kernels but not for a bridge start. Returns stop().
+ */
+function keepBridge() {
+    const keeper = { id: "test-bridge-keeper", bridgeUp() {}, bridgeDown() {}, frame() {} };
+    const bridge = bridges.register(keeper, {});
+    return () => bridges.deregister(keeper, bridge);
+}
+
 /** Wrap an async test body so that assertion errors reach mocha's done. */
 function check(done, fn) {
     return (...args) => {
@@ -161,4 +171,5 @@ module.exports = {
     ourBlobFiles,
     allBlobFiles,
     check,
+    keepBridge,
 };
