@@ -1,0 +1,143 @@
+"""Helpers of the stress suite: a real `kernelexec serve` process, leftover checks (processes
+and /dev/shm files), blob handling as the Node-RED node does it, RSS from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+from server_support import TOKEN, BridgeProcess, Client
+
+from kernelexec import blobs
+
+__all__ = [
+    "KERNEL_PATTERN",
+    "StressBridge",
+    "blob_files",
+    "leftovers",
+    "rss_kib",
+    "take_blobs",
+    "wait_clean",
+]
+
+MARK = "KERNELEXEC_STRESS_RUN"
+#: What `pgrep -af 'ipykernel|kernelexec.kernel'` looks for.
+KERNEL_PATTERN = re.compile(r"ipykernel|kernelexec\.kernel")
+BRIDGE_PATTERN = re.compile(r"kernelexec serve")
+
+
+def _ours(process: psutil.Process) -> bool:
+    try:
+        return process.environ().get(MARK) == os.environ[MARK]
+    except (psutil.Error, OSError):
+        return False
+
+
+def leftovers(pattern: re.Pattern[str] = KERNEL_PATTERN) -> list[str]:
+    """Live processes of this test session (not this process) whose command line matches."""
+    me = os.getpid()
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
+        info = process.info
+        if info["pid"] == me or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        line = " ".join(info["cmdline"] or ())
+        if (pattern.search(line) or BRIDGE_PATTERN.search(line)) and _ours(process):
+            found.append(f"{info['pid']} {line}")
+    return found
+
+
+def blob_files() -> set[str]:
+    directory = Path(blobs.blob_dir())
+    return {p.name for p in directory.glob("kernelexec-*")}
+
+
+async def wait_clean(files_before: set[str], timeout: float = 20.0) -> tuple[list[str], list[str]]:
+    """Wait until no process of ours and no new blob file is left; returns what is left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs, files = leftovers(), sorted(blob_files() - files_before)
+        if (not procs and not files) or time.monotonic() > deadline:
+            return procs, files
+        await asyncio.sleep(0.2)
+
+
+def take_blobs(value: Any, *, missing_ok: bool = False) -> list[bytes]:
+    """Read and remove the blob files a frame refers to, as the Node-RED node does."""
+    found: list[bytes] = []
+    for ref in _blob_refs(value):
+        try:
+            found.append(blobs.read_blob(ref))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ref["path"])
+    return found
+
+
+def _blob_refs(value: Any) -> Iterable[dict[str, Any]]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _blob_refs(item)
+    elif isinstance(value, dict):
+        if value.get("$kx") == "blob":
+            yield value
+            return
+        for item in value.values():
+            yield from _blob_refs(item)
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, KiB, from /proc (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class StressBridge(BridgeProcess):
+    """`python -m kernelexec serve` with default limits (max_frame_bytes 256 MiB)."""
+
+    killed = False
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(*args, env=env)
+        self.clients: list[Client] = []
+
+    async def connect(self) -> Client:
+        client = await Client.connect(self.port, token=TOKEN)
+        self.clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def stop(self, timeout: float = 40.0) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kernel_pids(self) -> list[int]:
+        return [p.pid for p in self.descendants() if KERNEL_PATTERN.search(" ".join(_cmd(p)))]
+
+
+def _cmd(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []

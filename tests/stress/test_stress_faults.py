@@ -1,0 +1,316 @@
+"""Faults while other messages are in flight, on a real `kernelexec serve` process.
+
+After each fault: every message got exactly one answer, the node works again, and once the
+bridge is stopped no process of ours (`ipykernel|kernelexec.kernel`) and no new
+/dev/shm/kernelexec-* file is left. Figures: docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+from server_support import Client
+from stress_support import StressBridge, blob_files, take_blobs, wait_clean
+
+from kernelexec import blobs
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+MiB = 1 << 20
+
+
+@pytest_asyncio.fixture
+async def bridge() -> AsyncIterator[StressBridge]:
+    """A bridge process per test; afterwards nothing of it may be left."""
+    files_before = blob_files()
+    bridge = StressBridge()
+    try:
+        yield bridge
+    finally:
+        bridge.close_clients()
+        code, _out, err = bridge.stop()
+        procs, files = await wait_clean(files_before)
+        assert code == (-9 if bridge.killed else 0), err[-2000:]
+        assert not procs, f"processes left behind: {procs}"
+        assert not files, f"blob files left behind: {files}"
+
+
+async def results(client: Client, req_ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
+    """Exactly one result per req_id (a second one would show up in client.seen)."""
+    out = {}
+    for req_id in req_ids:
+        frame = await client.result(req_id, timeout)
+        take_blobs(frame.get("outputs"))
+        out[req_id] = frame
+    return out
+
+
+def answers_per_req(client: Client, req_ids: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(req_ids, 0)
+    for frame in client.seen:
+        if frame["type"] in ("result", "error") and frame.get("req_id") in counts:
+            counts[frame["req_id"]] += 1
+    return counts
+
+
+async def works(client: Client, node_id: str, tag: str = "again") -> None:
+    result = await client.execute(node_id, f"{node_id}-{tag}", {"payload": tag})
+    assert result["error"] is None, result["error"]
+
+
+SLEEPY = "import os, time\ntime.sleep(msg.get('sleep', 0.2))\nmsg['pid'] = os.getpid()\nreturn msg"
+
+
+async def test_kill_9_of_a_kernel_with_messages_in_flight(bridge: StressBridge) -> None:
+    client = await bridge.connect()
+    state = await client.configure("k9", code=SLEEPY, workers=2)
+    assert state["state"] == "ready", state
+    await client.send(type="list_kernels", node_id="k9")
+    kernels = (await client.next(lambda f: f["type"] == "kernels"))["kernels"]
+    victim = kernels[0]["pid"]
+    req_ids = [f"k9-{i}" for i in range(40)]
+    for req_id in req_ids:
+        await client.send(type="execute", node_id="k9", req_id=req_id, msg={"payload": req_id})
+    await asyncio.sleep(0.5)
+    os.kill(victim, signal.SIGKILL)
+    got = await results(client, req_ids)
+    assert set(answers_per_req(client, req_ids).values()) == {1}
+    died = [r for r in got.values() if r["error"] and r["error"]["code"] == "KERNEL_DIED"]
+    ok = [r for r in got.values() if r["error"] is None]
+    assert died, "the messages on the killed kernel fail with KERNEL_DIED"
+    assert len(died) + len(ok) == len(req_ids), [r["error"] for r in got.values()]
+    assert all(r["outputs"][0][0]["payload"] == r["req_id"] for r in ok)
+    for i in range(4):  # both workers serve again, the dead one replaced
+        await works(client, "k9", f"after{i}")
+    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie"
+
+
+async def test_kill_9_of_the_bridge_leaves_no_kernel(bridge: StressBridge) -> None:
+    """The bridge dies hard with messages in flight: its kernels notice and exit."""
+    client = await bridge.connect()
+    await client.configure("kb", code=SLEEPY, workers=2)
+    for i in range(10):
+        await client.send(type="execute", node_id="kb", req_id=f"kb-{i}", msg={"sleep": 5})
+    await asyncio.sleep(0.5)
+    kernels = bridge.kernel_pids()
+    assert len(kernels) >= 2
+    bridge.killed = True
+    bridge.proc.kill()
+    with pytest.raises(ConnectionError):
+        await client.result("kb-0", timeout=10)
+    # the Node-RED node then starts a new bridge; its start sweeps dead writers' blob files
+    gone_by = time.monotonic() + 20
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in kernels):
+        assert time.monotonic() < gone_by, "kernels outlived their bridge by 20 s"
+        await asyncio.sleep(0.2)
+
+
+async def test_timeout_in_the_middle_of_64_mib_buffer_transfers(bridge: StressBridge) -> None:
+    """A 64 MiB input blob, code that keeps sending 64 MiB output blobs until the alarm fires
+    (often while one is being written): every output file is removed, the kernel survives."""
+    client = await bridge.connect()
+    code = (
+        "data = msg['payload']\n"
+        "assert len(data) == 64 * 2**20\n"
+        "while True:\n"
+        "    node.send({'payload': data[::-1]})\n"
+    )
+    await client.configure("tb", code=code, timeout=1.5, workers=1)
+    await client.configure("echo", code="return msg")
+    payload = os.urandom(MiB) * 64
+    sent_blobs = 0
+    for i in range(3):
+        req_id = f"tb-{i}"
+        ref = blobs.write_blob(payload, req_id)
+        await client.send(type="execute", node_id="tb", req_id=req_id, msg={"payload": ref})
+        echo = await client.execute("echo", f"echo-{i}", {"payload": i})  # another node, meanwhile
+        assert echo["error"] is None
+        while True:
+            frame = await client.next(
+                lambda f, r=req_id: f.get("req_id") == r and f["type"] in ("send", "result")
+            )
+            # missing_ok: the runtime removes the files of a request that timed out, also
+            # those of sends the reader has not read yet (xfail test below)
+            datas = take_blobs(frame.get("outputs"), missing_ok=True)
+            if frame["type"] == "result":
+                break
+            assert all(len(d) == 64 * MiB and d[:16] == payload[::-1][:16] for d in datas)
+            sent_blobs += len(datas)
+        os.unlink(ref["path"])  # the writer of an input blob removes it when the request ends
+        assert frame["error"] and frame["error"]["code"] == "TIMEOUT", frame["error"]
+    assert sent_blobs >= 3
+    await works(client, "echo")
+
+
+async def test_code_that_forks_and_hangs_is_stopped_with_all_its_children(
+    bridge: StressBridge,
+) -> None:
+    code = """\
+import os, subprocess, time
+if msg['payload'] == 'fork':
+    kids = [subprocess.Popen(['sleep', '1000']).pid,
+            subprocess.Popen(['sh', '-c', 'sleep 1001 & sleep 1002; wait']).pid,
+            subprocess.Popen(['sleep', '1003'], start_new_session=True).pid]
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(1000)
+        os._exit(0)
+    kids.append(pid)
+    flow.set('kids', kids)
+    time.sleep(1000)
+return msg
+"""
+    client = await bridge.connect()
+    client.context = {}
+    await client.configure("fk", code=code, timeout=2)
+    t0 = time.monotonic()
+    result = await client.execute("fk", "fk-1", {"payload": "fork"})
+    elapsed = time.monotonic() - t0
+    assert result["error"]["code"] == "TIMEOUT", result["error"]
+    assert elapsed < 10
+    kids = client.context["flow:kids"]
+    sleepers = [
+        p for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[-1:] and (p.info["cmdline"] or [""])[-1] in
+        ("1000", "1001", "1002", "1003")
+    ]  # fmt: skip
+    alive = [p.pid for p in sleepers if p.status() != psutil.STATUS_ZOMBIE]
+    alive += [k for k in kids if psutil.pid_exists(k) and psutil.Process(k).status() != "zombie"]
+    assert not alive, f"children of the timed-out code still alive: {alive}"
+    await works(client, "fk")
+
+
+async def test_code_that_fills_memory_under_a_memory_limit(bridge: StressBridge) -> None:
+    """env.memory_limit (cgroup, else RLIMIT_AS): a clear error, the node works again."""
+    code = (
+        "if msg['payload'] == 'fill':\n"
+        "    hog = []\n"
+        "    while True:\n"
+        "        hog.append(bytearray(16 * 2**20))\n"
+        "return msg\n"
+    )
+    client = await bridge.connect()
+    state = await client.configure("mem", code=code, env={"memory_limit": "300M"})
+    if state["state"] == "error" and state["error"]["code"] == "ENV_FAILED":
+        pytest.skip(f"no memory limit on this host: {state['error']['message']}")
+    assert state["state"] == "ready", state
+    await client.configure("bystander", code=SLEEPY)
+    await client.send(type="execute", node_id="bystander", req_id="by-1", msg={"sleep": 1})
+    result = await client.execute("mem", "mem-1", {"payload": "fill"})
+    error = result["error"]
+    assert error is not None
+    if error["code"] == "KERNEL_DIED":  # cgroup: the OOM killer, and the bridge says so
+        assert "memory limit" in error["message"] and "300M" in error["message"], error
+    else:  # RLIMIT_AS: a MemoryError in the user's code
+        assert error["code"] == "USER_ERROR" and error["type"] == "MemoryError", error
+    assert (await client.result("by-1"))["error"] is None
+    await works(client, "mem")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "sys.stdout.close()",
+        "sys.stderr.close()",
+        "os.close(1)",
+        "os.close(2)",
+        "sys.stdout = open(os.devnull, 'w')",
+        "os.dup2(os.open(os.devnull, os.O_WRONLY), 1)",
+    ],
+)
+async def test_code_that_closes_or_redirects_its_output(bridge: StressBridge, hostile: str) -> None:
+    """Later messages still run and their print() output is still captured."""
+    code = (
+        "import os, sys\n"
+        f"if msg['payload'] == 'hostile':\n    {hostile}\n"
+        "print('still printing', msg['payload'])\n"
+        "return msg\n"
+    )
+    client = await bridge.connect()
+    await client.configure("out", code=code)
+    first = await client.execute("out", "out-1", {"payload": "hostile"})
+    assert first["error"] is None or first["error"]["code"] == "USER_ERROR", first["error"]
+    for i in range(3):
+        later = await client.execute("out", f"out-{i + 2}", {"payload": i})
+        assert later["error"] is None, later["error"]
+        assert later["outputs"] == [[{"payload": i}]]
+        assert later["stdout"] == f"still printing {i}\n", later
+
+
+async def test_setup_that_raises_fails_messages_clearly_then_a_fixed_setup_works(
+    bridge: StressBridge,
+) -> None:
+    client = await bridge.connect()
+    state = await client.configure("st", setup="x = 1\nraise RuntimeError('no database')")
+    assert state["state"] == "error" and state["error"]["code"] == "SETUP_FAILED", state
+    assert "no database" in state["error"]["message"] and state["error"]["line"] == 2
+    result = await client.execute("st", "st-1", {"payload": 1})
+    assert result["error"]["code"] == "SETUP_FAILED", result["error"]
+    await asyncio.sleep(2.5)  # a retry or two with backoff: still failing, nothing piles up
+    state = await client.configure("st", setup="x = 1")
+    assert state["state"] == "ready", state
+    await works(client, "st")
+
+
+async def test_stop_code_that_hangs_does_not_hold_shutdown(bridge: StressBridge) -> None:
+    stop = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "time.sleep(1000)\n"
+    )
+    client = await bridge.connect()
+    await client.configure("hang", stop=stop, workers=2)
+    await client.send(type="execute", node_id="hang", req_id="h-1", msg={"payload": 1})
+    t0 = time.monotonic()
+    await client.send(type="close", node_id="hang")
+    await client.next(lambda f: f["type"] == "closed", timeout=30)
+    close_seconds = time.monotonic() - t0
+    assert (await client.result("h-1"))["type"] == "result"
+    assert close_seconds < 15, close_seconds
+    # and a whole-bridge shutdown with such a node still finishes in bounded time
+    await client.configure("hang2", stop=stop)
+    bridge.close_clients()
+    t0 = time.monotonic()
+    code, _out, err = bridge.stop(timeout=40)
+    assert code == 0, err[-2000:]
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open bug: on a failed request the runtime removes every blob file of the request "
+    "(Runtime._failure -> blobs.remove_request_blobs), also those node.send() already handed to "
+    "the node, so the node cannot read a message sent before the failure. A fix (keep the sent "
+    "files, their reader removes them) contradicts tests/test_runtime.py::"
+    "test_failed_message_leaves_no_output_blob and docs/internals.md; see docs/reliability.md",
+)
+async def test_blobs_sent_before_a_failure_stay_readable(bridge: StressBridge) -> None:
+    """node.send() of a big Buffer, then the code raises (or times out): the sent message's
+    blob file is the reader's, so it must still be there when the node reads it after the
+    result (regression: the runtime removed every file of a failed request)."""
+    code = (
+        "import time\n"
+        "node.send({'payload': bytes(range(256)) * 4096})\n"
+        "if msg['payload'] == 'raise':\n"
+        "    raise ValueError('after the send')\n"
+        "time.sleep(100)\n"
+    )
+    client = await bridge.connect()
+    await client.configure("sb", code=code, timeout=1)
+    for how, code_name in (("raise", "USER_ERROR"), ("hang", "TIMEOUT")):
+        req_id = f"sb-{how}"
+        await client.send(type="execute", node_id="sb", req_id=req_id, msg={"payload": how})
+        result = await client.result(req_id)
+        assert result["error"]["code"] == code_name, result["error"]
+        sent = [f for f in client.seen if f["type"] == "send" and f.get("req_id") == req_id]
+        assert len(sent) == 1
+        assert take_blobs(sent[0]["outputs"]) == [bytes(range(256)) * 4096]
