@@ -33,6 +33,10 @@ fi
 status=0
 echo "== engine benchmark (bench/engine_bench.py) =="
 "$PY" bench/engine_bench.py $SMOKE --out "$ENGINE_JSON" || status=$?
+if [[ -z $SMOKE ]]; then
+  echo "== where a hot message's time goes (bench/breakdown.py) =="
+  "$PY" bench/breakdown.py --out "$OUT/breakdown.json" || status=$?
+fi
 echo "== Node-RED benchmark (bench/nodered_bench.js) =="
 node bench/nodered_bench.js $SMOKE --out "$LATEST_JSON" || status=$?
 
@@ -41,7 +45,8 @@ if [[ -s $LATEST_JSON ]]; then
   if [[ -n $SMOKE ]]; then
     "$PY" bench/report.py --latest "$LATEST_JSON" --engine "$ENGINE_JSON" --stdout > "$OUT/figures-smoke.md"
   else
-    "$PY" bench/report.py --latest "$LATEST_JSON" --engine "$ENGINE_JSON"
+    "$PY" bench/report.py --latest "$LATEST_JSON" --engine "$ENGINE_JSON" \
+      --breakdown "$OUT/breakdown.json"
   fi
 fi
 

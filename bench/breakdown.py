@@ -1,0 +1,104 @@
+"""Where a hot message's time goes, layer by layer (one message in flight, no Node-RED).
+
+On one hot kernel started by ``make_pool`` (1 worker, ``return msg``):
+
+    jupyter   execute_request ``pass`` on the same kernel: the Jupyter round trip alone
+              (client -> zmq -> ipykernel shell -> reply), kernelexec's tuned kernel
+    runtime   execute_request ``__kernelexec__.handle()`` with a ``run`` op of one message,
+              sent straight to the kernel: adds the in-kernel runtime (decode, call, encode)
+    pool      ``pool.submit``: adds the pool's queue, the worker's bookkeeping and events
+
+The floor for comparison: the same message through bench/floor_worker.py over a pipe.
+
+    .venv/bin/python bench/breakdown.py [--count 2000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from engine_bench import FloorClient, make_kernelexec, small_msg, summary  # noqa: E402
+
+from kernelexec.worker import HANDLE_CODE  # noqa: E402
+
+
+async def timed(count: int, step: Any) -> list[float]:
+    samples = []
+    for i in range(count):
+        t0 = time.perf_counter_ns()
+        await step(i)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return samples
+
+
+async def run(count: int) -> dict[str, Any]:
+    pool = await make_kernelexec("hot")
+    floor = FloorClient()
+    await floor.start()
+    kernel = pool.workers[0].kernel
+    exec_ms: list[float] = []
+
+    async def jupyter(i: int) -> None:
+        await kernel.execute("pass", {})
+
+    async def runtime(i: int) -> None:
+        batch = [{"req_id": f"b-{i}", "msg": small_msg(i), "timeout": 0}]
+        reply = await kernel.execute(HANDLE_CODE, {"op": "run", "batch": batch})
+        assert reply.get("status") == "ok", reply
+
+    async def submit(i: int) -> None:
+        result = await pool.submit(f"p-{i}", small_msg(i))
+        assert not result.get("error"), result
+        exec_ms.append(result["timing"]["exec_ms"])
+
+    async def pipe(i: int) -> None:
+        await floor.submit(f"f-{i}", small_msg(i))
+
+    steps = {"floor": pipe, "jupyter": jupyter, "runtime": runtime, "pool": submit}
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for step in steps.values():
+            await timed(100, step)
+        for _round in range(4):  # interleaved rounds, as in the other benchmarks
+            for name, step in steps.items():
+                samples[name] += await timed(count // 4, step)
+    finally:
+        await floor.close()
+        await pool.close()
+    out = {name: summary(values) for name, values in samples.items()}
+    out["pool_exec_ms"] = summary(exec_ms)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.count))
+    for name, s in result.items():
+        print(f"{name:14s} p50 {s['p50']:7.3f} ms  p90 {s['p90']:7.3f}  p99 {s['p99']:7.3f}")
+    base = result["jupyter"]["p50"]
+    print(
+        f"runtime adds {result['runtime']['p50'] - base:.3f} ms, "
+        f"pool adds {result['pool']['p50'] - result['runtime']['p50']:.3f} ms "
+        f"(median of medians: {statistics.median([base]):.3f} ms Jupyter alone)"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
