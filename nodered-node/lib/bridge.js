@@ -16,6 +16,7 @@ const { spawn } = require("child_process");
 const crypto = require("crypto");
 const readline = require("readline");
 const WebSocket = require("ws");
+const codec = require("./codec");
 const protocol = require("./protocol");
 const { t } = require("./i18n");
 
@@ -226,7 +227,12 @@ class Bridge {
         const client = this.route(frame);
         if (client) {
             client.frame(frame);
-        } else if (frame.type === "error") {
+            return;
+        }
+        if (frame.outputs) {
+            codec.discardBlobs(frame.outputs, this.blobDir);   // for a node that is gone
+        }
+        if (frame.type === "error") {
             log.warn(t("kernelexec.log.bridgeError", { error: frame.error ? frame.error.message : JSON.stringify(frame) }));
         } else if (frame.node_id) {
             log.debug("kernelexec: frame for unknown node " + frame.node_id + " (" + frame.type + ")");

@@ -267,9 +267,10 @@ async function removeFiles(files) {
     await Promise.all((files || []).map((file) => fs.promises.unlink(file).catch(() => {})));
 }
 
-/** The paths of the blob markers in a value (to remove them without reading). */
-function blobPaths(value) {
-    return collectBlobs(value, []).map((m) => m.path).filter((p) => typeof p === "string");
+/** Remove the blob files a value refers to without reading them (outputs nobody will take). */
+function discardBlobs(value, blobDir) {
+    const paths = collectBlobs(value, []).map((m) => m.path).filter((p) => isBlobPath(p, blobDir));
+    return removeFiles(paths);
 }
 
 module.exports = {
@@ -280,5 +281,5 @@ module.exports = {
     encodeInline,
     decodeValue,
     removeFiles,
-    blobPaths,
+    discardBlobs,
 };

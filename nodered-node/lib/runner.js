@@ -11,6 +11,7 @@ const { t } = require("./i18n");
 const { PoolStatus } = require("./status");
 
 const CLOSE_WAIT_MS = 8000;
+const KEPT_LINGER_MS = 10000;   // late node.send() of a finished message still gets msg.res back
 const REQ_PREFIX = crypto.randomBytes(3).toString("hex");
 let reqCounter = 0;
 
@@ -44,6 +45,7 @@ class Runner {
         this.inflight = new Map();
         this.closing = null;
         this.delivery = Promise.resolve();
+        this.kept = new Map();   // _msgid -> {props, active, timer}: what stayed on the JS side
         this.status = new PoolStatus(node, config.mode);
     }
 
@@ -119,7 +121,7 @@ class Runner {
     onResult(frame) {
         const req = this.inflight.get(frame.req_id);
         if (!req) {
-            codec.removeFiles(codec.blobPaths(frame.outputs));
+            codec.discardBlobs(frame.outputs, this.bridge && this.bridge.blobDir);
             return;
         }
         req.result = true;
@@ -240,7 +242,8 @@ class Runner {
     async execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
         const { wire, kept } = codec.splitMessage(item.msg);
-        const req = Object.assign({ reqId, kept, files: [], result: false, finished: false }, item);
+        const req = Object.assign({ reqId, files: [], result: false, finished: false }, item);
+        this.holdKept(item.msg._msgid, kept);
         this.inflight.set(reqId, req);
         let encoded;
         try {
@@ -280,10 +283,13 @@ class Runner {
                 count += 1;
                 if (req) {
                     m._msgid = req.msg._msgid;
-                    codec.restoreKept(m, req.kept);
                     if (this.options.stdoutToMsg && stdout) {
                         m.stdout = stdout;
                     }
+                }
+                const held = this.kept.get(m._msgid);
+                if (held) {
+                    codec.restoreKept(m, held.props);
                 }
             }
             return msgs.length === 0 ? null : msgs.length === 1 ? msgs[0] : msgs;
@@ -309,12 +315,33 @@ class Runner {
         }
     }
 
+    /** Keep msg.req, msg.res & co. by _msgid while a message with that id is running. */
+    holdKept(msgid, props) {
+        if (msgid === undefined || Object.keys(props).length === 0) {
+            return;
+        }
+        const held = this.kept.get(msgid) || { props: {}, active: 0, timer: null };
+        Object.assign(held.props, props);
+        held.active += 1;
+        clearTimeout(held.timer);
+        this.kept.set(msgid, held);
+    }
+
+    releaseKept(msgid) {
+        const held = this.kept.get(msgid);
+        if (held && --held.active === 0) {
+            held.timer = setTimeout(() => this.kept.get(msgid) === held && this.kept.delete(msgid), KEPT_LINGER_MS);
+            held.timer.unref();
+        }
+    }
+
     /** End a message exactly once: done(err?) and remove its input files, whatever happened. */
     finish(req, err) {
         if (req.finished) {
             return;
         }
         req.finished = true;
+        this.releaseKept(req.msg._msgid);
         this.inflight.delete(req.reqId);
         if (this.bridge) {
             this.bridge.untrack(req.reqId);
@@ -344,6 +371,10 @@ class Runner {
         }
         this.failAll(err);
         this.status.stop();
+        for (const held of this.kept.values()) {
+            clearTimeout(held.timer);
+        }
+        this.kept.clear();
         await bridges.deregister(this, this.bridge);
     }
 }

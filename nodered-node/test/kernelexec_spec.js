@@ -198,12 +198,19 @@ describe("kernelexec node (real bridge, real kernels)", function () {
             { id: "in", type: "http in", url: "/py", method: "post", wires: [["n1"]] },
             py("n1", "msg['payload'] = {'sum': sum(msg['payload']['numbers']), 'has_req': 'req' in msg}\nmsg['statusCode'] = 201\nreturn msg", { wires: [["res"]] }),
             { id: "res", type: "http response", statusCode: "" },
+            { id: "in2", type: "http in", url: "/late", method: "get", wires: [["n2"]] },
+            py("n2", "import threading\nthreading.Timer(0.3, lambda: node.send(dict(msg, payload='answered later'))).start()\nreturn None", { wires: [["res"]] }),
         ]);
         // A real HTTP request on an ephemeral server serving Node-RED's httpNode app.
         // msg.req / msg.res never reach Python; the node puts them back on the output message.
-        const res = await require("supertest")(httpNode).post("/py").send({ numbers: [1, 2, 3] }).set("Content-Type", "application/json");
+        const request = require("supertest");
+        const res = await request(httpNode).post("/py").send({ numbers: [1, 2, 3] }).set("Content-Type", "application/json");
         assert.strictEqual(res.status, 201);
         assert.deepStrictEqual(res.body, { sum: 6, has_req: false });
+        // a node.send() after the message finished: matched by _msgid, msg.res is still put back
+        const late = await request(httpNode).get("/late");
+        assert.strictEqual(late.status, 200);
+        assert.strictEqual(late.text, "answered later");
     });
 
     it("round-trips a 16 MiB Buffer through blob files and leaves none behind", async function () {
@@ -416,6 +423,27 @@ describe("kernelexec node life cycle", function () {
         ], { e1: { token: "nope" } });
         const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
         assert.match(text, /Cannot connect to the kernelexec bridge at ws:\/\/127\.0\.0\.1:9\/ws/);
+    });
+
+    it("refuses a bridge that speaks another protocol major version", async function () {
+        // The real bridge always matches; a minimal WebSocket server plays a future one.
+        const WebSocket = require("ws");
+        const server = new WebSocket.Server({ host: "127.0.0.1", port: 0 });
+        server.on("connection", (ws) => ws.on("message", () => ws.send(JSON.stringify({ type: "welcome", protocol_version: "99.0", server: "future", pid: 1, blob_dir: "/tmp" }))));
+        await new Promise((r) => server.once("listening", r));
+        try {
+            await S.load(N.kernelexecNode, [
+                { id: "tab1", type: "tab" },
+                { id: "e1", type: "kernelexec-env", url: `ws://127.0.0.1:${server.address().port}/ws` },
+                py("n1", "return msg", { z: "tab1", env: "e1" }),
+                { id: "out", type: "helper", z: "tab1" },
+            ], { e1: { token: "t" } });
+            const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
+            assert.match(text, /speaks protocol 99\.0 but this node speaks 1\.\d+/);
+        } finally {
+            await S.unload();
+            server.close();
+        }
     });
 
     it("shows what to install when the Python does not exist, without crashing", async function () {
