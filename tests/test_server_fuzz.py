@@ -43,7 +43,8 @@ def spec_shaped_frames(draw: st.DrawFn) -> dict[str, Any]:
             "any": json_values,
         }.get(kind, json_values)
         frame[name] = draw(good | json_values)
-    extra = draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2))
+    keys = st.sampled_from(["req_id", "node_id", "ctx_id"]) | st.text(max_size=6)
+    extra = draw(st.dictionaries(keys, json_values, max_size=2))
     return {**extra, **frame}
 
 
@@ -91,13 +92,13 @@ def no_kernels_here(config: Any, hooks: Any) -> Any:
     raise EnvironmentBuildError(text)
 
 
-async def feed(frames: list[str]) -> RecordingTransport:
+async def feed(frames: list[str], greet: bool) -> RecordingTransport:
     bridge = Bridge(options=BridgeOptions(max_frame_bytes=4096), pool_factory=no_kernels_here)
     transport = RecordingTransport()
     session = Session(bridge, transport)
-    session.handle(
-        json.dumps({"type": "hello", "protocol_version": PROTOCOL_VERSION, "client": "f"})
-    )
+    if greet:
+        hello = {"type": "hello", "protocol_version": PROTOCOL_VERSION, "client": "f"}
+        session.handle(json.dumps(hello))
     for raw in frames:
         session.handle(raw)
         await asyncio.sleep(0)
@@ -107,14 +108,20 @@ async def feed(frames: list[str]) -> RecordingTransport:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(spec_shaped_frames().map(json.dumps) | st.text(max_size=30), max_size=8))
-def test_session_answers_any_input_with_spec_frames(frames: list[str]) -> None:
-    transport = asyncio.run(feed(frames))
-    assert transport.frames[0]["type"] == "welcome"
+@given(
+    st.lists(spec_shaped_frames().map(json.dumps) | st.text(max_size=30), max_size=8),
+    st.booleans(),
+)
+def test_session_answers_any_input_with_spec_frames(frames: list[str], greet: bool) -> None:
+    transport = asyncio.run(feed(frames, greet))
+    assert not greet or transport.frames[0]["type"] == "welcome"
     for frame in transport.frames:
         assert frame["type"] in SERVER_FRAMES
         missing = set(SPEC["server_frames"][frame["type"]]["fields"]) - set(frame)
         assert not missing, frame
+        for name in ("req_id", "node_id"):
+            if name in SPEC["server_frames"][frame["type"]]["fields"]:
+                assert frame[name] is None or isinstance(frame[name], str), frame
         error = frame.get("error")
         if isinstance(error, dict):
             assert error["code"] in ERROR_CODES

@@ -22,6 +22,7 @@ __all__ = [
     "dumps",
     "error_frame",
     "error_object",
+    "frame_ids",
     "major_version",
     "parse_frame",
 ]
@@ -100,7 +101,8 @@ def error_frame(
     }
 
 
-def _ids(frame: dict[str, Any]) -> tuple[str | None, str | None]:
+def frame_ids(frame: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The frame's (req_id, node_id) when they are strings, for error frames."""
     req_id, node_id = frame.get("req_id"), frame.get("node_id")
     return (
         req_id if isinstance(req_id, str) else None,
@@ -122,13 +124,13 @@ def _check_fields(frame_type: str, frame: dict[str, Any]) -> None:
                 continue
             if kinds is None and name in frame:
                 continue
-            req_id, node_id = _ids(frame)
+            req_id, node_id = frame_ids(frame)
             msg = f"{frame_type} frame: field {name!r} is missing; see docs/protocol.md"
             raise FrameError(msg, req_id=req_id, node_id=node_id)
         if kinds is not None and (
             not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
         ):
-            req_id, node_id = _ids(frame)
+            req_id, node_id = frame_ids(frame)
             expected = " or ".join(k.__name__ for k in kinds)
             msg = f"{frame_type} frame: field {name!r} is {_describe(value)}; expected {expected}"
             raise FrameError(msg, req_id=req_id, node_id=node_id)
@@ -146,7 +148,7 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
         raise FrameError(msg)
     frame_type = frame.get("type")
     if frame_type not in _RULES:
-        req_id, node_id = _ids(frame)
+        req_id, node_id = frame_ids(frame)
         known = ", ".join(sorted(CLIENT_FRAMES))
         msg = f"unknown frame type {_describe(frame_type)}; known types: {known}"
         raise FrameError(msg, "UNKNOWN_TYPE", req_id=req_id, node_id=node_id)

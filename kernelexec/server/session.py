@@ -33,6 +33,7 @@ from .frames import (
     dumps,
     error_frame,
     error_object,
+    frame_ids,
     major_version,
     parse_frame,
 )
@@ -150,7 +151,8 @@ class Session:
             frame = parse_frame(text)
             if not self.greeted and frame["type"] not in _BEFORE_HELLO:
                 msg = f"{frame['type']} before hello: send hello first (see docs/protocol.md)"
-                raise FrameError(msg, req_id=frame.get("req_id"))
+                req_id, node_id = frame_ids(frame)
+                raise FrameError(msg, req_id=req_id, node_id=node_id)
             self._routes[frame["type"]](frame)
         except FrameError as exc:
             self.send(exc.to_frame())
@@ -221,7 +223,7 @@ class Session:
         if entry is None or entry.owner is not self:
             where = "this connection" if entry is None else "this connection (another one owns it)"
             msg = f"node {node_id!r} has no pool on {where}; send configure first"
-            raise FrameError(msg, "NOT_CONFIGURED", req_id=frame.get("req_id"), node_id=node_id)
+            raise FrameError(msg, "NOT_CONFIGURED", req_id=frame_ids(frame)[0], node_id=node_id)
         return entry
 
     # -- execute -----------------------------------------------------------------------
