@@ -20,11 +20,14 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import PoolConfig
 from ..errors import KernelexecError
 from .frames import error_object
+
+if TYPE_CHECKING:
+    from ..pool import PoolHooks
 
 __all__ = [
     "RESULT_GRACE",
@@ -71,10 +74,10 @@ class FrameSink(Protocol):
     async def ask_context(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]: ...
 
 
-PoolFactory = Callable[[PoolConfig, Any], PoolLike]
+PoolFactory = Callable[[PoolConfig, "PoolHooks"], PoolLike]
 
 
-def default_pool_factory(config: PoolConfig, hooks: Any) -> PoolLike:
+def default_pool_factory(config: PoolConfig, hooks: PoolHooks) -> PoolLike:
     """Make a real pool (imported lazily: the pool layer pulls in jupyter_client)."""
     from ..pool import make_pool
 
