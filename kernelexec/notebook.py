@@ -425,11 +425,12 @@ class NotebookChange:
     """What :func:`watch_notebook` saw. ``changed`` names the parts that differ.
 
     ``action`` says what a pool should do: ``"code"`` (only message code changed: send the
-    runtime op ``code`` to each kernel, setup state kept), ``"restart"`` (setup or outputs
-    changed: restart kernels so the new setup runs), ``"stop"`` (only the stop code changed:
-    remember it for close), ``"none"`` (only name or sample changed, or the file is valid
-    again after an error with the running code: clear the error), ``"error"`` (the file is
-    not a valid node now: keep the running code, show ``error``).
+    runtime op ``code`` to each kernel, setup state kept), ``"restart"`` (setup changed:
+    restart the kernels so the new setup runs), ``"stop"`` (only the stop code changed:
+    remember it for close), ``"none"`` (only name, outputs or sample changed, or the file is
+    valid again after an error with the running code: clear the error; a node's outputs are
+    its wiring in the editor, not the notebook's), ``"error"`` (the file is not a valid node
+    now: keep the running code, show ``error``).
     """
 
     path: str
@@ -442,7 +443,7 @@ class NotebookChange:
     def action(self) -> str:
         if self.error is not None or self.new is None:
             return "error"
-        if self.old is None or self.changed & {"setup", "outputs"}:
+        if self.old is None or "setup" in self.changed:
             return "restart"
         if "code" in self.changed:
             return "code"

@@ -137,6 +137,41 @@ def test_action_table() -> None:
 
     assert action(code="return 1") == "code"
     assert action(setup="x = 1", code="return 1") == "restart"
-    assert action(outputs=2) == "restart"
+    assert action(outputs=2) == "none"  # the editor's wiring decides the outputs
     assert action(stop="close()") == "stop"
     assert action(sample={"payload": 1}, name="n") == "none"
+
+
+async def test_live_link_drives_a_real_pool(tmp_path: Path) -> None:
+    """The pattern the bridge uses: code-only changes keep the hot kernel's setup state."""
+    from kernelexec.config import PoolConfig
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    path = tmp_path / "live.ipynb"
+    save(path, "import random\nTOKEN = random.random()", "return {'payload': ['v1', TOKEN]}")
+    code = load_node_code(path)
+    config = PoolConfig.from_dict("live", {"code": code.code, "setup": code.setup})
+    pool = make_pool(config, MemoryHooks())
+    await pool.start()
+    actions: list[str] = []
+
+    async def on_change(change: NotebookChange) -> None:
+        actions.append(change.action)
+        if change.action == "code" and change.new is not None:
+            await pool.update_code(change.new.code)
+
+    task = watch_notebook(path, on_change, initial=code, interval=INTERVAL)
+    try:
+        first = (await pool.submit("a", {}))["outputs"][0][0]["payload"]
+        save(path, "import random\nTOKEN = random.random()", "return {'payload': ['v2', TOKEN]}")
+        for _ in range(100):
+            if actions:
+                break
+            await asyncio.sleep(INTERVAL)
+        second = (await pool.submit("b", {}))["outputs"][0][0]["payload"]
+        assert actions == ["code"]
+        assert first[0] == "v1" and second[0] == "v2"
+        assert first[1] == second[1]  # setup did not run again: same kernel state
+    finally:
+        task.cancel()
+        await pool.close()
