@@ -34,13 +34,23 @@ log = logging.getLogger("kernelexec.serve")
 
 Stop = Callable[[str], None]
 
+_DESCRIPTION = """\
+Run the bridge a Node-RED runtime talks to (WebSocket /ws, docs/protocol.md).
+
+When it listens, it prints one JSON line on stdout:
+  {"event": "ready", "url": ..., "port": ..., "pid": ..., "token": ...}
+("token" is null unless the bridge generated it). SIGTERM, SIGINT, end of stdin
+(--watch-stdin) or the parent's death (--parent-pid) shut it down cleanly: messages
+in flight fail with POOL_CLOSED, every kernel stops, the exit status is 0."""
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to the CLI's subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
         help="run the bridge a Node-RED runtime talks to (WebSocket)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
