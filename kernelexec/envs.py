@@ -578,7 +578,8 @@ async def prepare_launch(
 
     Raises EnvironmentBuildError (ENV_FAILED) when the environment cannot be built or the host
     cannot provide an isolation option (saying which and why), ConfigError for a bad value.
-    Call ``spec.cleanup()`` once when the pool has closed (no kernel of it left).
+    ``spec.cleanup()`` may run after each kernel's shutdown (LocalKernel does): it removes only
+    what dead kernels left, and the pool's directories with the last one.
     """
     if env.user:
         sandbox.check_user(env.user)
@@ -684,7 +685,7 @@ async def _preflight(
     if proc.returncode != 0:
         text = _tail(_ANSI.sub("", out.decode(errors="replace")).splitlines(), 8)
         hint = ""
-        if box.user:
+        if box.user and not why:
             hint = (
                 f"; user {box.user!r} must be able to read the interpreter {python}, the "
                 f"environment directory ({ENV_DIR_VAR}) and the kernelexec package, and write "

@@ -251,11 +251,12 @@ def sweep_stale_cgroups(parent: Path) -> None:
 
 
 def _kernel_alive(directory: Path) -> bool:
-    """Whether the kernel process ``k<pid>`` is still in its cgroup."""
+    """Whether the kernel ``k<pid>`` still runs (or its wrapper is still moving in)."""
     try:
-        return int(directory.name[1:]) in _cgroup_pids(directory)
+        pid = int(directory.name[1:])
     except ValueError:
         return False
+    return pid in _cgroup_pids(directory) or pid_alive(pid)
 
 
 def _cgroup_pids(directory: Path) -> list[int]:
@@ -536,7 +537,7 @@ def _join_cgroup(cg: CgroupDir, memory: int | None, cpu: float | None) -> None:
     if directory.exists():  # a dead kernel with our pid left it: start from fresh counters
         _remove_kernel_cgroup(directory)
     try:
-        directory.mkdir(parents=True)
+        _mkdir_retry(directory)
         if cg.kind == "v2":
             _enable_v2_controllers(
                 directory.parent, [c for c, on in (("memory", memory), ("cpu", cpu)) if on]

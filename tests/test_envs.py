@@ -422,6 +422,7 @@ async def test_pool_in_isolated_managed_env_recovers_after_oom(
         assert first["error"] is None and first["outputs"][0][0]["payload"] == ["six", "down"]
         big = await pool.submit("r2", {"payload": "big"})
         assert big["error"]["code"] == "KERNEL_DIED"
+        assert "memory limit" in big["error"]["message"]
         after = await pool.submit("r3", {"payload": 3})
         assert after["error"] is None and after["outputs"][0][0]["payload"] == ["six", "down"]
     finally:
