@@ -145,6 +145,11 @@ async def test_oversized_frame_is_refused_and_the_connection_lives(client: Clien
     big = json.dumps({"type": "ping", "id": "x" * (100 * 1024)})
     error = await error_for(client, big)
     assert error["error"]["code"] == "FRAME_TOO_LARGE" and "65536" in error["error"]["message"]
+    padding = "x" * (100 * 1024)
+    frame = {"type": "execute", "node_id": 'n"1', "req_id": "big-1", "msg": {"p": padding}}
+    error = await error_for(client, json.dumps(frame))
+    assert error["error"]["code"] == "FRAME_TOO_LARGE"
+    assert (error["req_id"], error["node_id"]) == ("big-1", 'n"1')  # read from the head
     # the limit counts UTF-8 bytes, not characters: 40 K chars of "é" are 80 KiB
     wide = json.dumps({"type": "ping", "id": "é" * (40 * 1024)}, ensure_ascii=False)
     assert (await error_for(client, wide))["error"]["code"] == "FRAME_TOO_LARGE"

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from kernelexec.errors import EnvironmentBuildError
 from kernelexec.protocol import ERROR_CODES, PROTOCOL_VERSION, load_spec
 from kernelexec.server import Bridge, BridgeOptions
-from kernelexec.server.frames import CLIENT_FRAMES, SERVER_FRAMES, FrameError, parse_frame
+from kernelexec.server.frames import (
+    CLIENT_FRAMES,
+    SERVER_FRAMES,
+    FrameError,
+    parse_frame,
+    peek_ids,
+)
 from kernelexec.server.session import Session
 
 SPEC = load_spec()
@@ -62,6 +68,19 @@ def test_any_text_parses_or_raises_frame_error(raw: str | bytes) -> None:
         assert exc.code in ERROR_CODES and exc.message
     else:
         check_parsed(frame)
+
+
+@given(st.text() | st.binary() | spec_shaped_frames().map(json.dumps))
+def test_peek_ids_finds_strings_or_nothing(raw: str | bytes) -> None:
+    for value in peek_ids(raw):
+        assert value is None or isinstance(value, str)
+
+
+@given(st.text(max_size=20), st.text(max_size=20), json_values)
+def test_peek_ids_reads_what_the_node_sends(req_id: str, node_id: str, msg: Any) -> None:
+    frame = {"type": "execute", "node_id": node_id, "req_id": req_id, "msg": {"x": msg}}
+    for text in (json.dumps(frame), json.dumps(frame, ensure_ascii=False, indent=1)):
+        assert peek_ids(text) == (req_id, node_id)
 
 
 @given(spec_shaped_frames())

@@ -10,7 +10,9 @@ The hot path (:func:`parse_frame`) does one ``json.loads`` and a few dict lookup
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from typing import Any
 
 from ..protocol import ERROR_CODES, PROTOCOL_VERSION, load_spec
@@ -25,6 +27,7 @@ __all__ = [
     "frame_ids",
     "major_version",
     "parse_frame",
+    "peek_ids",
 ]
 
 _SPEC = load_spec()
@@ -108,6 +111,26 @@ def frame_ids(frame: dict[str, Any]) -> tuple[str | None, str | None]:
         req_id if isinstance(req_id, str) else None,
         node_id if isinstance(node_id, str) else None,
     )
+
+
+#: How much of an oversized frame :func:`peek_ids` looks at.
+PEEK_BYTES = 4096
+_PEEK = re.compile(rb'"(req_id|node_id)"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def peek_ids(text: str | bytes) -> tuple[str | None, str | None]:
+    """(req_id, node_id) from the head of a frame too large to parse, when they are there.
+
+    Clients put them before ``msg`` (the Node-RED node does), so a refused ``execute`` can
+    still be matched to its request.
+    """
+    head = text[:PEEK_BYTES]
+    data = head.encode("utf-8", "replace") if isinstance(head, str) else head
+    found: dict[bytes, str] = {}
+    for match in _PEEK.finditer(data):
+        with contextlib.suppress(ValueError):
+            found.setdefault(match.group(1), json.loads(match.group(2)))
+    return found.get(b"req_id"), found.get(b"node_id")
 
 
 def _describe(value: Any) -> str:

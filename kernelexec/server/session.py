@@ -36,6 +36,7 @@ from .frames import (
     frame_ids,
     major_version,
     parse_frame,
+    peek_ids,
 )
 from .pools import RESULT_GRACE, PoolEntry
 
@@ -168,7 +169,8 @@ class Session:
                 f"frame of {size} bytes is larger than max_frame_bytes ({limit}); "
                 "send big payloads as blobs"
             )
-            raise FrameError(msg, "FRAME_TOO_LARGE")
+            req_id, node_id = peek_ids(text)
+            raise FrameError(msg, "FRAME_TOO_LARGE", req_id=req_id, node_id=node_id)
 
     def _on_hello(self, frame: dict[str, Any]) -> None:
         version = frame["protocol_version"]
