@@ -136,7 +136,9 @@ class Bridge {
             log.debug("[kernelexec bridge] " + line);
             return;
         }
-        clearTimeout(this.child.readyTimer);
+        if (this.child) {
+            clearTimeout(this.child.readyTimer);
+        }
         const url = info.ws_url || (info.url && /^wss?:/.test(info.url) ? info.url : null) ||
             `ws://${info.host && info.host !== "0.0.0.0" ? info.host : "127.0.0.1"}:${info.port}/ws`;
         this.connect(url, generation);
@@ -177,11 +179,17 @@ class Bridge {
     }
 
     connect(url, generation) {
-        const ws = new WebSocket(url, {
-            headers: { Authorization: "token " + this.token },
-            maxPayload: protocol.MAX_FRAME_BYTES,
-            perMessageDeflate: false,
-        });
+        let ws;
+        try {
+            ws = new WebSocket(url, {
+                headers: { Authorization: "token " + this.token },
+                maxPayload: protocol.MAX_FRAME_BYTES,
+                perMessageDeflate: false,
+            });
+        } catch (err) {   // a malformed URL throws at once
+            setImmediate(() => this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: err.message }))));
+            return;
+        }
         this.ws = ws;
         ws.on("open", () => this.sendRaw({ type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME }));
         ws.on("message", (data) => this.receive(data, generation));

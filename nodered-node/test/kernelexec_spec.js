@@ -425,6 +425,17 @@ describe("kernelexec node life cycle", function () {
         assert.match(text, /Cannot connect to the kernelexec bridge at ws:\/\/127\.0\.0\.1:9\/ws/);
     });
 
+    it("reports a malformed bridge URL without crashing", async function () {
+        await S.load(N.kernelexecNode, [
+            { id: "tab1", type: "tab" },
+            { id: "e1", type: "kernelexec-env", url: "ws://bad url" },
+            py("n1", "return msg", { z: "tab1", env: "e1" }),
+            { id: "out", type: "helper", z: "tab1" },
+        ]);
+        const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
+        assert.match(text, /Cannot connect to the kernelexec bridge at ws:\/\/bad url/);
+    });
+
     it("refuses a bridge that speaks another protocol major version", async function () {
         // The real bridge always matches; a minimal WebSocket server plays a future one.
         const WebSocket = require("ws");
