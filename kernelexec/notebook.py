@@ -343,6 +343,12 @@ def load_node_code(path: str | os.PathLike[str]) -> NodeCode:
     try:
         if where.endswith(".ipynb"):
             return node_code_from_notebook(read_notebook(where))
+        if where.endswith(".json"):
+            msg = (
+                "expected a notebook (.ipynb) or a node script (.py), not a JSON file; "
+                "to turn a flow's nodes into notebooks, use kernelexec import"
+            )
+            raise NotebookError(msg)
         return parse_script(Path(where).read_text(encoding="utf-8"))
     except NotebookError as exc:
         if exc.message.startswith(where):

@@ -151,3 +151,27 @@ def test_inject_values_of_every_kind() -> None:
                                                   "d": None}  # fmt: skip
     legacy = {"payload": "hi", "payloadType": "str", "topic": "t"}
     assert import_.sample_from_inject(legacy) == {"payload": "hi", "topic": "t"}
+
+
+def test_the_cli_commands(tmp_path: Path) -> None:
+    """`kernelexec import` then `kernelexec export`, as a user types them."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kernelexec", *args], capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+    flow = write_flow(tmp_path, FLOW)
+    done = cli("import", str(flow), "-o", str(tmp_path / "nbs"))
+    assert done.returncode == 0, done.stderr
+    written = done.stdout.split()
+    assert len(written) == 2 and all(Path(p).exists() for p in written)
+    out = tmp_path / "again.json"
+    done = cli("export", written[0], "--with-test", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text(encoding="utf-8"))[0]["func"] == NODE_A["func"]
+    done = cli("export", str(flow))  # not a notebook
+    assert done.returncode == 1 and "use kernelexec import" in done.stderr

@@ -128,7 +128,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "attach",
         help="print the connection file of a node's hot kernel (for jupyter console --existing)",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("node_id", nargs="?", help="the Node-RED node id")

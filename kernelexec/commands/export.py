@@ -147,7 +147,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "export",
         help="export a notebook's tagged cells as a Node-RED flow or a node script",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("notebook", help="the .ipynb notebook (or a node script)")

@@ -127,7 +127,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "import",
         help="write one notebook per kernelexec node of a Node-RED flow file",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("flow", help="flow JSON file (Node-RED Export, or flows.json)")
