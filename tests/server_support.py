@@ -85,6 +85,10 @@ class Client:
     async def _answer_context(self, frame: dict[str, Any]) -> None:
         store = self.context
         assert store is not None
+        if "!error" in store:  # Node-RED's context store refuses
+            error = store["!error"]
+            await self.send(type="context_reply", ctx_id=frame["ctx_id"], value=None, error=error)
+            return
         key = f"{frame['scope']}:{frame['key']}"
         value = None
         if frame["op"] == "get":

@@ -94,6 +94,17 @@ async def test_context_round_trips_through_node_red(client: Client) -> None:
     assert all(r["node_id"] == "count" for r in requests)
 
 
+async def test_a_refused_context_request_raises_in_the_code(client: Client) -> None:
+    assert client.context is not None
+    client.context["!error"] = "the context store is read-only"
+    try:
+        result = await client.execute("count", "c3", {})
+    finally:
+        del client.context["!error"]
+    assert result["error"] is not None and result["error"]["line"] == 1
+    assert "the context store is read-only" in result["error"]["message"]
+
+
 async def test_user_error_is_a_result_with_the_user_line(client: Client) -> None:
     result = await client.execute("boom", "b1", {"payload": 7})
     assert result["type"] == "result"
