@@ -173,6 +173,17 @@ async def test_list_kernels(client: Client) -> None:
     assert {"echo", "talk", "count", "boom", "slow"} <= {k["node_id"] for k in every}
 
 
+async def test_cold_pools_run_messages_but_list_no_attachable_kernel(client: Client) -> None:
+    state = await client.configure("cold", code="return msg", mode="cold")
+    assert state["state"] == "ready"
+    result = await client.execute("cold", "cold1", {"payload": "fresh"})
+    assert result["error"] is None and result["outputs"] == [[{"payload": "fresh"}]]
+    await client.send(type="list_kernels", node_id="cold")
+    assert (await client.next(lambda f: f["type"] == "kernels"))["kernels"] == []
+    await client.send(type="close", node_id="cold")
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "cold")
+
+
 async def test_metrics_report_each_pool(server: Server, client: Client) -> None:
     await client.execute("boom", "m1", {"payload": 0})
     response = await http_get(server.port, "/metrics", {"Authorization": f"token {TOKEN}"})
