@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -74,9 +76,13 @@ async def with_kernel(
     factory: Callable[[], KernelHandle], body: Callable[[KernelHandle], Awaitable[Any]]
 ) -> Any:
     kernel = factory()
+    started = time.perf_counter()
     await kernel.start()
+    start_ms = round((time.perf_counter() - started) * 1000, 1)
     try:
-        return await body(kernel)
+        result = await body(kernel)
+        result["start_ms"] = start_ms
+        return result
     finally:
         await kernel.shutdown()
 
@@ -104,7 +110,7 @@ async def run(n: int) -> dict[str, dict[str, float]]:
                 assert reply["status"] == "ok", reply
                 return await measure(kernel, n)
 
-            results[name] = await with_kernel(lambda s=settings: GatewayKernel(s), body)
+            results[name] = await with_kernel(functools.partial(GatewayKernel, settings), body)
 
         settings = GatewaySettings.from_url(url, TOKEN)
         for label, size, count in (("1 MiB", 1 << 20, n), ("24 MiB, staged", 24 << 20, 20)):
@@ -119,6 +125,40 @@ async def run(n: int) -> dict[str, dict[str, float]]:
             results[f"gateway, {label} buffer"] = await with_kernel(
                 lambda: GatewayKernel(settings), body_buf
             )
+        blob_results = await blob_round_trips(url)
+    for name, figures in blob_results.items():
+        results[name] = figures
+    return results
+
+
+async def blob_round_trips(url: str, repeat: int = 5) -> dict[str, dict[str, float]]:
+    """A node that returns the bytes it got: blob in, blob out, through the whole pool."""
+    from kernelexec import blobs
+    from kernelexec.config import PoolConfig
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    code = "msg['payload'] = bytes(msg['payload'])\nreturn msg"
+    results: dict[str, dict[str, float]] = {}
+    for label, env in (("local", {}), ("gateway", {"gateway_url": url, "gateway_token": TOKEN})):
+        pool = make_pool(PoolConfig.from_dict("bench", {"code": code, "env": env}), MemoryHooks())
+        await pool.start()
+        try:
+            for size in (4 << 20, 24 << 20):
+                ref = blobs.write_blob(os.urandom(size), "bench")
+                samples = []
+                for i in range(repeat):
+                    started = time.perf_counter()
+                    result = await pool.submit(f"bench{i}", {"payload": ref})
+                    samples.append(time.perf_counter() - started)
+                    os.unlink(result["outputs"][0][0]["payload"]["path"])
+                os.unlink(ref["path"])
+                median = statistics.median(samples)
+                results[f"{label}, {size >> 20} MiB blob in and out (pool)"] = {
+                    "median_ms": round(median * 1000, 1),
+                    "mb_per_s": round(2 * size / median / 1e6),
+                }
+        finally:
+            await pool.close()
     return results
 
 
@@ -127,16 +167,20 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300, help="executes per variant")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the gateway and its kernels are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = asyncio.run(run(args.n))
     if args.json:
         print(json.dumps(results, indent=1))
         return
-    print(f"{'variant':40} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean':>8} {'n':>5}")
+    print(f"{'variant':40} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean':>8} {'n':>5}"
+          f" {'start ms':>9}")
     for name, r in results.items():
-        print(
-            f"{name:40} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {r['mean']:8.2f} "
-            f"{r['n']:5d}"
-        )
+        if "mb_per_s" in r:
+            print(f"{name:40} median {r['median_ms']:.1f} ms, {r['mb_per_s']:.0f} MB/s in+out")
+            continue
+        print(f"{name:40} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {r['mean']:8.2f} "
+              f"{r['n']:5d} {r['start_ms']:9.1f}")
 
 
 if __name__ == "__main__":

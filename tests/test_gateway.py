@@ -234,6 +234,9 @@ async def test_lost_connection_is_reconnected_and_replayed(kernel: GatewayKernel
     conn = kernel._ws
     assert conn is not None and conn.stream is not None
     conn.stream.close()  # as if the network dropped the connection
+    await asyncio.sleep(0)
+    # a request made while reconnecting waits for the connection instead of failing
+    assert (await asyncio.wait_for(kernel.execute("pass", {}), 15))["status"] == "ok"
     assert payload(await asyncio.wait_for(task, 15)) == "late"
     assert kernel.is_alive() and kernel._ws is not conn
     assert (await kernel.execute("pass", {}))["status"] == "ok"

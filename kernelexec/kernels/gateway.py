@@ -307,9 +307,13 @@ class _Rest:
 
     async def call(
         self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
-        retries: int | None = None,
+        retries: int | None = None, creates: bool = False,
     ) -> Any:
-        """One REST call, retried on transient failures; 404 raises _NotFound."""
+        """One REST call, retried on transient failures; 404 raises _NotFound.
+
+        ``creates``: the call makes something (a kernel): a timed-out attempt may have
+        succeeded on the server, so it is not repeated (which could leave a kernel behind).
+        """
         s = self.settings
         timeout = timeout or s.request_timeout
         attempts = max(1, s.retries if retries is None else retries)
@@ -317,10 +321,10 @@ class _Rest:
         url = s.url + path
         for attempt in range(attempts):
             problem = await self._once(method, url, body, timeout)
-            if not isinstance(problem, str):
+            if isinstance(problem, _Ok):
                 return problem.value
             remaining = deadline - time.monotonic()
-            if attempt + 1 >= attempts or remaining <= 0:
+            if attempt + 1 >= attempts or remaining <= 0 or (creates and problem.timed_out):
                 msg = (
                     f"gateway {s.url}: {method} {path} failed after {attempt + 1} attempt(s): "
                     f"{problem}. Check that the gateway runs and gateway_url is right."
@@ -333,7 +337,7 @@ class _Rest:
         msg = "unreachable"
         raise AssertionError(msg)
 
-    async def _once(self, method: str, url: str, body: Any, timeout: float) -> _Ok | str:
+    async def _once(self, method: str, url: str, body: Any, timeout: float) -> _Ok | _Problem:
         payload = None if body is None and method != "POST" else _dumps(body or {})
         request = HTTPRequest(
             url, method=method, headers=self.headers(), body=payload,
@@ -344,8 +348,10 @@ class _Rest:
             response = await asyncio.wait_for(
                 self.client.fetch(request, raise_error=False), timeout + 1
             )
-        except (OSError, asyncio.TimeoutError, HTTPClientError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+        except OSError as exc:  # refused, unreachable, DNS: nothing reached the server
+            return _Problem(f"{type(exc).__name__}: {exc}")
+        except (asyncio.TimeoutError, HTTPClientError) as exc:
+            return _Problem(f"{type(exc).__name__}: {exc or 'timed out'}", timed_out=True)
         if response.code < 300:
             return _Ok(json.loads(response.body) if response.body else None)
         if response.code == 404:
@@ -357,9 +363,7 @@ class _Rest:
             )
             raise GatewayError(msg)
         if response.code in _RETRY_STATUS or response.code == 403:
-            if response.error and response.code == 599:
-                return f"{type(response.error).__name__}: {response.error}"
-            return _reason(response)
+            return _Problem(_reason(response), timed_out=response.code in (408, 504, 599))
         msg = f"gateway {self.settings.url}: {method} {url} failed: {_reason(response)}"
         raise GatewayError(msg)
 
@@ -372,6 +376,15 @@ class _Rest:
 @dataclass
 class _Ok:
     value: Any
+
+
+@dataclass
+class _Problem:
+    text: str
+    timed_out: bool = False
+
+    def __str__(self) -> str:
+        return self.text
 
 
 # --------------------------------------------------------------------------------------
@@ -400,6 +413,7 @@ class GatewayKernel(KernelHandle):
         self._spec_checked = False
         #: output blobs of a reply (buffers of a kernelexec-gw-blobs comm_msg), by msg_id
         self._blob_parcels: dict[str, asyncio.Future[list[bytes]]] = {}
+        self._reconnecting: asyncio.Task[Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -416,7 +430,7 @@ class GatewayKernel(KernelHandle):
         try:
             model = await self._rest.call(
                 "POST", "/api/kernels", body, timeout=self.settings.start_timeout,
-                retries=self.settings.retries,
+                retries=self.settings.retries, creates=True,
             )
         except _NotFound as exc:
             msg = (
@@ -623,7 +637,7 @@ class GatewayKernel(KernelHandle):
             conn.close()  # idempotent; releases the connection object
         if conn is self._ws and not self._closing:
             reason = f"WebSocket closed ({conn.close_code} {conn.close_reason or ''})".strip()
-            self._spawn(self._reconnect(reason))
+            self._reconnecting = self._spawn(self._reconnect(reason))
 
     async def _reconnect(self, reason: str) -> None:
         """The connection dropped while the kernel may live on: reconnect with the same
@@ -657,36 +671,64 @@ class GatewayKernel(KernelHandle):
         self, channel: str, msg_type: str, content: dict[str, Any],
         buffers: list[bytes] | None = None, parent: dict[str, Any] | None = None,
     ) -> str:
-        conn = self._ws
-        if conn is None:
-            raise KernelDiedError(self._death or "not connected to the gateway kernel")
         header = {
             "msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "kernelexec",
             "session": self._session, "date": datetime.now(timezone.utc).isoformat(),
             "version": _PROTOCOL_VERSION,
         }
-        buffers = list(buffers or [])
-        data: str | bytes
-        if self._subprotocol == WS_V1:
-            parts = [_dumps(header), _dumps(parent or {}), b"{}", _dumps(content)]
-            data = _encode_v1(channel, parts + [bytes(b) for b in buffers])
-        else:
-            whole = {"header": header, "parent_header": parent or {}, "metadata": {},
-                     "content": content, "channel": channel}
-            data = _encode_legacy(whole, [bytes(b) for b in buffers])
+        msg_id = str(header["msg_id"])
         if channel == "shell":
-            self._pending[header["msg_id"]] = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(
-                conn.write_message(data, binary=isinstance(data, bytes)),
-                30 + len(data) / 1e6,
-            )
-        except (WebSocketClosedError, asyncio.TimeoutError, OSError) as exc:
-            self._pending.pop(header["msg_id"], None)
-            msg = f"lost the connection to gateway kernel {self.kernel_id}: {exc!r}"
-            raise KernelDiedError(msg) from None
-        self._quickack(self._socket(conn))
-        return str(header["msg_id"])
+            self._pending[msg_id] = asyncio.get_running_loop().create_future()
+        for attempt in (1, 2):
+            conn = self._ws
+            if conn is None and attempt == 1 and await self._await_reconnect(None):
+                conn = self._ws
+            if conn is None:
+                self._pending.pop(msg_id, None)
+                raise KernelDiedError(self._death or "not connected to the gateway kernel")
+            data = self._encode(channel, header, content, buffers or [], parent or {})
+            try:
+                await asyncio.wait_for(
+                    conn.write_message(data, binary=isinstance(data, bytes)),
+                    30 + len(data) / 1e6,
+                )
+            except WebSocketClosedError:
+                # not sent at all: once the reader has reconnected, send it again
+                if attempt == 1 and await self._await_reconnect(conn):
+                    continue
+                self._pending.pop(msg_id, None)
+                msg = f"lost the connection to gateway kernel {self.kernel_id}"
+                raise KernelDiedError(self._death or msg) from None
+            except (asyncio.TimeoutError, OSError) as exc:
+                self._pending.pop(msg_id, None)
+                msg = f"lost the connection to gateway kernel {self.kernel_id}: {exc!r}"
+                raise KernelDiedError(msg) from None
+            self._quickack(self._socket(conn))
+            break
+        return msg_id
+
+    def _encode(
+        self, channel: str, header: dict[str, Any], content: dict[str, Any],
+        buffers: list[bytes], parent: dict[str, Any],
+    ) -> str | bytes:
+        if self._subprotocol == WS_V1:
+            parts = [_dumps(header), _dumps(parent), b"{}", _dumps(content)]
+            return _encode_v1(channel, parts + [bytes(b) for b in buffers])
+        whole = {"header": header, "parent_header": parent, "metadata": {},
+                 "content": content, "channel": channel}
+        return _encode_legacy(whole, [bytes(b) for b in buffers])
+
+    async def _await_reconnect(self, old: WebSocketClientConnection | None) -> bool:
+        """Wait for the reader to replace a dropped connection; True when it did."""
+        if self._closing:
+            return False
+        deadline = time.monotonic() + 1.0
+        while self._ws is old and self._ws is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the reader has yet to notice the close
+        task = self._reconnecting
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=self.settings.reconnect_timeout + 2)
+        return self._ws is not None and self._ws is not old
 
     async def _wait_reply(self, msg_id: str) -> _Message:
         future = self._pending.get(msg_id)
@@ -751,10 +793,11 @@ class GatewayKernel(KernelHandle):
         with contextlib.suppress(KernelDiedError):
             await self._send("stdin", "input_reply", {"value": value}, parent=msg.header)
 
-    def _spawn(self, coro: Awaitable[_T]) -> None:
+    def _spawn(self, coro: Awaitable[_T]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _mark_dead(self, reason: str) -> None:
         if self._closing:
@@ -775,6 +818,9 @@ class GatewayKernel(KernelHandle):
     async def execute(
         self, code: str, extra: dict[str, Any], buffers: list[bytes] | None = None
     ) -> dict[str, Any]:
+        reconnecting = self._reconnecting
+        if reconnecting is not None and not reconnecting.done():  # a dropped connection
+            await asyncio.wait({reconnecting}, timeout=self.settings.reconnect_timeout + 2)
         if not self._alive or self._ws is None:
             raise KernelDiedError(self._death or f"gateway kernel {self.kernel_id} is not running")
         buffers = list(buffers or [])
