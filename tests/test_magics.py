@@ -296,3 +296,14 @@ def test_html_shows_images_and_buffers() -> None:
     html = result._repr_html_()
     assert "data:image/png;base64," in html and "&lt;Buffer 28 bytes&gt;" in html
     assert "&lt;w&gt;" in html and "port 1" in html and "nothing" in html
+
+
+def test_big_buffers_come_back_as_bytes_and_leave_no_file(shell: Any) -> None:
+    import glob
+    import os
+
+    shell.user_ns["msg"] = {"payload": bytes(range(256)) * 1000}  # 256 kB: a blob in a flow
+    out = run(shell, "%%node\nnode.send({'payload': msg['payload'][:70000]})\nreturn msg")
+    assert [len(m["payload"]) for m in out.result.port(0)] == [70000, 256000]
+    assert out.result.first["payload"][:3] == b"\x00\x01\x02"
+    assert glob.glob(f"/dev/shm/kernelexec-{os.getpid()}-*") == []
