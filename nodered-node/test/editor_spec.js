@@ -133,6 +133,22 @@ describe("editor in a real browser", function () {
             monaco.editor.getModels().find((m) => m.getValue() === "return msg").setValue(code);
         }, CODE);
         await page.screenshot({ path: path.join(ARTIFACTS, "edit-dialog.png") });
+        // the Settings tab holds the function-node-like options with first-time defaults
+        await page.click("#red-ui-tab-kernelexec-tab-settings a");
+        assert.strictEqual(await page.inputValue("#node-input-outputs"), "1");
+        assert.strictEqual(await page.inputValue("#node-input-timeout"), "0");
+        assert.strictEqual(await page.inputValue("#node-input-mode"), "hot");
+        assert.strictEqual(await page.inputValue("#node-input-workers"), "1");
+        await page.screenshot({ path: path.join(ARTIFACTS, "settings-tab.png") });
+        // the environment config node's dialog opens (and is cancelled: this flow uses the default)
+        await page.click("#node-input-btn-env-add");
+        await page.waitForSelector("#node-config-input-python", { state: "visible", timeout: 10000 });
+        assert.ok(await page.isVisible("#node-config-input-requirements"));
+        assert.strictEqual(await page.getAttribute("#node-config-input-token", "type"), "password");
+        await page.waitForTimeout(600);   // let the tray finish sliding in
+        await page.screenshot({ path: path.join(ARTIFACTS, "env-dialog.png") });
+        await page.click("#node-config-dialog-cancel");
+        await page.waitForSelector("#node-config-input-python", { state: "detached", timeout: 10000 });
         await page.click("#node-dialog-ok");
 
         // deploy from the header button
