@@ -313,3 +313,22 @@ async def test_close_while_starting_leaves_no_kernel(server: Server, client: Cli
     await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "brief")
     new = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not await still_running(new)
+
+
+async def test_a_reconnecting_node_waits_for_its_old_pool_to_stop(server: Server) -> None:
+    config = {
+        "stop": "import pathlib, time\ntime.sleep(1)\npathlib.Path('stopped').write_text('y')",
+        "setup": "import pathlib\nSTOPPED_BEFORE = pathlib.Path('stopped').exists()",
+        "code": "msg['payload'] = STOPPED_BEFORE\nreturn msg",
+    }
+    first = await Client.connect(server.port)
+    assert (await first.configure("again", **config))["state"] == "ready"
+    assert (await first.execute("again", "a1", {}))["outputs"] == [[{"payload": False}]]
+    first.close()
+    await asyncio.sleep(0.3)  # the bridge notices, the old pool runs its stop code
+    second = await Client.connect(server.port)
+    try:
+        assert (await second.configure("again", **config))["state"] == "ready"
+        assert (await second.execute("again", "a2", {}))["outputs"] == [[{"payload": True}]]
+    finally:
+        second.close()

@@ -278,6 +278,8 @@ class PoolRegistry:
         self._latency = latency
         self.close_timeout = close_timeout
         self._entries: dict[str, PoolEntry] = {}
+        #: Removed entries whose pool is still closing, by node id.
+        self._closing: dict[str, PoolEntry] = {}
 
     def __iter__(self) -> Iterator[PoolEntry]:
         return iter(list(self._entries.values()))
@@ -291,9 +293,13 @@ class PoolRegistry:
     def latency_child(self, node_id: str) -> Any:
         return self._latency.labels(node_id) if self._latency is not None else None
 
+    def _previous(self, node_id: str) -> PoolEntry | None:
+        """The node's current pool, or the one still closing (the new one starts after it)."""
+        return self._entries.get(node_id) or self._closing.get(node_id)
+
     def configure(self, config: PoolConfig, owner: FrameSink) -> PoolEntry:
         """Create the node's pool, replacing (closing first) the one it had."""
-        previous = self._entries.get(config.node_id)
+        previous = self._previous(config.node_id)
         entry = PoolEntry(config, owner, self)
         self._entries[config.node_id] = entry
         entry.begin(previous)
@@ -301,7 +307,7 @@ class PoolRegistry:
 
     def configure_failed(self, node_id: str, owner: FrameSink, error: dict[str, Any]) -> PoolEntry:
         """Replace the node's pool by a failed entry (its config was refused)."""
-        previous = self._entries.get(node_id)
+        previous = self._previous(node_id)
         entry = PoolEntry(PoolConfig(node_id=node_id), owner, self)
         self._entries[node_id] = entry
         entry.begin_failed(previous, error)
@@ -311,7 +317,12 @@ class PoolRegistry:
         """Close one entry and forget it (unless a newer pool took its node id)."""
         if self._entries.get(entry.node_id) is entry:
             del self._entries[entry.node_id]
-        await entry.close()
+            self._closing[entry.node_id] = entry
+        try:
+            await entry.close()
+        finally:
+            if self._closing.get(entry.node_id) is entry:
+                del self._closing[entry.node_id]
         if entry.node_id not in self._entries and self._latency is not None:
             with contextlib.suppress(KeyError):
                 self._latency.remove(entry.node_id)
