@@ -9,6 +9,7 @@ const bridges = require("./bridge");
 const codec = require("./codec");
 const { t } = require("./i18n");
 const { PoolStatus } = require("./status");
+const { contextOp } = require("./context");
 
 const CLOSE_WAIT_MS = 8000;
 const KEPT_LINGER_MS = 10000;   // late node.send() of a finished message still gets msg.res back
@@ -390,32 +391,5 @@ const FRAME_HANDLERS = {
     closed: Runner.prototype.onClosed,
     context_request: Runner.prototype.onContextRequest,
 };
-
-/** Run one context operation on a Node-RED context store (async stores included). */
-function contextOp(store, frame) {
-    return new Promise((resolve, reject) => {
-        const cb = (err, value) => (err ? reject(err) : resolve(value));
-        if (frame.op === "keys") {
-            store.keys(cb);
-        } else if (frame.op === "get") {
-            store.get(frame.key, (err, value) => {
-                if (err) {
-                    reject(err);
-                    return;
-                }
-                try {
-                    resolve(codec.encodeInline(value, frame.scope + "." + frame.key));
-                } catch (e) {
-                    reject(e);
-                }
-            });
-        } else if (frame.op === "set") {
-            codec.decodeValue(frame.value, { unlink: false })
-                .then((value) => store.set(frame.key, value === null ? undefined : value, (err) => (err ? reject(err) : resolve(null))), reject);
-        } else {
-            reject(new Error(t("kernelexec.error.contextOp", { op: frame.op })));
-        }
-    });
-}
 
 module.exports = { Runner, toError };

@@ -366,6 +366,33 @@ describe("kernelexec node life cycle", function () {
         assert.deepStrictEqual(S.allBlobFiles(all.concat([process.pid])), []);
     });
 
+    it("maps node properties and the environment node onto the protocol's config fields", async function () {
+        const { poolConfig } = require("../nodes/kernelexec.js");
+        const { CONFIG_FIELDS } = require("../lib/protocol");
+        await S.load(N.kernelexecNode, [
+            { id: "e1", type: "kernelexec-env", python: "/opt/py/bin/python", requirements: "numpy\n# comment\npandas", memoryLimit: "512M", cpuLimit: "0.5", network: false, user: "nobody", gatewayUrl: "http://gw:8888" },
+        ], { e1: { gatewayToken: "secret" } });
+        const env = helper.getNode("e1");
+        assert.deepStrictEqual(env.envConfig(), {
+            requirements: "numpy\n# comment\npandas", memory_limit: "512M", cpu_limit: 0.5, network: false,
+            user: "nobody", gateway_url: "http://gw:8888", gateway_token: "secret",
+        });
+        assert.deepStrictEqual(env.bridgeOptions(), { python: "/opt/py/bin/python" });
+        const config = poolConfig({ name: "n", func: "return msg", initialize: "import os", finalize: "", outputs: "2", mode: "cold", workers: "3", timeout: "1.5", queueLimit: "10", keepOrder: true }, env);
+        for (const key of Object.keys(config)) {
+            assert.ok(key in CONFIG_FIELDS, `${key} is a spec config field`);
+        }
+        assert.deepStrictEqual(Object.assign({}, config, { env: null }), {
+            name: "n", code: "return msg", setup: "import os", stop: "", outputs: 2, mode: "cold", workers: 3,
+            timeout: 1.5, queue_limit: 10, keep_order: true, env: null,
+        });
+        const defaults = poolConfig({}, null);
+        assert.strictEqual(defaults.code, CONFIG_FIELDS.code.default);
+        assert.strictEqual(defaults.workers, CONFIG_FIELDS.workers.default);
+        assert.strictEqual(defaults.queue_limit, CONFIG_FIELDS.queue_limit.default);
+        assert.strictEqual(defaults.timeout, 0);
+    });
+
     it("uses the environment node's Python, one bridge per distinct Python", async function () {
         const python = process.env.KERNELEXEC_PYTHON;
         await S.load(N.kernelexecNode, [

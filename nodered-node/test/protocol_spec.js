@@ -44,6 +44,22 @@ describe("protocol spec copy", function () {
         assert.deepStrictEqual(missing, []);
     });
 
+    it("gives the editor the spec's limits and defaults", function () {
+        const html = fs.readFileSync(path.join(__dirname, "..", "nodes", "kernelexec.html"), "utf8");
+        const f = protocol.CONFIG_FIELDS;
+        const limits = /var LIMITS = \{ outputs: \[(\d+), (\d+)\], workers: \[(\d+), (\d+)\]/.exec(html);
+        assert.ok(limits, "LIMITS line in kernelexec.html");
+        assert.deepStrictEqual(limits.slice(1).map(Number), [f.outputs.min, f.outputs.max, f.workers.min, f.workers.max]);
+        const value = (name) => new RegExp(`\\b${name}: \\{ value: ([^,}]+)`).exec(html)[1].trim();
+        assert.strictEqual(JSON.parse(value("func")), f.code.default);
+        assert.strictEqual(Number(value("outputs")), f.outputs.default);
+        assert.strictEqual(Number(value("timeout")), f.timeout.default);
+        assert.strictEqual(JSON.parse(value("mode")), f.mode.default);
+        assert.strictEqual(Number(value("workers")), f.workers.default);
+        assert.strictEqual(Number(value("queueLimit")), f.queue_limit.default);
+        assert.strictEqual(value("keepOrder"), String(f.keep_order.default));
+    });
+
     it("uses no console.* in runtime code", function () {
         const dirs = [path.join(__dirname, "..", "lib"), path.join(__dirname, "..", "nodes")];
         for (const dir of dirs) {
