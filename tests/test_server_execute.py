@@ -332,3 +332,30 @@ async def test_a_reconnecting_node_waits_for_its_old_pool_to_stop(server: Server
         assert (await second.execute("again", "a2", {}))["outputs"] == [[{"payload": True}]]
     finally:
         second.close()
+
+
+HUGE = """\
+big = 'x' * 2_000_000
+if msg['what'] == 'result':
+    return {'payload': big}
+if msg['what'] == 'send':
+    node.send({'payload': big})
+if msg['what'] == 'context':
+    flow.set('big', big)
+return msg
+"""
+
+
+async def test_frames_too_large_for_the_client_become_errors(client: Client) -> None:
+    """The client refuses frames above max_frame_bytes by closing the connection: the bridge
+    reports them instead, so one node's huge output costs no other node anything."""
+    assert (await client.configure("huge", code=HUGE))["state"] == "ready"
+    result = await client.execute("huge", "h1", {"what": "result"})
+    assert result["type"] == "result" and result["error"]["code"] == "FRAME_TOO_LARGE"
+    result = await client.execute("huge", "h2", {"what": "send"})
+    assert result["error"] is None and result["outputs"] == [[{"what": "send"}]]
+    report = next(f for f in frames_of(client, "h2") if f["type"] == "log")
+    assert report["level"] == "error" and "max_frame_bytes" in report["text"]
+    result = await client.execute("huge", "h3", {"what": "context"})
+    assert "max_frame_bytes" in result["error"]["message"]
+    assert (await client.execute("echo", "h4", {"payload": "still here"}))["error"] is None

@@ -116,6 +116,11 @@ class Session:
             text = dumps(frame)
         except (TypeError, ValueError) as exc:
             text = dumps(self._unencodable(frame, exc))
+        if len(text) > self._fast_limit:
+            checked = self._within_limit(frame, text)
+            if checked is None:
+                return
+            text = checked
         try:
             future = self.transport.write_message(text)
         except Exception:  # WebSocketClosedError: the peer is gone
@@ -124,9 +129,37 @@ class Session:
             future.add_done_callback(_consume)
 
     def _unencodable(self, frame: dict[str, Any], exc: Exception) -> dict[str, Any]:
-        node_id, req_id = frame.get("node_id"), frame.get("req_id")
         message = f"a {frame.get('type')} frame could not be encoded as JSON: {exc}"
-        error = error_object("CONVERSION_ERROR", message, type(exc).__name__)
+        return self._instead(frame, error_object("CONVERSION_ERROR", message, type(exc).__name__))
+
+    def _within_limit(self, frame: dict[str, Any], text: str) -> str | None:
+        """A frame the client would refuse (too large) is replaced by a report of it: one
+        node's huge output must not cost the connection, and with it every node's pool."""
+        size = len(text.encode("utf-8", "surrogatepass"))
+        limit = self.bridge.options.max_frame_bytes
+        if size <= limit:
+            return text
+        kind = frame.get("type")
+        message = (
+            f"a {kind} frame of {size} bytes is larger than max_frame_bytes ({limit}); "
+            "send big data as bytes (they travel as blob files) or send less"
+        )
+        log.warning("Node %s: %s", frame.get("node_id"), message)
+        if kind == "context_request":  # the code gets the error instead of waiting
+            future = self._contexts.get(str(frame.get("ctx_id")))
+            if future is not None and not future.done():
+                future.set_result({"value": None, "error": message})
+            return None
+        if kind in ("send", "done", "status", "log"):  # to the log (and Catch, with req_id)
+            report = {"type": "log", "node_id": frame.get("node_id"),
+                      "req_id": frame_ids(frame)[0], "level": "error", "text": message}  # fmt: skip
+            return dumps(report)
+        return dumps(self._instead(frame, error_object("FRAME_TOO_LARGE", message)))
+
+    @staticmethod
+    def _instead(frame: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+        """The frame that reports ``error`` in place of ``frame``."""
+        req_id, node_id = frame_ids(frame)
         if frame.get("type") == "result":
             return error_result(str(node_id), str(req_id), error)
         return {"type": "error", "error": error, "req_id": req_id, "node_id": node_id}
