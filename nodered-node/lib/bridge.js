@@ -232,6 +232,12 @@ class Bridge {
             this.welcomed(frame, generation);
             return;
         }
+        if (frame.type === "error" && this.state === "starting") {
+            // e.g. VERSION_MISMATCH: the bridge answers hello with an error, then closes
+            const error = frame.error || {};
+            this.fail(generation, bridgeError(error.code || "BRIDGE_FAILED", t("kernelexec.error.refused", { error: error.message || JSON.stringify(frame) })));
+            return;
+        }
         const client = this.route(frame);
         if (client) {
             client.frame(frame);

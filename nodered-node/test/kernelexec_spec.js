@@ -463,11 +463,26 @@ describe("kernelexec node life cycle", function () {
         assert.match(text, /Cannot connect to the kernelexec bridge at ws:\/\/bad url/);
     });
 
-    it("refuses a bridge that speaks another protocol major version", async function () {
-        // The real bridge always matches; a minimal WebSocket server plays a future one.
+    for (const variant of ["welcomes", "refuses"]) {
+        it(`reports a bridge of another protocol major version (it ${variant} the hello)`, async function () {
+            await versionMismatch(variant);
+        });
+    }
+
+    async function versionMismatch(variant) {
+        // The real bridge always matches; a minimal WebSocket server plays a future one, which
+        // either welcomes us with its version or (as kernelexec serve does) refuses the hello.
         const WebSocket = require("ws");
         const server = new WebSocket.Server({ host: "127.0.0.1", port: 0 });
-        server.on("connection", (ws) => ws.on("message", () => ws.send(JSON.stringify({ type: "welcome", protocol_version: "99.0", server: "future", pid: 1, blob_dir: "/tmp" }))));
+        const answer = variant === "welcomes"
+            ? { type: "welcome", protocol_version: "99.0", server: "future", pid: 1, blob_dir: "/tmp" }
+            : { type: "error", error: { code: "VERSION_MISMATCH", type: "ProtocolError", message: "the client speaks protocol 1.0 but this bridge speaks 99.0", traceback: null, line: null }, req_id: null, node_id: null };
+        server.on("connection", (ws) => ws.on("message", () => {
+            ws.send(JSON.stringify(answer));
+            if (variant === "refuses") {
+                ws.close(1002);
+            }
+        }));
         await new Promise((r) => server.once("listening", r));
         try {
             await S.load(N.kernelexecNode, [
@@ -477,12 +492,12 @@ describe("kernelexec node life cycle", function () {
                 { id: "out", type: "helper", z: "tab1" },
             ], { e1: { token: "t" } });
             const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
-            assert.match(text, /speaks protocol 99\.0 but this node speaks 1\.\d+/);
+            assert.match(text, /speaks protocol 99\.0|bridge speaks 99\.0/);
         } finally {
             await S.unload();
             server.close();
         }
-    });
+    }
 
     it("shows what to install when the Python does not exist, without crashing", async function () {
         const saved = process.env.KERNELEXEC_PYTHON;
