@@ -96,7 +96,7 @@ async def run_in_kernel(spec: LaunchSpec, code: str) -> str:
     try:
         reply = await kernel.execute(code + "\nimport sys; sys.stdout.flush()", {})
         assert reply["status"] == "ok", reply
-        for _ in range(50):
+        for _ in range(250):  # IOPub is not ordered with the shell reply
             if out:
                 break
             await asyncio.sleep(0.02)

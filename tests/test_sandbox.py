@@ -88,7 +88,7 @@ class Kernel:
         self.out.clear()
         code += "\nimport sys; sys.stdout.flush(); sys.stderr.flush()"
         reply = await self.handle.execute(code, {})
-        for _ in range(50):
+        for _ in range(250):  # IOPub is not ordered with the shell reply
             if self.out or reply["status"] != "ok":
                 break
             await asyncio.sleep(0.02)
