@@ -137,14 +137,15 @@ class Runner {
             this.node.log(frame.stdout.replace(/\n$/, ""));
         }
         if (frame.error) {
-            this.finish(req, toError(frame.error));
-            return;
+            codec.discardBlobs(frame.outputs, this.bridge && this.bridge.blobDir);
         }
-        this.deliver(req, frame.outputs, frame.stdout).then(() => {
-            if (frame.done === false && !req.doneFrame) {
-                return;
+        // after the request's earlier send frames (the delivery chain keeps the order)
+        this.deliver(req, frame.error ? null : frame.outputs, frame.stdout).then(() => {
+            if (frame.error) {
+                this.finish(req, toError(frame.error));
+            } else if (frame.done !== false || req.doneFrame) {
+                this.finish(req, req.doneFrame && req.doneFrame.error ? toError(req.doneFrame.error) : null);
             }
-            this.finish(req, req.doneFrame && req.doneFrame.error ? toError(req.doneFrame.error) : null);
         }, (err) => this.finish(req, err));
     }
 
@@ -163,7 +164,7 @@ class Runner {
         }
         req.doneFrame = frame;
         if (req.result) {
-            this.finish(req, frame.error ? toError(frame.error) : null);
+            this.delivery.then(() => this.finish(req, frame.error ? toError(frame.error) : null));
         }
     }
 
