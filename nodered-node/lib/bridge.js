@@ -37,6 +37,19 @@ function setLogger(logger) {
     }
 }
 
+/** The bridge logs "<time> <logger> <LEVEL> <message>" on stderr: warnings and errors show. */
+function stderrLine(line) {
+    const level = /\s(WARNING|ERROR|CRITICAL)\s/.exec(line);
+    const text = "[kernelexec bridge] " + line;
+    if (!level) {
+        log.debug(text);
+    } else if (level[1] === "WARNING") {
+        log.warn(text);
+    } else {
+        log.error(text);
+    }
+}
+
 function bridgeError(code, message, hint) {
     const err = new Error(message);
     err.code = code;
@@ -113,7 +126,7 @@ class Bridge {
         child.stderr.on("data", (chunk) => {
             child.stderrTail = (child.stderrTail + chunk.toString()).slice(-STDERR_TAIL);
         });
-        readline.createInterface({ input: child.stderr }).on("line", (line) => log.debug("[kernelexec bridge] " + line));
+        readline.createInterface({ input: child.stderr }).on("line", stderrLine);
         readline.createInterface({ input: child.stdout }).on("line", (line) => this.stdoutLine(line, generation));
         child.on("exit", (code, signal) => this.processExit(child, generation, code, signal));
         child.readyTimer = setTimeout(() => {
