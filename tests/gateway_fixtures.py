@@ -3,7 +3,8 @@
 ``running_gateway(token)`` starts ``jupyter kernelgateway`` from this interpreter's
 environment on a free port with the given auth token and kernel listing enabled, waits
 until it answers, yields its base URL, and on exit stops it (SIGTERM, then SIGKILL of the
-whole process group) so that no gateway or ipykernel process is left behind.
+whole process group). A kernel process that outlives the gateway is killed and reported as
+an error: nothing may be left behind.
 """
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ def gateway_kernel_ids(url: str, token: str) -> list[str]:
     return [k["id"] for k in json.loads(_get(f"{url}/api/kernels", token))]
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> list[str]:
+    """Stop the gateway; returns the kernels that outlived it (killed now, but reported)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -58,6 +66,14 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
+    _gone, alive = psutil.wait_procs(children, timeout=5)
+    survivors = []
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                survivors.append(" ".join(child.cmdline()))
+                child.kill()
+    return survivors
 
 
 def _kernelspec_dir(python: str) -> str:
@@ -121,7 +137,7 @@ def running_gateway(
                 time.sleep(0.1)
         yield url
     finally:
-        _stop(proc)
+        survivors = _stop(proc)
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)
@@ -129,3 +145,6 @@ def running_gateway(
             import shutil
 
             shutil.rmtree(spec_root, ignore_errors=True)
+    if survivors:
+        msg = f"kernels outlived the kernel gateway (killed now): {survivors}"
+        raise RuntimeError(msg)
