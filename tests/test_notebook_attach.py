@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,3 +138,32 @@ async def test_cli_against_a_bridge_process() -> None:
         assert not gone(kernels)
     finally:
         bridge.kill()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_attach_finds_bridges_by_their_runtime_files(
+    bridge: tuple[Server, Client],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server, _ = bridge
+    monkeypatch.setenv("KERNELEXEC_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("KERNELEXEC_URL", raising=False)
+    monkeypatch.delenv("KERNELEXEC_TOKEN", raising=False)
+    args = argparse.Namespace(node_id="hot1", url=None, token=None, worker=None, list=False)
+    assert await asyncio.to_thread(attach.run, args) == 1
+    assert f"no bridge published a runtime file in {tmp_path}" in capsys.readouterr().err
+
+    def publish(name: str, **info: Any) -> None:
+        (tmp_path / f"kernelexec-bridge-{name}.json").write_text(json.dumps(info))
+
+    publish("dead", url="http://127.0.0.1:9", token="x", pid=2**22 + 12345)  # no such process
+    publish("refusing", url=server.url, token="wrong-token", pid=os.getpid())
+    publish("good", url=server.url, token=TOKEN, pid=os.getpid())
+    assert sorted(b["token"] for b in attach.discover_bridges()) == [TOKEN, "wrong-token"]
+    assert await asyncio.to_thread(attach.run, args) == 0
+    assert os.path.exists(capsys.readouterr().out.strip())
+    listing = argparse.Namespace(node_id=None, url=None, token=None, worker=None, list=True)
+    assert await asyncio.to_thread(attach.run, listing) == 0
+    assert {k["node_id"] for k in json.loads(capsys.readouterr().out)} == {"hot1"}

@@ -8,7 +8,10 @@ of the kernel's connection file, so that::
 opens a console on the live kernel: the node's setup state is there to inspect. The path is
 on the bridge's machine; attach from that machine. Cold pools have no attachable kernel.
 The bridge's URL and token come from ``--url``/``--token`` or ``KERNELEXEC_URL``/
-``KERNELEXEC_TOKEN`` (``kernelexec serve`` prints both when it starts).
+``KERNELEXEC_TOKEN`` (``kernelexec serve`` prints both when it starts). Without a URL, the
+bridges that published a runtime file are asked in turn: ``kernelexec-bridge-PID.json``
+holding ``{"url", "token", "pid"}`` in ``KERNELEXEC_RUNTIME_DIR`` (default: Jupyter's
+runtime directory), readable by its owner only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..protocol import PROTOCOL_VERSION
 
-__all__ = ["AttachError", "list_kernels", "register", "run", "websocket_url"]
+__all__ = [
+    "AttachError",
+    "discover_bridges",
+    "list_kernels",
+    "register",
+    "run",
+    "runtime_dir",
+    "websocket_url",
+]
 
 TIMEOUT = 10.0
 
@@ -123,6 +134,67 @@ def choose(kernels: list[dict[str, Any]], node_id: str, worker: int | None) -> d
     raise AttachError(msg)
 
 
+def runtime_dir() -> str:
+    """Where bridges publish ``kernelexec-bridge-PID.json`` files."""
+    configured = os.environ.get("KERNELEXEC_RUNTIME_DIR")
+    if configured:
+        return configured
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    return str(jupyter_runtime_dir())
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def discover_bridges() -> list[dict[str, Any]]:
+    """The ``{"url", "token", "pid"}`` of every running bridge with a runtime file, newest first."""
+    directory = runtime_dir()
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("kernelexec-bridge-")]
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                info = json.load(handle)
+            mtime = os.path.getmtime(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and isinstance(info.get("url"), str) and _alive(info.get("pid")):
+            found.append((mtime, info))
+    return [info for _, info in sorted(found, key=lambda item: -item[0])]
+
+
+async def _find(node_id: str | None) -> list[dict[str, Any]]:
+    """Kernels of ``node_id`` (all nodes: None) on the first discovered bridge that has any."""
+    bridges = discover_bridges()
+    if not bridges:
+        msg = (
+            f"no bridge URL: give --url (or KERNELEXEC_URL); no bridge published a runtime "
+            f"file in {runtime_dir()}"
+        )
+        raise AttachError(msg)
+    kernels: list[dict[str, Any]] = []
+    for bridge in bridges:
+        with contextlib.suppress(AttachError):
+            kernels += await list_kernels(bridge["url"], bridge.get("token"), node_id)
+        if kernels and node_id is not None:
+            break
+    return kernels
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``attach`` command to the CLI's subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -143,12 +215,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``kernelexec attach``; 1 with a message on stderr when nothing can be attached."""
     token = args.token or os.environ.get("KERNELEXEC_TOKEN")
-    if not args.url or (args.node_id is None and not args.list):
-        print("kernelexec attach: give NODE_ID (or --list) and --url / KERNELEXEC_URL",
-              file=sys.stderr)  # fmt: skip
+    if args.node_id is None and not args.list:
+        print("kernelexec attach: give NODE_ID (or --list)", file=sys.stderr)
         return 2
     try:
-        kernels = asyncio.run(list_kernels(args.url, token, args.node_id))
+        if args.url:
+            kernels = asyncio.run(list_kernels(args.url, token, args.node_id))
+        else:
+            kernels = asyncio.run(_find(args.node_id))
         if args.list:
             print(json.dumps(kernels, indent=2))
             return 0
