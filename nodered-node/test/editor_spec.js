@@ -166,4 +166,16 @@ describe("editor in a real browser", function () {
         assert.match(await message.first().innerText(), /python 3 says 42/);
         await page.screenshot({ path: path.join(ARTIFACTS, "editor.png") });
     });
+
+    it("shows the node's help (options and Python API) in the help sidebar", async function () {
+        await page.locator("#e2e0python000001 .red-ui-flow-node").click();
+        await page.evaluate(() => RED.actions.invoke("core:show-help-tab"));
+        const help = page.locator(".red-ui-help", { hasText: "Runs Python code on each message" });
+        await help.first().waitFor({ timeout: 10000 });
+        const text = await help.first().innerText();
+        for (const part of ["node.send(msg)", "global_", "Script style", "cold"]) {
+            assert.ok(text.includes(part), `help mentions ${part}`);
+        }
+        await page.screenshot({ path: path.join(ARTIFACTS, "help.png") });
+    });
 });
