@@ -59,6 +59,14 @@ async def test_generated_token_is_in_the_ready_line_and_on_stderr_once() -> None
     assert err.count(token) == 1
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+async def test_sigint_and_sighup_stop_cleanly(sig: signal.Signals) -> None:
+    bridge = BridgeProcess()
+    bridge.proc.send_signal(sig)
+    code, out, _ = bridge.wait()
+    assert code == 0 and out == ""
+
+
 async def test_remote_address_needs_allow_remote() -> None:
     command = [sys.executable, "-m", "kernelexec", "serve", "--host", "0.0.0.0", "--port", "0"]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)

@@ -39,7 +39,7 @@ Run the bridge a Node-RED runtime talks to (WebSocket /ws, docs/protocol.md).
 
 When it listens, it prints one JSON line on stdout:
   {"event": "ready", "url": ..., "port": ..., "pid": ..., "token": ...}
-("token" is null unless the bridge generated it). SIGTERM, SIGINT, end of stdin
+("token" is null unless the bridge generated it). SIGTERM, SIGINT, SIGHUP, end of stdin
 (--watch-stdin) or the parent's death (--parent-pid) shut it down cleanly: messages
 in flight fail with POOL_CLOSED, every kernel stops, the exit status is 0."""
 
@@ -148,7 +148,7 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
         stopped.set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop, f"received {signal.Signals(sig).name}")
     watchers = _start_watchers(args, loop, stop)
     _announce(server, None if given_token else token)
