@@ -18,6 +18,7 @@ import nbformat.v4 as v4
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from nbclient import NotebookClient
+from traitlets.config import Config
 
 from kernelexec.config import PoolConfig
 from kernelexec.convert import from_json, to_json
@@ -195,9 +196,17 @@ def test_expected_values_on_both_sides(both_sides: tuple[dict[str, Any], dict[st
 # ---- in-process: the magics' own behaviour ----------------------------------------------
 
 
+def quiet_shell() -> Config:
+    """An in-process IPython shell without a history database (no thread, no file)."""
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.HistoryManager.hist_file = ":memory:"
+    return config
+
+
 @pytest.fixture
 def shell() -> Iterator[Any]:
-    sh = InteractiveShell.instance()
+    sh = InteractiveShell.instance(config=quiet_shell())
     sh.run_line_magic("load_ext", "kernelexec")
     yield sh
     sh.run_line_magic("unload_ext", "kernelexec")

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
 
 from kernelexec.commands import export
 from kernelexec.notebook import load_node_code
@@ -73,10 +74,18 @@ helper.load([injectNode, kernelexecNode], flow, () => {
 """
 
 
+def quiet_shell() -> Config:
+    """An in-process IPython shell without a history database (no thread, no file)."""
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.HistoryManager.hist_file = ":memory:"
+    return config
+
+
 def magic_outputs(notebook: Path) -> list[list[dict[str, Any]]]:
     """What %%node gives for the notebook's setup, code and sample, in this process."""
     code = load_node_code(notebook)
-    shell = InteractiveShell.instance()
+    shell = InteractiveShell.instance(config=quiet_shell())
     shell.run_line_magic("load_ext", "kernelexec")
     try:
         shell.run_cell_magic("setup", "", code.setup)
