@@ -297,6 +297,26 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.strictEqual(err.error.code, "CONVERSION_ERROR");
     });
 
+    it("runs messages in parallel on several workers, in arrival order with keepOrder", async function () {
+        const code = "import time\ntime.sleep(msg['payload'])\nreturn msg";
+        await load(N.kernelexecNode, [
+            py("nFree", code, { workers: 2, wires: [["outFree"]] }),
+            py("nOrdered", code, { workers: 2, keepOrder: true, wires: [["outOrdered"]] }),
+            { id: "outFree", type: "helper" }, { id: "outOrdered", type: "helper" },
+        ]);
+        await Promise.all(["nFree", "nOrdered"].map((id) => S.call(helper.getNode(id), "status", (st) => st && /0\/2 busy/.test(st.text))));
+        const free = S.messages(helper.getNode("outFree"), 2);
+        const ordered = S.messages(helper.getNode("outOrdered"), 2);
+        const t0 = Date.now();
+        for (const id of ["nFree", "nOrdered"]) {
+            helper.getNode(id).receive({ payload: 1.0 });
+            helper.getNode(id).receive({ payload: 0.1 });
+        }
+        assert.deepStrictEqual((await free).map((m) => m.payload), [0.1, 1.0]);
+        assert.deepStrictEqual((await ordered).map((m) => m.payload), [1.0, 0.1]);
+        assert.ok(Date.now() - t0 < 1900, "the two workers ran the messages side by side");
+    });
+
     it("isolates messages in cold mode but keeps them in hot mode", async function () {
         const code = "global counter\ncounter += 1\nmsg['payload'] = counter\nreturn msg";
         await load(N.kernelexecNode, [
