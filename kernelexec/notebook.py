@@ -37,6 +37,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import pprint
 import shlex
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CodeSyntaxError, ConfigError
+
+log = logging.getLogger("kernelexec.notebook")
 
 __all__ = [
     "PARTS",
@@ -500,9 +503,12 @@ async def _poll(
             continue
         failed = change.error is not None
         current = change.new or current
-        result = on_change(change)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = on_change(change)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # the watcher outlives a failing callback
+            log.exception("The notebook change callback failed for %s", path)
 
 
 def watch_notebook(
@@ -518,7 +524,8 @@ def watch_notebook(
     ``initial`` is the code the caller is running now (default: the file's code at the time
     of the call). A change is reported once the file's mtime and size have been stable for
     one interval, so a half-written file is not read. ``on_change`` may be a coroutine
-    function; it is awaited before the next poll.
+    function; it is awaited before the next poll. An exception in it is logged
+    (logger ``kernelexec.notebook``) and watching goes on.
     """
     where = os.fspath(path)
     signature = _signature(where)  # now, not when the task first runs

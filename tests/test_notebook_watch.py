@@ -175,3 +175,31 @@ async def test_live_link_drives_a_real_pool(tmp_path: Path) -> None:
     finally:
         task.cancel()
         await pool.close()
+
+
+async def test_a_failing_callback_does_not_stop_the_watcher(tmp_path: Path, caplog: Any) -> None:
+    path = tmp_path / "live.ipynb"
+    save(path, "import math", "return msg")
+    seen: list[str] = []
+
+    def on_change(change: NotebookChange) -> None:
+        seen.append(change.action)
+        if len(seen) == 1:
+            raise RuntimeError("pool busy")
+
+    task = watch_notebook(path, on_change, interval=INTERVAL)
+    try:
+        save(path, "import math", "return 1")
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(INTERVAL)
+        save(path, "import math", "return 2")
+        for _ in range(100):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(INTERVAL)
+        assert seen == ["code", "code"]
+        assert "The notebook change callback failed" in caplog.text
+    finally:
+        task.cancel()
