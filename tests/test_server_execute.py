@@ -186,6 +186,8 @@ async def test_cold_pools_run_messages_but_list_no_attachable_kernel(client: Cli
 
 async def test_metrics_report_each_pool(server: Server, client: Client) -> None:
     await client.execute("boom", "m1", {"payload": 0})
+    for i in range(3):
+        await client.execute("echo", f"m-echo{i}", {})
     response = await http_get(server.port, "/metrics", {"Authorization": f"token {TOKEN}"})
     text = response.body.decode()
     assert response.headers["Content-Type"].startswith("text/plain")
@@ -195,8 +197,8 @@ async def test_metrics_report_each_pool(server: Server, client: Client) -> None:
         assert match, (name, node_id)
         return float(match.group(1))
 
-    assert value("kernelexec_messages_total", "echo") >= 60
-    assert value("kernelexec_errors_total", "boom") >= 2
+    assert value("kernelexec_messages_total", "echo") >= 3
+    assert value("kernelexec_errors_total", "boom") >= 1
     assert value("kernelexec_errors_total", "echo") == 0
     assert value("kernelexec_timeouts_total", "echo") == 0
     assert value("kernelexec_kernel_restarts_total", "echo") == 0
@@ -204,7 +206,7 @@ async def test_metrics_report_each_pool(server: Server, client: Client) -> None:
     assert value("kernelexec_busy_workers", "echo") == 0
     assert value("kernelexec_queue_depth", "echo") == 0
     assert value("kernelexec_pool_ready", "echo") == 1
-    assert value("kernelexec_execution_seconds_count", "echo") >= 60
+    assert value("kernelexec_execution_seconds_count", "echo") >= 3
     assert 'kernelexec_execution_seconds_bucket{le="0.01",node_id="echo"}' in text
     assert re.search(r"^kernelexec_connections \d", text, re.M)
 

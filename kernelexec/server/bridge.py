@@ -91,7 +91,7 @@ class Bridge:
         task.add_done_callback(self.tasks.discard)
 
     def _pool_stats(self) -> list[tuple[str, Any, bool]]:
-        return [(e.node_id, e.stats(), e.state == "ready") for e in self.registry]
+        return [(e.node_id, e.counts(), e.state == "ready") for e in self.registry]
 
     def _counts(self) -> tuple[int, int]:
         return len(self.sessions), len(self.registry)

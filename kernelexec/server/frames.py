@@ -133,6 +133,11 @@ def peek_ids(text: str | bytes) -> tuple[str | None, str | None]:
     return found.get(b"req_id"), found.get(b"node_id")
 
 
+def _non_finite(_name: str) -> None:
+    """NaN, Infinity and -Infinity (not JSON, but Python's json reads them) become null."""
+    return None
+
+
 def _describe(value: Any) -> str:
     text = json.dumps(value, default=repr)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -162,10 +167,14 @@ def _check_fields(frame_type: str, frame: dict[str, Any]) -> None:
 def parse_frame(text: str | bytes) -> dict[str, Any]:
     """Decode and validate one client frame; raises :class:`FrameError` when it is unusable."""
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_constant=_non_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         msg = f"frame is not valid JSON ({exc}); send one JSON object per text frame"
         raise FrameError(msg) from None
+    except RecursionError:
+        req_id, node_id = peek_ids(text)
+        msg = "frame is nested too deeply to decode; send flatter values"
+        raise FrameError(msg, req_id=req_id, node_id=node_id) from None
     if not isinstance(frame, dict):
         msg = f"frame is {_describe(frame)}, not a JSON object with a 'type' field"
         raise FrameError(msg)

@@ -138,6 +138,14 @@ class PoolEntry:
     def stats(self) -> Any:
         return self.pool.stats() if self.pool is not None else None
 
+    def counts(self) -> dict[str, int]:
+        """The pool's numbers for metrics; ``queued`` includes messages waiting for the start."""
+        stats = self.stats()
+        names = ("busy", "total", "queued", "messages", "errors", "timeouts", "restarts")
+        counts = {name: _stat(stats, name) for name in names}
+        counts["queued"] += self.waiting
+        return counts
+
     def state_frame(self) -> dict[str, Any]:
         stats = self.stats()
         return {
