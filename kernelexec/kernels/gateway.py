@@ -15,9 +15,11 @@ interrupt, restart and delete a kernel) and the kernel WebSocket
   costs ~44 ms (Nagle's algorithm on the server meets delayed ACKs here);
 - a request larger than the server's WebSocket message cap (10 MiB in tornado, not settable
   in Kernel Gateway) is split: its buffers are *staged* in the kernel by small execute
-  requests carrying one chunk each, and the final request's code starts with
-  ``__kernelexec_gw__.unstage()``, which puts them back into the parent message's buffers
-  before the runtime reads them;
+  requests carrying one chunk each, and a ``pre_execute`` hook of the kernel-side helper
+  ``__kernelexec_gw__`` puts them back into the real request's buffers before the runtime
+  reads them; the request's code is never changed;
+- blob refs (files of one machine) travel as buffers, both ways (see "Blobs across
+  machines" below);
 - every await is bounded: REST calls and the handshake have timeouts and a retry policy
   with exponential backoff, the WebSocket is pinged, and while an execute waits the
   kernel's existence is polled. Failures become :class:`GatewayError` (start, connect,
@@ -40,7 +42,6 @@ import os
 import random
 import socket
 import struct
-import textwrap
 import time
 import uuid
 import zlib
@@ -828,20 +829,12 @@ class GatewayKernel(KernelHandle):
             "code": code, "silent": True, "store_history": False, "user_expressions": {},
             "allow_stdin": True, "stop_on_error": False, "kernelexec": extra,
         }
-        op = extra.get("op")
-        if op in ("run", "setup", "stop", "init", "code"):  # a runtime request: see the blobs notes
+        if extra.get("op") in ("run", "setup", "stop", "init", "code"):  # see "Blobs across"
             content["kernelexec"], blobs_sent = _blobs_to_buffers(extra, buffers)
-            content["kernelexec_gw_blobs"] = blobs_sent
-            if _wire_size(content, buffers) > self.settings.max_message - _HEADROOM:
-                content["kernelexec_staged"] = await self._stage(buffers)
-                buffers = []
-            content["code"] = (
-                f"__kernelexec_gw__.before()\ntry:\n{textwrap.indent(code, '    ')}\n"
-                "finally:\n    __kernelexec_gw__.after()\n"
-            )
-        elif _wire_size(content, buffers) > self.settings.max_message - _HEADROOM:
+            if blobs_sent:
+                content["kernelexec_gw_blobs"] = True
+        if _wire_size(content, buffers) > self.settings.max_message - _HEADROOM:
             content["kernelexec_staged"] = await self._stage(buffers)
-            content["code"] = f"__kernelexec_gw__.before()\n{code}"
             buffers = []
         msg_id = await self._send("shell", "execute_request", content, buffers)
         try:
@@ -925,9 +918,10 @@ _BLOBS_COMM_ID = "kernelexec-gw-blobs"
 # Blobs across machines. A blob ref {"$kx": "blob", "path", "size"} names a file on the
 # machine that wrote it, so refs never cross the WebSocket. Going in, the handle reads each
 # referenced file and sends its bytes as a buffer of the execute_request, the ref becoming
-# {"$kx": "blob", "gw": INDEX, "size", "req": REQ_ID}; the kernel side (before()) writes the
-# buffer to a blob file of the kernel's machine and restores a path ref, which the runtime
-# reads as usual (and after() removes). Coming out, after() and the event wrapper read the
+# {"$kx": "blob", "gw": INDEX, "size", "req": REQ_ID}; the kernel side (before(), an IPython
+# pre_execute hook) writes the buffer to a blob file of the kernel's machine and restores a
+# path ref, which the runtime reads as usual (and after(), the post_execute hook, removes).
+# Coming out, after() and the event wrapper read the
 # kernel's output blob files, remove them, and send their bytes as comm_msg buffers with
 # "gw" refs; the handle writes them to blob files of this machine (named for the request,
 # owned by the reader as usual). The runtime is unchanged.
@@ -1026,6 +1020,19 @@ class _KernelexecGateway:
     def __init__(self):
         self.staged = {}
         self.inputs = []
+        self.shell = None
+
+    def register(self, shell):
+        # before()/after() run around every execute (pre_/post_execute fire even when silent)
+        self.shell = shell
+        shell.events.register("pre_execute", self.before)
+        shell.events.register("post_execute", self.after)
+
+    def unregister(self):
+        if self.shell is not None:
+            self.shell.events.unregister("pre_execute", self.before)
+            self.shell.events.unregister("post_execute", self.after)
+            self.shell = None
 
     def _parent(self):
         kernel = get_ipython().kernel
@@ -1155,14 +1162,18 @@ def _kernelexec_bootstrap(bundle, digest):
         ip.history_manager.enabled = False
     except Exception:
         pass
-    ip.user_ns["__kernelexec_gw__"] = _KernelexecGateway()
+    previous = ip.user_ns.get("__kernelexec_gw__")
+    if previous is not None and hasattr(previous, "unregister"):
+        previous.unregister()
+    helper = ip.user_ns["__kernelexec_gw__"] = _KernelexecGateway()
+    helper.register(ip)
     try:
         import kernelexec.runtime as runtime
     except ModuleNotFoundError as exc:
         if exc.name != "kernelexec.runtime":
             raise
         return
-    ip.user_ns["__kernelexec_gw__"].wrap(runtime.install(ip))
+    helper.wrap(runtime.install(ip))
 '''
 
 
