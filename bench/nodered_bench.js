@@ -11,6 +11,7 @@
 // evenly over the subjects. Output: JSON (bench/results/latest.json by default).
 //
 //   node bench/nodered_bench.js [--smoke] [--out FILE] [--subjects function,floor,hot1,hot4,cold]
+//        [--workloads latency,burst,blobs,cold,startup,memory]
 "use strict";
 const crypto = require("crypto");
 const fs = require("fs");
@@ -55,18 +56,24 @@ const SUBJECTS = {
     cold: { label: "kernelexec cold, 1 worker", kx: true, cold: true, node: Object.assign({ type: "kernelexec", mode: "cold", workers: 1 }, KX_DEFAULTS) },
 };
 const TAB = "bench-tab";
+const WORKLOADS = ["latency", "burst", "blobs", "cold", "startup", "memory"];
 
 function log(text) {
     process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${text}\n`);
 }
 
 function parseArgs(argv) {
-    const args = { smoke: false, out: path.join(__dirname, "results", "latest.json"), subjects: Object.keys(SUBJECTS) };
+    const args = {
+        smoke: false, out: path.join(__dirname, "results", "latest.json"), subjects: Object.keys(SUBJECTS),
+        workloads: new Set(WORKLOADS),
+    };
     for (let i = 0; i < argv.length; i++) {
         if (argv[i] === "--smoke") {
             args.smoke = true;
         } else if (argv[i] === "--out") {
             args.out = path.resolve(argv[++i]);
+        } else if (argv[i] === "--workloads") {
+            args.workloads = new Set(argv[++i].split(",").filter(Boolean));
         } else if (argv[i] === "--subjects") {
             args.subjects = argv[++i].split(",").filter(Boolean);
         } else {
@@ -505,16 +512,23 @@ class Bench {
             delete this.channels[first.name];
         }
         await this.warmup(base);
-        await this.latency();
-        await this.burst();
-        await this.blobs();
-        if (this.names.includes("cold")) {
+        const want = this.args.workloads;
+        if (want.has("latency")) {
+            await this.latency();
+        }
+        if (want.has("burst")) {
+            await this.burst();
+        }
+        if (want.has("blobs")) {
+            await this.blobs();
+        }
+        if (want.has("cold") && this.names.includes("cold")) {
             await this.coldPerSecond();
         }
-        if (this.kxNames.length) {
+        if (want.has("startup") && this.kxNames.length) {
             await this.startup();
         }
-        if (this.names.includes("hot1")) {
+        if (want.has("memory") && this.names.includes("hot1")) {
             await this.memory();
         }
         this.account();
