@@ -363,6 +363,23 @@ def load_node_code(path: str | os.PathLike[str]) -> NodeCode:
         raise NotebookError(msg) from None
 
 
+def _intro(code: NodeCode, node: dict[str, Any]) -> str:
+    """The first (markdown) cell of an imported notebook."""
+    title = code.name or node.get("name") or "kernelexec node"
+    lines = [f"# {title}", ""]
+    if node.get("id"):
+        lines += [f"Node `{node['id']}` of a Node-RED flow.", ""]
+    if str(node.get("info") or "").strip():
+        lines += [str(node["info"]).strip(), ""]
+    if node.get("notebook"):
+        lines += [f"The deployed node reads its code from `{node['notebook']}` (live link).", ""]
+    lines.append(
+        "Run the cells, edit the tagged ones (`setup`, `sample`, `node`, `stop`), then "
+        "`kernelexec export NOTEBOOK.ipynb -o flow.json` and import the flow in Node-RED."
+    )
+    return "\n".join(lines)
+
+
 def notebook_from_node_code(code: NodeCode, *, node: dict[str, Any] | None = None) -> Any:
     """A notebook with tagged, magic-marked cells for ``code``.
 
@@ -370,10 +387,9 @@ def notebook_from_node_code(code: NodeCode, *, node: dict[str, Any] | None = Non
     ``kernelexec.node`` so that export restores them.
     """
     v4 = _nbformat().v4
-    title = code.name or (node or {}).get("name") or "kernelexec node"
     node_line = "%%node" + (f" --outputs {code.outputs}" if code.outputs not in (None, 1) else "")
     cells = [
-        v4.new_markdown_cell(f"# {title}\n\nEdit the tagged cells, then `kernelexec export`."),
+        v4.new_markdown_cell(_intro(code, node or {})),
         v4.new_code_cell("%load_ext kernelexec"),
         v4.new_code_cell("%%setup\n" + code.setup, metadata={"tags": ["setup"]}),
         v4.new_code_cell(

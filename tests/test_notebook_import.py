@@ -175,3 +175,13 @@ def test_the_cli_commands(tmp_path: Path) -> None:
     assert json.loads(out.read_text(encoding="utf-8"))[0]["func"] == NODE_A["func"]
     done = cli("export", str(flow))  # not a notebook
     assert done.returncode == 1 and "use kernelexec import" in done.stderr
+
+
+def test_intro_cell_names_the_node_and_its_info(tmp_path: Path) -> None:
+    node = {**NODE_B, "name": "Linked", "info": "Counts characters.", "notebook": "/srv/n.ipynb"}
+    (path,) = do_import(tmp_path, [node])
+    intro = read_notebook(path).cells[0]
+    assert intro.cell_type == "markdown"
+    assert intro.source.startswith("# Linked\n\nNode `0011223344556677` of a Node-RED flow.")
+    assert "Counts characters." in intro.source and "`/srv/n.ipynb` (live link)" in intro.source
+    assert export_of(path)[0]["info"] == "Counts characters."
