@@ -271,6 +271,8 @@ class KernelexecMagics(Magics):
             result.name = options.name or ""
         assert self.shell is not None
         self.shell.user_ns[RESULT_VAR] = result
+        if _interrupted(result):
+            raise KeyboardInterrupt  # Jupyter's stop button: the notebook's own interrupt
         if result.error is not None and not options.no_raise:
             raise NodeCodeError(result.error)
         return None if options.quiet else result
@@ -318,6 +320,13 @@ class KernelexecMagics(Magics):
             raise NotebookError(msg) from None
         assert self.shell is not None
         self.shell.user_ns[_sample_target(cell)] = value
+
+
+def _interrupted(result: NodeResult) -> bool:
+    """The runtime reports a KeyboardInterrupt without a timeout as TIMEOUT "interrupted"."""
+    error = result.error or {}
+    message = str(error.get("message", ""))
+    return error.get("code") == "TIMEOUT" and message.startswith("interrupted")
 
 
 def _merge(previous: NodeOptions, line: str, given: NodeOptions) -> NodeOptions:

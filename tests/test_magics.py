@@ -316,3 +316,34 @@ def test_big_buffers_come_back_as_bytes_and_leave_no_file(shell: Any) -> None:
     assert [len(m["payload"]) for m in out.result.port(0)] == [70000, 256000]
     assert out.result.first["payload"][:3] == b"\x00\x01\x02"
     assert glob.glob(f"/dev/shm/kernelexec-{os.getpid()}-*") == []
+
+
+@pytest.mark.slow
+async def test_interrupting_a_node_cell_in_a_real_kernel() -> None:
+    """Jupyter's stop button: the cell ends with KeyboardInterrupt, the magic keeps working."""
+    from jupyter_client.manager import start_new_async_kernel
+
+    km, kc = await start_new_async_kernel(kernel_name="python3")
+
+    async def execute(code: str) -> dict[str, Any]:
+        msg_id = kc.execute(code)
+        while True:
+            reply = await kc.get_shell_msg(timeout=60)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                content: dict[str, Any] = reply["content"]
+                return content
+
+    try:
+        assert (await execute("%load_ext kernelexec\nmsg = {'payload': 1}"))["status"] == "ok"
+        running = asyncio.ensure_future(execute("%%node\nimport time\ntime.sleep(30)\nreturn msg"))
+        await asyncio.sleep(2.0)
+        await km.interrupt_kernel()
+        reply = await asyncio.wait_for(running, 20)
+        assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+        again = await execute("%%node --quiet\nreturn {'payload': msg['payload'] + 1}")
+        assert again["status"] == "ok"
+        check = await execute("assert _node_result.first == {'payload': 2}")
+        assert check["status"] == "ok", check
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
