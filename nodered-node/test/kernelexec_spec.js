@@ -310,6 +310,10 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         const t0 = Date.now();
         for (const id of ["nFree", "nOrdered"]) {
             helper.getNode(id).receive({ payload: 1.0 });
+        }
+        // the second message a moment later: the pool may batch messages that arrive together
+        await new Promise((r) => setTimeout(r, 150));
+        for (const id of ["nFree", "nOrdered"]) {
             helper.getNode(id).receive({ payload: 0.1 });
         }
         assert.deepStrictEqual((await free).map((m) => m.payload), [0.1, 1.0]);
