@@ -681,7 +681,11 @@ class Bench {
         clearInterval(this.sweeper);
         const procs = kernelexecProcesses().all.map((p) => p.pid);
         try {
-            await RED.stop();
+            let timer = null;
+            const limit = new Promise((resolve, reject) => {
+                timer = setTimeout(() => reject(new Error("RED.stop() did not finish within 30 s")), 30000);
+            });
+            await Promise.race([RED.stop(), limit]).finally(() => clearTimeout(timer));
         } catch (err) {
             log(`RED.stop failed: ${err.message}`);
         }

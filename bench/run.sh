@@ -31,6 +31,12 @@ else
 fi
 
 status=0
+read -r load _ < /proc/loadavg
+cores=$(nproc)
+if awk -v l="$load" -v c="$cores" 'BEGIN { exit !(l > c / 2) }'; then
+  echo "note: load average $load on $cores cores: other programs compete for the CPU, and the" \
+    "kernelexec figures (several processes per message) suffer more than the floor's" >&2
+fi
 echo "== engine benchmark (bench/engine_bench.py) =="
 "$PY" bench/engine_bench.py $SMOKE --out "$ENGINE_JSON" || status=$?
 if [[ -z $SMOKE ]]; then

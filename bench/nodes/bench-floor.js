@@ -4,8 +4,9 @@
 // stdin/stdout with length-prefixed byte frames:
 //   u32 json_len | u32 n_buffers | u32 buffer_len * n_buffers | JSON (UTF-8) | raw buffers
 // Buffers travel raw after the JSON (which holds {"$b": i} in their place): no base64, no file.
-// Replies come back in request order, so a FIFO matches them. Writes made in one turn of the
-// event loop leave in one writev (cork/uncork), as a burst would want.
+// Replies come back in request order, so a FIFO matches them. A message arriving while nothing
+// is in flight is written at once; while replies are pending, writes made in one turn of the
+// event loop leave together in one writev (cork/uncork), as a burst wants.
 "use strict";
 const { spawn } = require("child_process");
 const path = require("path");
@@ -194,6 +195,13 @@ module.exports = function (RED) {
             }
             const { parts, kept } = encode(msg);
             pending.push({ send, done, kept });
+            if (pending.length === 1 && !corked) {
+                // Nothing in flight: write now (no batching delay for a lone message).
+                for (const part of parts) {
+                    child.stdin.write(part);
+                }
+                return;
+            }
             if (!corked) {
                 corked = true;
                 child.stdin.cork();
