@@ -1143,7 +1143,19 @@ _BOOTSTRAP = r'''
 def _kernelexec_bootstrap(bundle, digest):
     import atexit, base64, json, os, shutil, sys, tempfile, zlib
     files = json.loads(zlib.decompress(base64.b64decode(bundle)))
-    root = tempfile.mkdtemp(prefix="kernelexec-gw-" + digest[:12] + "-")
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):  # left by kernels that died without atexit (os._exit, kill)
+        parts = name.split("-")
+        if name.startswith("kernelexec-gw-") and len(parts) > 3 and parts[2].isdigit():
+            path = os.path.join(tmp, name)
+            try:
+                if os.stat(path).st_uid == os.getuid():
+                    os.kill(int(parts[2]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, True)
+            except OSError:
+                pass
+    root = tempfile.mkdtemp(prefix=f"kernelexec-gw-{os.getpid()}-{digest[:8]}-")
     atexit.register(shutil.rmtree, root, True)
     for rel, data in files.items():
         path = os.path.join(root, *rel.split("/"))
@@ -1153,11 +1165,18 @@ def _kernelexec_bootstrap(bundle, digest):
     for name in [m for m in sys.modules if m == "kernelexec" or m.startswith("kernelexec.")]:
         del sys.modules[name]
     sys.path.insert(0, root)
-    os.environ["KERNELEXEC_REMOTE"] = "1"
     ip = get_ipython()
     kernel = getattr(ip, "kernel", None)
     if kernel is not None and hasattr(kernel, "_execute_sleep"):
         kernel._execute_sleep = 0.0
+    try:  # as kernelexec.kernel does for local kernels, where ipykernel has what it needs
+        from ipykernel.iostream import OutStream
+        from kernelexec import kernel as tuning
+        fields = ("_buffers", "_flush_pending", "_subprocess_flush_pending")
+        if isinstance(sys.stdout, OutStream) and all(hasattr(sys.stdout, f) for f in fields):
+            getattr(tuning, "_skip_empty_flushes", lambda: None)()
+    except Exception:
+        pass
     try:
         ip.history_manager.enabled = False
     except Exception:
