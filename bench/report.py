@@ -102,12 +102,13 @@ def latency_lines(nr: dict[str, Any]) -> list[str]:
                 fmt(s.get("p90"), 3),
                 fmt(s.get("p99"), 3),
                 ratio(s.get("p50"), floor, 1),
+                ", ".join(fmt(x, 3) for x in s.get("round_p50", [])),
             ]
         )
     return [
         "### Latency, one message in flight (ms)",
         "",
-        *table(["subject", "n", "p50", "p90", "p99", "p50 / floor"], rows),
+        *table(["subject", "n", "p50", "p90", "p99", "p50 / floor", "p50 of each round"], rows),
     ]
 
 
