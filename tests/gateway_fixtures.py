@@ -76,17 +76,21 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> list[str]:
     return survivors
 
 
-def _kernelspec_dir(python: str) -> str:
-    """A JUPYTER_PATH entry whose ``python3`` kernel spec runs ``python``."""
+def _kernelspec_dir(python: str | None) -> str:
+    """A JUPYTER_PATH entry with a ``python3`` kernel spec running ``python`` (when given)
+    and a ``never-ready`` spec whose process never becomes a kernel (start timeouts)."""
     import json
 
     root = tempfile.mkdtemp(prefix="kernelexec-kg-spec-")
-    spec = Path(root, "kernels", "python3")
-    spec.mkdir(parents=True)
-    argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    spec.joinpath("kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": f"Python 3 ({python})", "language": "python"})
-    )
+    specs = {"never-ready": [sys.executable, "-c", "import time; time.sleep(300)"]}
+    if python:
+        specs["python3"] = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    for name, argv in specs.items():
+        spec = Path(root, "kernels", name)
+        spec.mkdir(parents=True)
+        spec.joinpath("kernel.json").write_text(
+            json.dumps({"argv": argv, "display_name": name, "language": "python"})
+        )
     return root
 
 
@@ -112,9 +116,8 @@ def running_gateway(
     env = dict(os.environ)
     env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["JUPYTER_PATH"] = str(_BIN.parent / "share" / "jupyter")
-    spec_root = _kernelspec_dir(kernel_python) if kernel_python else None
-    if spec_root:
-        env["JUPYTER_PATH"] = spec_root + os.pathsep + env["JUPYTER_PATH"]
+    spec_root = _kernelspec_dir(kernel_python)
+    env["JUPYTER_PATH"] = spec_root + os.pathsep + env["JUPYTER_PATH"]
     env.pop("KG_AUTH_TOKEN", None)
     log = tempfile.NamedTemporaryFile(prefix="kernelexec-kg-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
@@ -141,10 +144,9 @@ def running_gateway(
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)
-        if spec_root:
-            import shutil
+        import shutil
 
-            shutil.rmtree(spec_root, ignore_errors=True)
+        shutil.rmtree(spec_root, ignore_errors=True)
     if survivors:
         msg = f"kernels outlived the kernel gateway (killed now): {survivors}"
         raise RuntimeError(msg)

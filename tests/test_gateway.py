@@ -260,6 +260,18 @@ async def test_unreachable_gateway_fails_fast() -> None:
     await handle.shutdown()
 
 
+async def test_kernel_start_timeout_is_a_clear_error(gateway_url: str) -> None:
+    """A kernel that never answers (a busy cluster): GatewayError after start_timeout, and
+    the half-started kernel is deleted."""
+    handle = GatewayKernel(settings(gateway_url, kernel_name="never-ready", start_timeout=3))
+    started = time.monotonic()
+    with pytest.raises(GatewayError, match="raise start_timeout"):
+        await handle.start()
+    assert time.monotonic() - started < 8
+    await handle.shutdown()
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
+
+
 async def test_unknown_kernel_name_is_a_clear_error(gateway_url: str) -> None:
     handle = GatewayKernel(settings(gateway_url, kernel_name="no-such-kernel"))
     with pytest.raises(GatewayError, match="no-such-kernel"):

@@ -531,7 +531,16 @@ class GatewayKernel(KernelHandle):
     async def _open(self, timeout: float) -> None:
         """Connect the WebSocket and wait until the kernel answers a kernel_info_request."""
         deadline = time.monotonic() + timeout
-        await self._connect(deadline)
+        try:
+            await self._connect(deadline)
+        except GatewayError as exc:
+            if time.monotonic() < deadline:
+                raise
+            msg = (
+                f"gateway kernel {self.kernel_id} did not answer within {timeout:g} s ({exc}); "
+                "the cluster may be busy: raise start_timeout in gateway_url"
+            )
+            raise GatewayError(msg) from None
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
