@@ -160,7 +160,8 @@ class _Session:
 
         self.shell = shell
         self.events: list[dict[str, Any]] = []
-        self.runtime = Runtime(user_ns=shell.user_ns, on_event=self.events.append)
+        self.running = False
+        self.runtime = Runtime(user_ns=shell.user_ns, on_event=self._on_event)
         self.runtime.init(node_id="notebook", code="return msg")
         self.code: str | None = None
         self.options = NodeOptions()
@@ -185,11 +186,21 @@ class _Session:
         self.runs += 1
         req_id = f"notebook-{self.runs}"
         self.events.clear()
+        self.running = True
         try:
             result = rt.run_message(wire, req_id, options.timeout)
             return self._collect(result, list(self.events), options)
         finally:
+            self.running = False
             _remove_blobs(req_id, rt.blob_dir, rt.pid)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Events of a run are collected; later ones (threads, tasks) are printed."""
+        if self.running:
+            self.events.append(event)
+            return
+        for line in _late_lines(event):
+            print(f"after the run: {line}")
 
     def _collect(
         self, result: dict[str, Any], events: list[dict[str, Any]], options: NodeOptions
@@ -223,18 +234,39 @@ class _Session:
         """Run setup or stop code; what it printed is shown; failures raise NodeCodeError."""
         from .errors import KernelexecError
 
-        first = len(self.events)
+        self.events.clear()
+        self.running = True
         try:
             self.runtime.setup(code) if part == "setup" else self.runtime.stop(code)
         except KernelexecError as exc:
             raise NodeCodeError(exc.to_dict()) from None
         finally:
-            for event in self.events[first:]:
+            self.running = False
+            for event in self.events:
                 if event["type"] == "log":
                     print(event["text"])
 
     def close(self) -> None:
         self.runtime.close()
+
+
+def _late_lines(event: dict[str, Any]) -> list[str]:
+    """How an event that came after its run ended is shown."""
+    from .convert import from_json
+
+    if event["type"] == "send":
+        return [
+            f"node.send -> port {port}: {_short(_preview(from_json(message)))}"
+            for port, messages in enumerate(event["outputs"])
+            for message in messages
+        ]
+    if event["type"] == "log":
+        return [f"{event['level']}: {event['text']}"]
+    if event["type"] == "status":
+        return [f"status: {event['status']}"]
+    if event["type"] == "done" and event.get("error"):
+        return [f"node.done with error: {event['error'].get('message')}"]
+    return []
 
 
 def _outputs(options: NodeOptions) -> int:

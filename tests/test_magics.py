@@ -347,3 +347,24 @@ async def test_interrupting_a_node_cell_in_a_real_kernel() -> None:
     finally:
         kc.stop_channels()
         await km.shutdown_kernel(now=True)
+
+
+def test_sends_after_the_run_are_printed(shell: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    shell.user_ns["msg"] = {"payload": 1}
+    code = (
+        "import threading, time\n"
+        "def later():\n"
+        "    time.sleep(0.2)\n"
+        "    node.send({'payload': 'late'})\n"
+        "    node.warn('late warning')\n"
+        "LATE = threading.Thread(target=later)\n"
+        "LATE.start()\n"
+        "return None"
+    )
+    run(shell, "%%setup\nLATE = None")
+    out = run(shell, f"%%node\nglobal LATE\n{code}")
+    assert out.result.outputs == [[]]
+    shell.user_ns["LATE"].join(5)
+    printed = capsys.readouterr().out
+    assert "after the run: node.send -> port 0: {'payload': 'late'}" in printed
+    assert "after the run: warn: late warning" in printed
