@@ -280,6 +280,43 @@ async def test_unknown_kernel_name_is_a_clear_error(gateway_url: str) -> None:
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
+async def test_legacy_websocket_protocol() -> None:
+    """A server without the v1 subprotocol: JSON text frames and binary frames work too."""
+    legacy = ("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=",)
+    with running_gateway(TOKEN, extra_args=legacy) as url:
+        handle = GatewayKernel(settings(url))
+        await handle.start()
+        try:
+            assert handle._subprotocol is None
+            events: list[tuple[dict[str, Any], list[bytes]]] = []
+            handle.on_event = lambda event, buffers: events.append((event, buffers))
+
+            async def answer(prompt: str) -> str:
+                return json.dumps({"value": prompt, "error": None})
+
+            handle.on_stdin = answer
+            assert (await handle.execute(runtime_bootstrap_code(), {}))["status"] == "ok"
+            buffers = [b"abc", os.urandom(11 * 1024 * 1024)]
+            reply = await handle.execute(BUFFER_DIGESTS, {"op": "x"}, buffers)
+            assert payload(reply) == [hashlib.sha256(b).hexdigest() for b in buffers]
+            code = (
+                ANSWER + "from ipykernel.comm import Comm\n"
+                f"Comm(target_name='k', comm_id={EVENTS_COMM_ID!r}, primary=False)"
+                ".send({'type': 'log'}, buffers=[b'xy'])\n"
+                "__answer(input('q'))"
+            )
+            assert payload(await handle.execute(code, {})) == json.dumps(
+                {"value": "q", "error": None}
+            )
+            for _ in range(100):
+                if events:
+                    break
+                await asyncio.sleep(0.02)
+            assert events == [({"type": "log"}, [b"xy"])]
+        finally:
+            await handle.shutdown()
+
+
 def test_settings_from_url_and_factory() -> None:
     env = EnvConfig(
         gateway_url="https://eg.example:8888/gw/?kernel_name=python_k8s&start_timeout=300",
