@@ -89,8 +89,12 @@ module.exports = function (RED) {
         if (n.env && !envNode) {
             node.warn(i18n.t("kernelexec.warn.missingEnv", { id: n.env }));
         }
+        const bridge = envNode ? envNode.bridgeOptions() : {};
+        if (!bridge.url && !bridge.python) {
+            bridge.python = RED.settings.kernelexecPython;   // settings.js; else KERNELEXEC_PYTHON, else python3
+        }
         const runner = new Runner(node, poolConfig(n, envNode), {
-            bridge: envNode ? envNode.bridgeOptions() : {},
+            bridge,
             stdoutToMsg: n.stdoutToMsg === true || n.stdoutToMsg === "true",
         });
         node.on("input", (msg, send, done) => runner.input(msg, send, done));
@@ -102,7 +106,11 @@ module.exports = function (RED) {
         });
         runner.start();
     }
-    RED.nodes.registerType("kernelexec", KernelexecNode);
+    RED.nodes.registerType("kernelexec", KernelexecNode, {
+        settings: {
+            kernelexecPython: { value: "", exportable: false },
+        },
+    });
 };
 
 module.exports.poolConfig = poolConfig;

@@ -549,6 +549,18 @@ describe("kernelexec node life cycle", function () {
         }
     });
 
+    it("takes the Python from settings.js (kernelexecPython) when no environment node names one", async function () {
+        helper.settings({ kernelexecPython: "/nonexistent/from-settings/python3" });
+        try {
+            await S.load(N.kernelexecNode, S.tab([py("n1", "return msg"), { id: "out", type: "helper" }]));
+            const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
+            assert.match(text, /\/nonexistent\/from-settings\/python3/);
+        } finally {
+            helper.settings({});
+            await S.unload();
+        }
+    });
+
     it("names the missing module and the pip command when Python lacks kernelexec", async function () {
         const python = "/usr/bin/python3";
         if (!fs.existsSync(python) || require("child_process").spawnSync(python, ["-c", "import kernelexec"]).status === 0) {
