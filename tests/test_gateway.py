@@ -155,6 +155,16 @@ async def test_buffers_reach_the_kernel(kernel: GatewayKernel, sizes: list[int])
     assert payload(reply) == [hashlib.sha256(b).hexdigest() for b in buffers]
 
 
+async def test_bootstrap_packs_like_local_kernels(kernel: GatewayKernel) -> None:
+    """A lone surrogate or a NaN in a reply must not break it (stock packer: no reply)."""
+    assert (await kernel.execute(runtime_bootstrap_code(), {}))["status"] == "ok"
+    code = ANSWER + "__answer({'s': 'a\\ud800b', 'n': float('nan')})"
+    assert payload(await asyncio.wait_for(kernel.execute(code, {}), 10)) == {
+        "s": "a\ufffdb",
+        "n": None,
+    }
+
+
 async def test_staging_without_bootstrap_is_a_clear_error(kernel: GatewayKernel) -> None:
     with pytest.raises(GatewayError, match="runtime_bootstrap_code"):
         await kernel.execute(BUFFER_DIGESTS, {}, [os.urandom(11 * 1024 * 1024)])

@@ -1184,6 +1184,8 @@ def _kernelexec_bootstrap(bundle, digest):
         fields = ("_buffers", "_flush_pending", "_subprocess_flush_pending")
         if isinstance(sys.stdout, OutStream) and all(hasattr(sys.stdout, f) for f in fields):
             getattr(tuning, "_skip_empty_flushes", lambda: None)()
+        if kernel is not None and hasattr(tuning, "wire_pack"):
+            kernel.session.pack = tuning.wire_pack  # lone surrogates, NaN: as local kernels
     except Exception:
         pass
     try:
