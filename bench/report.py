@@ -98,6 +98,7 @@ def latency_lines(nr: dict[str, Any]) -> list[str]:
             [
                 label(nr, name),
                 str(s.get("n")),
+                fmt(s.get("min"), 3),
                 fmt(s.get("p50"), 3),
                 fmt(s.get("p90"), 3),
                 fmt(s.get("p99"), 3),
@@ -108,7 +109,9 @@ def latency_lines(nr: dict[str, Any]) -> list[str]:
     return [
         "### Latency, one message in flight (ms)",
         "",
-        *table(["subject", "n", "p50", "p90", "p99", "p50 / floor", "p50 of each round"], rows),
+        *table(
+            ["subject", "n", "min", "p50", "p90", "p99", "p50 / floor", "p50 of each round"], rows
+        ),
     ]
 
 
@@ -325,22 +328,26 @@ def breakdown_lines(
     for key, text in steps:
         s = breakdown.get(key)
         if s:
-            rows.append([text, fmt(s["p50"], 3), fmt(s["p90"], 3), fmt(s["p99"], 3)])
-    nr_hot = (nr.get("latency", {}).get("hot1") or {}).get("p50")
+            rows.append(
+                [text, fmt(s.get("min"), 3), fmt(s["p50"], 3), fmt(s["p90"], 3), fmt(s["p99"], 3)]
+            )
+    nr_lat = nr.get("latency", {}).get("hot1") or {}
+    nr_hot = nr_lat.get("p50")
     if nr_hot is not None:
         rows.append(
             [
                 "+ Node-RED node, WebSocket, bridge: hot x1 in the Node-RED bench",
+                fmt(nr_lat.get("min"), 3),
                 fmt(nr_hot, 3),
-                "",
-                "",
+                fmt(nr_lat.get("p90"), 3),
+                fmt(nr_lat.get("p99"), 3),
             ]
         )
     exec_ms = (breakdown.get("pool_exec_ms") or {}).get("p50")
     lines = [
         "### Where a hot message's time goes (bench/breakdown.py, one message in flight)",
         "",
-        *table(["layer (cumulative)", "p50 ms", "p90 ms", "p99 ms"], rows),
+        *table(["layer (cumulative)", "min ms", "p50 ms", "p90 ms", "p99 ms"], rows),
     ]
     if exec_ms is not None:
         lines += [
