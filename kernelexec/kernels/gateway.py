@@ -466,6 +466,7 @@ class GatewayKernel(KernelHandle):
         self._spec_checked = True
 
     async def restart(self) -> None:
+        self._alive = False  # until the restarted kernel answers
         self._fail_pending("the kernel was restarted")
         await self._close_ws()
         if self.kernel_id is None:
@@ -634,11 +635,11 @@ class GatewayKernel(KernelHandle):
                     break
                 self._quickack(sock)
                 try:
-                    msg = _decode(data, subprotocol)
+                    self._dispatch(_decode(data, subprotocol))
                 except (ValueError, KeyError, struct.error) as exc:
                     log.warning("gateway kernel %s: undecodable message: %s", self.kernel_id, exc)
-                    continue
-                self._dispatch(msg)
+                except Exception:  # a callback's bug must not cost the connection
+                    log.exception("gateway kernel %s: message handling failed", self.kernel_id)
         except asyncio.CancelledError:
             raise
         except Exception:
