@@ -167,6 +167,29 @@ function kernelexecProcesses() {
     return { bridge, kernels, all: mine };
 }
 
+/** CPU time (ms) used so far by this process, the bridge, the kernels and the floor process. */
+function cpuSnapshot() {
+    const table = procTable();
+    const mine = descendants(process.pid, table);
+    const tick = 10; // ms per clock tick (CLK_TCK 100 on Linux)
+    const sum = (list) => list.reduce((a, p) => a + p.cpu * tick, 0);
+    const usage = process.cpuUsage();
+    return {
+        node_red: (usage.user + usage.system) / 1000,
+        bridge: sum(mine.filter((p) => p.cmd.includes("kernelexec serve"))),
+        kernels: sum(mine.filter((p) => p.cmd.includes("kernelexec.kernel"))),
+        floor: sum(mine.filter((p) => p.cmd.includes("floor_worker.py"))),
+    };
+}
+
+function cpuPerMessage(before, after, count) {
+    const out = {};
+    for (const key of Object.keys(after)) {
+        out[key] = Math.round(((after[key] - before[key]) / count) * 1000); // microseconds
+    }
+    return out;
+}
+
 function shmFiles() {
     try {
         return fs.readdirSync("/dev/shm").filter((name) => name.startsWith("kernelexec"));
@@ -561,7 +584,10 @@ class Bench {
         for (let r = 0; r < cfg.burstRounds; r++) {
             for (const name of rotate(this.names, r)) {
                 const count = SUBJECTS[name].cold ? cfg.coldBurst : cfg.burst;
-                runs[name].push(await burstRun(this.channel(name), count));
+                const before = cpuSnapshot();
+                const run = await burstRun(this.channel(name), count);
+                run.cpu_us_per_msg = cpuPerMessage(before, cpuSnapshot(), count);
+                runs[name].push(run);
                 await sleep(200);
             }
             log(`burst round ${r + 1}/${cfg.burstRounds}: ` + this.names.map((n) => `${n} ${Math.round(runs[n][r].msgs_per_s)}/s`).join(", "));

@@ -142,6 +142,30 @@ def burst_lines(nr: dict[str, Any]) -> list[str]:
     ]
 
 
+def cpu_lines(nr: dict[str, Any]) -> list[str]:
+    rows = []
+    for name in subjects(nr):
+        runs = [
+            r
+            for r in (nr.get("burst", {}).get(name) or {}).get("rounds", [])
+            if r.get("cpu_us_per_msg")
+        ]
+        if not runs:
+            continue
+        keys = ("node_red", "floor", "bridge", "kernels")
+        med = {k: sorted(r["cpu_us_per_msg"][k] for r in runs)[len(runs) // 2] for k in keys}
+        rows.append([label(nr, name), *(str(med[k]) for k in keys), str(sum(med.values()))])
+    if not rows:
+        return []
+    return [
+        "### CPU time per message during the bursts (µs, median of rounds)",
+        "",
+        *table(
+            ["subject", "Node-RED process", "floor process", "bridge", "kernels", "total"], rows
+        ),
+    ]
+
+
 def blob_lines(nr: dict[str, Any]) -> list[str]:
     blobs = nr.get("blobs", {})
     sizes = sorted({int(s) for b in blobs.values() for s in b}, key=int)
@@ -367,7 +391,7 @@ def figures(
     ]
     lines += header_lines(nr) + target_lines(nr)
     lines += ["![Latency, burst and blob rates per subject](performance.png)", ""]
-    lines += latency_lines(nr) + burst_lines(nr) + blob_lines(nr)
+    lines += latency_lines(nr) + burst_lines(nr) + cpu_lines(nr) + blob_lines(nr)
     lines += cold_startup_memory_lines(nr) + engine_lines(engine)
     lines += breakdown_lines(breakdown, nr, engine) + accounting_lines(nr)
     lines.append(END)
