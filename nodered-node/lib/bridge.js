@@ -21,7 +21,7 @@ const protocol = require("./protocol");
 const { t } = require("./i18n");
 
 const READY_TIMEOUT_MS = 60000;
-const STOP_GRACE_MS = 5000;
+const STOP_GRACE_MS = 3000;   // stdin EOF, then SIGTERM after this, then SIGKILL after twice this
 const EXIT_WAIT_MS = 1000;
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
 const STDERR_TAIL = 16384;

@@ -11,7 +11,7 @@ const { t } = require("./i18n");
 const { PoolStatus } = require("./status");
 const { contextOp } = require("./context");
 
-const CLOSE_WAIT_MS = 8000;
+const CLOSE_WAIT_MS = 6000;   // with the bridge's stop below, within Node-RED's 15 s close timeout
 const KEPT_LINGER_MS = 10000;   // late node.send() of a finished message still gets msg.res back
 const REQ_PREFIX = crypto.randomBytes(3).toString("hex");
 let reqCounter = 0;
@@ -26,6 +26,10 @@ function toError(error, fallbackCode) {
     }
     err.stack = (error && error.traceback) || `${err.name}: ${err.message}`;
     return err;
+}
+
+function closedError() {
+    return toError({ code: "POOL_CLOSED", type: "Error", message: t("kernelexec.error.closed") });
 }
 
 class Runner {
@@ -177,7 +181,8 @@ class Runner {
     }
 
     onError(frame) {
-        const err = toError(frame.error, "INTERNAL");
+        // while closing, the bridge may answer for a pool it already dropped: say what happened
+        const err = this.closing ? closedError() : toError(frame.error, "INTERNAL");
         const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
         if (req) {
             this.finish(req, err);
@@ -213,7 +218,7 @@ class Runner {
 
     input(msg, send, done) {
         if (this.closing) {
-            done(toError({ code: "POOL_CLOSED", type: "Error", message: t("kernelexec.error.closed") }));
+            done(closedError());
         } else if (this.state === "ready") {
             this.execute({ msg, send, done });
         } else if (this.state === "failed" && this.failure) {
@@ -364,7 +369,7 @@ class Runner {
         let resolve;
         const closed = new Promise((r) => { resolve = r; });
         this.closing = { resolve };
-        const err = toError({ code: "POOL_CLOSED", type: "Error", message: t("kernelexec.error.closed") });
+        const err = closedError();
         this.failWaiting(err);
         if (this.bridge && this.bridge.send({ type: "close", node_id: this.id })) {
             const timer = setTimeout(resolve, CLOSE_WAIT_MS);

@@ -417,6 +417,29 @@ describe("kernelexec node life cycle", function () {
         assert.strictEqual(defaults.timeout, 0);
     });
 
+    it("fails a running message and removes its blob files when the node is stopped", async function () {
+        await S.load(N.kernelexecNode, S.tab([
+            py("n1", "import time\ntime.sleep(30)\nreturn msg", { finalize: "print('bye')" }),
+            { id: "out", type: "helper" },
+        ]));
+        const n1 = helper.getNode("n1");
+        await S.call(n1, "status", (st) => st && st.fill === "green");
+        // done(err) calls node.error(err, msg); helper.unload() removes its spies before the
+        // nodes close, so watch the node instance itself
+        let failure = null;
+        n1.error = (e, m) => { failure = failure || (m && Buffer.isBuffer(m.payload) ? e : null); };
+        n1.receive({ payload: Buffer.alloc(1024 * 1024, 1) });
+        await S.waitFor(() => S.ourBlobFiles().length === 1, 5000, "the input blob file");
+        const pids = S.bridgeProcesses();
+        const t0 = Date.now();
+        await S.unload();
+        assert.ok(Date.now() - t0 < 15000, "closed within Node-RED's close timeout");
+        assert.ok(failure instanceof Error, "the running message failed");
+        assert.match(failure.message, /stopped|closed/i);
+        assert.deepStrictEqual(S.ourBlobFiles(), []);
+        await S.waitFor(() => pids.every((pid) => !S.alive(pid)), 10000, "bridge and kernels to exit");
+    });
+
     it("uses the environment node's Python, one bridge per distinct Python", async function () {
         const python = process.env.KERNELEXEC_PYTHON;
         await S.load(N.kernelexecNode, [
