@@ -282,6 +282,24 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.match(err.error.message, /line 2/);
     });
 
+    it("shows a failing setup once, in red, and fails messages with SETUP_FAILED", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            py("n1", "return msg", { initialize: "import json\nraise RuntimeError('no model file')" }),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const n1 = helper.getNode("n1");
+        const red = S.call(n1, "status", (st) => st && st.fill === "red");
+        const caught = S.messages(helper.getNode("caught"), 1);
+        n1.receive({ payload: 1 });
+        const [status] = await red;
+        assert.match(status.text, /no model file/);
+        const [err] = await caught;
+        assert.strictEqual(err.error.code, "SETUP_FAILED");
+        assert.match(err.error.message, /no model file/);
+        assert.match(err.error.stack || "", /line 2/);
+    });
+
     it("refuses a message it cannot convert (circular) with a clear error", async function () {
         await load([N.kernelexecNode, N.catchNode], [
             py("n1", "return msg"),
