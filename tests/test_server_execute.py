@@ -228,6 +228,8 @@ async def test_messages_sent_while_the_pool_starts_wait_for_it(client: Client) -
     await client.send(type="execute", node_id="fresh", req_id="f1", msg={"payload": "early"})
     result = await client.result("f1")
     assert result["error"] is None and result["outputs"] == [[{"payload": "early"}]]
+    await client.send(type="close", node_id="fresh")
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "fresh")
 
 
 async def kernel_pids(client: Client, node_id: str) -> list[int]:
@@ -237,23 +239,28 @@ async def kernel_pids(client: Client, node_id: str) -> list[int]:
 
 
 async def test_reconfigure_replaces_the_pool(client: Client) -> None:
-    old = await kernel_pids(client, "fresh")
+    assert (await client.configure("re", code="return msg"))["state"] == "ready"
+    old = await kernel_pids(client, "re")
     assert old
-    await client.send(type="execute", node_id="fresh", req_id="f2", msg={})
-    state = await client.configure("fresh", code="msg['payload'] = 'v2'\nreturn msg")
+    await client.send(type="execute", node_id="re", req_id="f2", msg={})
+    state = await client.configure("re", code="msg['payload'] = 'v2'\nreturn msg")
     assert state["state"] == "ready"
     assert (await client.result("f2"))["type"] == "result"  # the old pool answered or closed
-    assert (await client.execute("fresh", "f3", {}))["outputs"] == [[{"payload": "v2"}]]
+    assert (await client.execute("re", "f3", {}))["outputs"] == [[{"payload": "v2"}]]
     assert not await still_running([psutil.Process(p) for p in old if psutil.pid_exists(p)])
+    await client.send(type="close", node_id="re")
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "re")
 
 
 async def test_close_answers_closed_and_stops_the_kernels(client: Client) -> None:
-    pids = await kernel_pids(client, "fresh")
-    await client.send(type="close", node_id="fresh")
+    assert (await client.configure("shut", code="return msg"))["state"] == "ready"
+    pids = await kernel_pids(client, "shut")
+    assert pids
+    await client.send(type="close", node_id="shut")
     closed = await client.next(lambda f: f["type"] == "closed")
-    assert closed["node_id"] == "fresh"
+    assert closed["node_id"] == "shut"
     assert not await still_running([psutil.Process(p) for p in pids if psutil.pid_exists(p)])
-    await client.send(type="execute", node_id="fresh", req_id="f4", msg={})
+    await client.send(type="execute", node_id="shut", req_id="f4", msg={})
     assert (await client.result("f4"))["error"]["code"] == "NOT_CONFIGURED"
 
 
