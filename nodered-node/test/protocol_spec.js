@@ -17,6 +17,25 @@ describe("protocol spec copy", function () {
         assert.ok(copy.equals(source), "nodered-node/spec.json differs from kernelexec/protocol/spec.json: run `npm run copy-spec` and commit the copy");
     });
 
+    it("is committed along with the spec (when the spec itself is committed)", function () {
+        // `npm test` refreshes the copy first (pretest); this catches a spec change committed
+        // without its copy.
+        const { execFileSync } = require("child_process");
+        const committed = (file) => {
+            try {
+                return execFileSync("git", ["show", "HEAD:" + file], { cwd: path.join(__dirname, "..", ".."), stdio: ["ignore", "pipe", "ignore"] });
+            } catch (err) {
+                return null;
+            }
+        };
+        const source = committed("kernelexec/protocol/spec.json");
+        if (!fs.existsSync(SOURCE) || source === null || !source.equals(fs.readFileSync(SOURCE))) {
+            this.skip();   // no git, or the spec is being edited: the copy is checked above
+        }
+        const copy = committed("nodered-node/spec.json");
+        assert.ok(copy && copy.equals(source), "kernelexec/protocol/spec.json was committed without nodered-node/spec.json: commit the copy");
+    });
+
     it("exposes the constants the codec and bridge use", function () {
         assert.strictEqual(protocol.MARKER, "$kx");
         assert.ok(protocol.BLOB_THRESHOLD > 0);
