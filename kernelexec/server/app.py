@@ -80,7 +80,10 @@ class Server:
         """Listen; ``self.port`` is the real port afterwards (``port=0`` picks a free one)."""
         sockets = netutil.bind_sockets(self.port, self.host)
         self.port = sockets[0].getsockname()[1]
-        self._http = httpserver.HTTPServer(self.app)
+        # tornado's default read buffer (100 MB) would drop the connection on a frame below
+        # max_frame_bytes; allow what the WebSocket handler allows (2x, see make_app).
+        limit = 2 * self.bridge.options.max_frame_bytes + (1 << 20)
+        self._http = httpserver.HTTPServer(self.app, max_buffer_size=limit)
         self._http.add_sockets(sockets)
         sweep_blobs()
         log.info("Bridge listening on %s", self.url)
