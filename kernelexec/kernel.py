@@ -14,11 +14,49 @@ gateway kernels. This module runs inside the kernel: standard library and ipyker
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 import sys
 from typing import Any
 
-__all__ = ["kernel_config", "main"]
+__all__ = ["kernel_config", "main", "wire_pack"]
+
+_FFFD = "kernelexec.fffd"
+
+
+def _replace_lone_surrogates(error: UnicodeError) -> tuple[bytes, int]:
+    if isinstance(error, UnicodeEncodeError):  # the UTF-8 encoder takes bytes (or ASCII str)
+        return "\ufffd".encode() * (error.end - error.start), error.end
+    raise error
+
+
+codecs.register_error(_FFFD, _replace_lone_surrogates)
+
+
+def wire_pack(obj: Any) -> bytes:
+    """jupyter_client's json_packer, except that a lone surrogate (a str that UTF-8 cannot
+    encode: JSON ``"\\ud800"`` from JavaScript, or made by user code) becomes U+FFFD, as
+    JavaScript's own UTF-8 encoding does, instead of failing the whole message."""
+    from jupyter_client.session import json_default, json_packer
+
+    try:
+        text = json.dumps(obj, default=json_default, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or Infinity: null, as JSON.stringify and spec.json say
+        text = json.dumps(_finite(obj), default=json_default, ensure_ascii=False)
+    except TypeError:
+        return bytes(json_packer(obj))
+    return text.encode("utf-8", _FFFD)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def kernel_config() -> Any:
@@ -66,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     _skip_empty_flushes()
     app = _app_class().instance(config=kernel_config())
     app.initialize(sys.argv[1:] if argv is None else argv)
+    app.session.pack = wire_pack
     app.start()
 
 

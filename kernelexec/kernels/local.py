@@ -24,6 +24,7 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
+from ..kernel import wire_pack
 from .base import KernelHandle, LaunchSpec
 
 __all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec"]
@@ -132,6 +133,7 @@ class LocalKernel(KernelHandle):
             language="python",
             interrupt_mode="signal",
         )
+        km.session.pack = wire_pack  # a lone surrogate in a msg becomes U+FFFD, not a hang
         self._km = km
         env = {**os.environ, **self._launch.env}
         env.pop("JPY_PARENT_PID", None)
