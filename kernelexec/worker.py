@@ -196,6 +196,10 @@ class Worker:
         except KernelexecError as error:
             results = [_failed(job.req_id, error) for job in jobs]
             await self._recover(error)
+        except Exception as exc:  # a bug must fail the batch, not end the pool's loop silently
+            log.exception("Kernel %s: running a batch failed", self.name)
+            bug = KernelexecError(f"the bridge could not run this message: {exc!r}")
+            results = [_failed(job.req_id, bug) for job in jobs]
         finally:
             if self.state is WorkerState.BUSY:
                 self.state = WorkerState.READY
