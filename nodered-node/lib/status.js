@@ -33,8 +33,9 @@ class PoolStatus {
         } else if (frame.state === "starting" || frame.state === "installing") {
             const text = t("kernelexec.status." + frame.state, { mode: this.mode }) + (frame.detail ? " " + frame.detail : "");
             this.show({ fill: "yellow", shape: "ring", text: truncate(text) }, true);
-        } else if (frame.state === "ready" && !this.userStatus) {
-            this.show(this.load(frame), false);
+        } else if (frame.state === "ready") {
+            // a status set by the code stays until the code clears it (or an error replaces it)
+            this.show(this.userStatus || this.load(frame), Boolean(this.userStatus));
         }
     }
 
