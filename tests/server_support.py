@@ -59,7 +59,7 @@ class Client:
         cls, port: int, *, token: str = TOKEN, hello: bool = True, **headers: str
     ) -> Client:
         request = HTTPRequest(ws_url(port), headers={"Authorization": f"token {token}", **headers})
-        client = cls(await websocket_connect(request))
+        client = cls(await websocket_connect(request, max_message_size=1 << 30))
         if hello:
             await client.send(type="hello", protocol_version=PROTOCOL_VERSION, client="pytest")
             welcome = await client.next(lambda f: f["type"] in ("welcome", "error"))

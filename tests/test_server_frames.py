@@ -183,3 +183,18 @@ async def test_bad_config_fails_the_pool_with_bad_config(client: Client) -> None
 async def test_list_kernels_without_pools_is_empty(client: Client) -> None:
     await client.send(type="list_kernels", node_id=None)
     assert (await client.next(lambda f: f["type"] == "kernels"))["kernels"] == []
+
+
+@pytest.mark.slow
+async def test_frames_above_tornados_default_buffer_are_read() -> None:
+    """tornado's streams stop at 100 MB by default; max_frame_bytes is larger (256 MiB)."""
+    server = await start_server(max_frame_bytes=SPEC["max_frame_bytes"])
+    client = await Client.connect(server.port)
+    try:
+        padding = "x" * (120 << 20)
+        await client.send_raw(json.dumps({"type": "list_kernels", "node_id": None, "pad": padding}))
+        frame = await client.next(lambda f: True, timeout=60)
+        assert frame == {"type": "kernels", "kernels": []}
+    finally:
+        client.close()
+        await server.stop("test done")
