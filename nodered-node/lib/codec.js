@@ -7,7 +7,8 @@
 //   circular objects, BigInt, nested functions -> CodecError (the message fails, nothing crashes)
 //
 // Top-level message properties that cannot cross a process boundary (msg.req, msg.res, functions,
-// sockets and other class instances) are split off by splitMessage() and kept on the JS side.
+// sockets and other class instances) are split off by splitMessage() and kept on the JS side;
+// so is any other top-level property that fails to encode, except msg.payload (an error).
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -173,12 +174,30 @@ class Encoder {
 /**
  * Encode a message's crossable part for an execute frame. Large Buffers are written to files
  * in blobDir; the caller owns `files` and must removeFiles() them when the request ends.
+ * `kept`: top-level properties (not payload) that could not be encoded, to keep on the JS side.
  */
 async function encodeMessage(wire, options) {
     const encoder = new Encoder(options);
-    const msg = encoder.value(wire, "msg");
+    const msg = {};
+    const kept = {};
+    for (const [key, value] of Object.entries(wire)) {
+        const mark = encoder.pending.length;
+        try {
+            const encoded = encoder.value(value, `msg.${key}`);
+            if (encoded !== undefined) {
+                msg[key] = encoded;
+            }
+        } catch (err) {
+            // msg.payload must cross; another top-level property JSON cannot carry stays here
+            if (key === "payload" || !(err instanceof CodecError)) {
+                throw err;
+            }
+            encoder.pending.length = mark;
+            kept[key] = value;
+        }
+    }
     const files = await encoder.flush();
-    return { msg, files };
+    return { msg, files, kept };
 }
 
 /** Encode one value with every Buffer inline (context replies). */

@@ -249,8 +249,7 @@ class Runner {
     async execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
         const { wire, kept } = codec.splitMessage(item.msg);
-        const req = Object.assign({ reqId, files: [], result: false, finished: false }, item);
-        this.holdKept(item.msg._msgid, kept);
+        const req = Object.assign({ reqId, files: [], result: false, finished: false, held: false }, item);
         this.inflight.set(reqId, req);
         let encoded;
         try {
@@ -264,6 +263,7 @@ class Runner {
             codec.removeFiles(req.files);
             return;
         }
+        req.held = this.holdKept(item.msg._msgid, Object.assign(kept, encoded.kept));
         this.bridge.track(reqId, this);
         if (!this.bridge.send({ type: "execute", node_id: this.id, req_id: reqId, msg: encoded.msg })) {
             this.finish(req, this.failure || toError({ code: "BRIDGE_LOST", type: "Error", message: t("kernelexec.error.connectionLost") }));
@@ -325,13 +325,14 @@ class Runner {
     /** Keep msg.req, msg.res & co. by _msgid while a message with that id is running. */
     holdKept(msgid, props) {
         if (msgid === undefined || Object.keys(props).length === 0) {
-            return;
+            return false;
         }
         const held = this.kept.get(msgid) || { props: {}, active: 0, timer: null };
         Object.assign(held.props, props);
         held.active += 1;
         clearTimeout(held.timer);
         this.kept.set(msgid, held);
+        return true;
     }
 
     releaseKept(msgid) {
@@ -348,7 +349,9 @@ class Runner {
             return;
         }
         req.finished = true;
-        this.releaseKept(req.msg._msgid);
+        if (req.held) {
+            this.releaseKept(req.msg._msgid);
+        }
         this.inflight.delete(req.reqId);
         if (this.bridge) {
             this.bridge.untrack(req.reqId);

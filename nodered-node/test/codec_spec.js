@@ -57,6 +57,15 @@ describe("codec", function () {
         await assert.rejects(codec.encodeMessage({ payload: [() => 1] }, { blobDir: dir, reqId: "r" }), /msg\.payload\[0\]: cannot send a function/);
     });
 
+    it("keeps a top-level property it cannot encode (not msg.payload) on the JS side", async function () {
+        const loop = {};
+        loop.self = loop;
+        const { msg, kept } = await codec.encodeMessage({ payload: 1, big: 5n, loop, fine: [1] }, { blobDir: dir, reqId: "r" });
+        assert.deepStrictEqual(msg, { payload: 1, fine: [1] });
+        assert.deepStrictEqual(Object.keys(kept).sort(), ["big", "loop"]);
+        assert.strictEqual(kept.loop, loop);
+    });
+
     it("keeps shared (non-circular) references", async function () {
         const shared = { x: 1 };
         const { msg } = await codec.encodeMessage({ payload: [shared, shared] }, { blobDir: dir, reqId: "r" });
