@@ -21,6 +21,7 @@ __all__ = [
     "CLIENT_FRAMES",
     "SERVER_FRAMES",
     "FrameError",
+    "describe",
     "dumps",
     "error_frame",
     "error_object",
@@ -138,9 +139,12 @@ def _non_finite(_name: str) -> None:
     return None
 
 
-def _describe(value: Any) -> str:
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= 40 else text[:37] + "..."
+def describe(value: Any, limit: int = 40) -> str:
+    """A value as JSON for an error message, cut to ``limit`` characters."""
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]
+    text = json.dumps(value, default=repr, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_fields(frame_type: str, frame: dict[str, Any]) -> None:
@@ -160,7 +164,7 @@ def _check_fields(frame_type: str, frame: dict[str, Any]) -> None:
         ):
             req_id, node_id = frame_ids(frame)
             expected = " or ".join(k.__name__ for k in kinds)
-            msg = f"{frame_type} frame: field {name!r} is {_describe(value)}; expected {expected}"
+            msg = f"{frame_type} frame: field {name!r} is {describe(value)}; expected {expected}"
             raise FrameError(msg, req_id=req_id, node_id=node_id)
 
 
@@ -176,13 +180,13 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
         msg = "frame is nested too deeply to decode; send flatter values"
         raise FrameError(msg, req_id=req_id, node_id=node_id) from None
     if not isinstance(frame, dict):
-        msg = f"frame is {_describe(frame)}, not a JSON object with a 'type' field"
+        msg = f"frame is {describe(frame)}, not a JSON object with a 'type' field"
         raise FrameError(msg)
     frame_type = frame.get("type")
     if frame_type not in _RULES:
         req_id, node_id = frame_ids(frame)
         known = ", ".join(sorted(CLIENT_FRAMES))
-        msg = f"unknown frame type {_describe(frame_type)}; known types: {known}"
+        msg = f"unknown frame type {describe(frame_type)}; known types: {known}"
         raise FrameError(msg, "UNKNOWN_TYPE", req_id=req_id, node_id=node_id)
     _check_fields(frame_type, frame)
     return frame

@@ -30,6 +30,7 @@ from .frames import (
     PROTOCOL_MAJOR,
     SERVER_FRAMES,
     FrameError,
+    describe,
     dumps,
     error_frame,
     error_object,
@@ -209,9 +210,8 @@ class Session:
         version = frame["protocol_version"]
         major = major_version(version)
         if major is None:
-            msg = (
-                f"hello: protocol_version {version!r} is not MAJOR.MINOR like {PROTOCOL_VERSION!r}"
-            )
+            expected = f"MAJOR.MINOR like {PROTOCOL_VERSION!r}"
+            msg = f"hello: protocol_version {describe(version)} is not {expected}"
             raise FrameError(msg)
         if major != PROTOCOL_MAJOR:
             msg = (
@@ -257,7 +257,7 @@ class Session:
         entry = self.bridge.registry.get(node_id)
         if entry is None or entry.owner is not self:
             where = "this connection" if entry is None else "this connection (another one owns it)"
-            msg = f"node {node_id!r} has no pool on {where}; send configure first"
+            msg = f"node {describe(node_id)} has no pool on {where}; send configure first"
             raise FrameError(msg, "NOT_CONFIGURED", req_id=frame_ids(frame)[0], node_id=node_id)
         return entry
 
@@ -267,7 +267,7 @@ class Session:
         entry = self._own_entry(frame)
         req_id = frame["req_id"]
         if req_id in self._inflight:
-            msg = f"req_id {req_id!r} is still running on this connection; req_ids must be unique"
+            msg = f"req_id {describe(req_id)} is still running here; req_ids must be unique"
             raise FrameError(msg, req_id=req_id, node_id=entry.node_id)
         task = asyncio.ensure_future(self._execute(entry, req_id, frame["msg"]))
         self._inflight[req_id] = task
@@ -379,7 +379,7 @@ class Session:
     def _on_context_reply(self, frame: dict[str, Any]) -> None:
         future = self._contexts.get(frame["ctx_id"])
         if future is None or future.done():
-            msg = f"context_reply for unknown or expired ctx_id {frame['ctx_id']!r}"
+            msg = f"context_reply for unknown or expired ctx_id {describe(frame['ctx_id'])}"
             raise FrameError(msg)
         error = frame["error"]
         future.set_result({"value": frame["value"], "error": None if error is None else str(error)})
