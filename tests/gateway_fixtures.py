@@ -96,12 +96,13 @@ def _kernelspec_dir(python: str | None) -> str:
 
 @contextlib.contextmanager
 def running_gateway(
-    token: str, *, extra_args: tuple[str, ...] = (), kernel_python: str | None = None
+    token: str, *, extra_args: tuple[str, ...] = (), kernel_python: str | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
     """``kernel_python``: run kernels with this interpreter (default: this environment's,
     or $KERNELEXEC_GATEWAY_KERNEL_PYTHON, e.g. one with ipykernel 6 like EG's images)."""
     kernel_python = kernel_python or os.environ.get("KERNELEXEC_GATEWAY_KERNEL_PYTHON")
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [
         str(_BIN / "jupyter"),

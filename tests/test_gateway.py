@@ -252,6 +252,35 @@ async def test_lost_connection_is_reconnected_and_replayed(kernel: GatewayKernel
     assert (await kernel.execute("pass", {}))["status"] == "ok"
 
 
+@pytest.mark.slow
+async def test_gateway_restart_loses_the_kernel_and_restart_makes_a_new_one() -> None:
+    """The gateway process restarts (a new pod): the old kernel is gone; the waiting side
+    sees KernelDiedError, and restart() starts a kernel on the new gateway."""
+    port = free_port()
+    handle = GatewayKernel(
+        settings(f"http://127.0.0.1:{port}", reconnect_timeout=2.0, liveness_interval=1.0)
+    )
+    try:
+        with running_gateway(TOKEN, port=port):
+            await handle.start()
+            assert (await handle.execute("x = 1", {}))["status"] == "ok"
+            old = handle.kernel_id
+        deadline = time.monotonic() + 15
+        while handle.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not handle.is_alive()
+        with running_gateway(TOKEN, port=port) as url:
+            with pytest.raises(KernelDiedError):
+                await handle.execute("x", {})
+            await handle.restart()
+            assert handle.kernel_id != old and handle.is_alive()
+            assert (await handle.execute("x = 2", {}))["status"] == "ok"
+            await handle.shutdown()
+            assert gateway_kernel_ids(url, TOKEN) == []
+    finally:
+        await handle.shutdown(now=True)
+
+
 async def test_bad_token_fails_fast(gateway_url: str) -> None:
     handle = GatewayKernel(GatewaySettings.from_url(gateway_url, "wrong"))
     started = time.monotonic()
