@@ -335,6 +335,9 @@ async def test_legacy_websocket_protocol() -> None:
 
             handle.on_stdin = answer
             assert (await handle.execute(runtime_bootstrap_code(), {}))["status"] == "ok"
+            extra = {"op": "echo", "msg": {"payload": "é😀"}}
+            code = ANSWER + "__answer(__parent()['content']['kernelexec'])"
+            assert payload(await handle.execute(code, extra)) == extra
             buffers = [b"abc", os.urandom(11 * 1024 * 1024)]
             reply = await handle.execute(BUFFER_DIGESTS, {"op": "x"}, buffers)
             assert payload(reply) == [hashlib.sha256(b).hexdigest() for b in buffers]
