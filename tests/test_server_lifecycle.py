@@ -165,3 +165,23 @@ async def test_a_port_in_use_is_a_clear_error() -> None:
     finally:
         bridge.proc.send_signal(signal.SIGTERM)
         assert bridge.wait()[0] == 0
+
+
+async def test_runtime_file_lets_attach_find_the_bridge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kernelexec.commands import attach
+
+    bridge = BridgeProcess(env={"KERNELEXEC_RUNTIME_DIR": str(tmp_path)})
+    path = tmp_path / f"kernelexec-bridge-{bridge.proc.pid}.json"
+    try:
+        info = {"url": bridge.ready["url"], "token": TOKEN, "pid": bridge.proc.pid}
+        assert json.loads(path.read_text()) == info
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]
+        monkeypatch.setenv("KERNELEXEC_RUNTIME_DIR", str(tmp_path))
+        assert [b["url"] for b in attach.discover_bridges()] == [info["url"]]
+    finally:
+        bridge.proc.send_signal(signal.SIGTERM)
+        code, _, _ = bridge.wait()
+    assert code == 0 and not path.exists()

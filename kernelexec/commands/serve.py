@@ -10,6 +10,11 @@ to connect; it is also shown once on stderr for a person), and null when the tok
 Node-RED node starts ``kernelexec serve --watch-stdin`` with ``KERNELEXEC_TOKEN`` set, keeps
 the stdin pipe open, and the bridge shuts down cleanly when that pipe closes, even when
 Node-RED was killed with SIGKILL.
+
+While it runs, the bridge publishes ``kernelexec-bridge-PID.json`` (``{"url", "token",
+"pid"}``, mode 0600) in the runtime directory (``KERNELEXEC_RUNTIME_DIR``, default Jupyter's),
+so that ``kernelexec attach`` finds a bridge whose token only Node-RED knows; the file is
+removed at exit.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["main", "register", "run"]
+__all__ = ["main", "publish_runtime_file", "register", "run"]
 
 log = logging.getLogger("kernelexec.serve")
 
@@ -151,12 +156,39 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop, f"received {signal.Signals(sig).name}")
     watchers = _start_watchers(args, loop, stop)
-    _announce(server, None if given_token else token)
-    await stopped.wait()
-    await server.stop(reasons[0])
-    for watcher in watchers:
-        watcher.cancel()
+    published = publish_runtime_file(server.url, token)
+    try:
+        _announce(server, None if given_token else token)
+        await stopped.wait()
+        await server.stop(reasons[0])
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        if published is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(published)
     return 0
+
+
+def publish_runtime_file(url: str, token: str) -> str | None:
+    """Write ``kernelexec-bridge-PID.json`` (url, token, pid; owner-only) where
+    ``kernelexec attach`` looks for bridges; None when the directory is not writable."""
+    from .attach import runtime_dir
+
+    directory = runtime_dir()
+    path = os.path.join(directory, f"kernelexec-bridge-{os.getpid()}.json")
+    data = json.dumps({"url": url, "token": token, "pid": os.getpid()}).encode()
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        temporary = f"{path}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("Could not publish the bridge for kernelexec attach in %s: %s", directory, exc)
+        return None
+    return path
 
 
 def _announce(server: Any, generated_token: str | None) -> None:
