@@ -253,6 +253,7 @@ async def test_lost_connection_is_reconnected_and_replayed(kernel: GatewayKernel
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 async def test_gateway_restart_loses_the_kernel_and_restart_makes_a_new_one() -> None:
     """The gateway process restarts (a new pod): the old kernel is gone; the waiting side
     sees KernelDiedError, and restart() starts a kernel on the new gateway."""
@@ -319,6 +320,7 @@ async def test_unknown_kernel_name_is_a_clear_error(gateway_url: str) -> None:
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
+@pytest.mark.timeout(180)
 async def test_legacy_websocket_protocol() -> None:
     """A server without the v1 subprotocol: JSON text frames and binary frames work too."""
     legacy = ("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=",)
@@ -388,6 +390,7 @@ def _pid_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
 
 
+@pytest.mark.timeout(180)
 async def test_no_kernel_process_survives_the_gateway() -> None:
     """Shutdown leaves nothing on the gateway; stopping the gateway leaves no kernel."""
     pids: list[int] = []
