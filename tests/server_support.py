@@ -4,10 +4,14 @@ and a WebSocket client that speaks the protocol (tornado.websocket.websocket_con
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -141,11 +145,24 @@ class Client:
         self.ws.close()
 
 
+@functools.cache
+def _runtime_dir() -> str:
+    """A private runtime directory: test bridges publish their files there, not in ~."""
+    path = tempfile.mkdtemp(prefix="kernelexec-test-runtime-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def bridge_env() -> dict[str, str]:
+    """Environment for a bridge process started by a test."""
+    return {"KERNELEXEC_TOKEN": TOKEN, "KERNELEXEC_RUNTIME_DIR": _runtime_dir()}
+
+
 class BridgeProcess:
     """`python -m kernelexec serve` as a child process; reads its ready line."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        full_env = {**os.environ, "KERNELEXEC_TOKEN": TOKEN, **(env or {})}
+        full_env = {**os.environ, **bridge_env(), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kernelexec", "serve", "--port", "0", *args],
             stdin=subprocess.PIPE,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from server_support import TOKEN, BridgeProcess, Client, gone, http_get
+from server_support import TOKEN, BridgeProcess, Client, bridge_env, gone, http_get
 
 from kernelexec import blobs
 
@@ -130,7 +130,7 @@ async def test_parent_killed_with_sigkill_takes_the_bridge_down(args: list[str])
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, *args],
         stdout=subprocess.PIPE,
-        env={**os.environ, "KERNELEXEC_TOKEN": TOKEN},
+        env={**os.environ, **bridge_env()},
     )
     try:
         assert parent.stdout is not None
