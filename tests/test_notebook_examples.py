@@ -11,15 +11,28 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import psutil
 import pytest
 from nbclient import NotebookClient
-from server_support import kernel_children
 
 from kernelexec.commands import export
 from kernelexec.notebook import load_node_code
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ["tutorial.ipynb", "image-processing.ipynb", "iot-pandas.ipynb"]
+
+
+def kernel_children() -> list[psutil.Process]:
+    """Kernel processes this test process started (a session gateway's kernels are not)."""
+    found = []
+    for process in psutil.Process().children():
+        try:
+            cmdline = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if "ipykernel_launcher" in cmdline or "kernelexec.kernel" in cmdline:
+            found.append(process)
+    return found
 
 
 def test_every_notebook_is_listed() -> None:
