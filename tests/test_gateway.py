@@ -1,7 +1,7 @@
 """GatewayKernel against a real Jupyter Kernel Gateway on 127.0.0.1 (marked ``gateway``).
 
-The gateway runs once per session (token-protected, kernel listing on); each test drives
-its own kernel and must leave none behind on the gateway.
+The gateway runs once for this module (token-protected, kernel listing on); each test
+drives its own kernel and must leave none behind on the gateway.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ TOKEN = "kernelexec-test-token"
 HAS_RUNTIME = (Path(__file__).parent.parent / "kernelexec" / "runtime.py").is_file()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gateway_url() -> Iterator[str]:
+    """One gateway for this module; it is gone (with its kernels) before other modules run."""
     with running_gateway(TOKEN) as url:
         yield url
 
