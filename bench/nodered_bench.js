@@ -11,7 +11,7 @@
 // evenly over the subjects. Output: JSON (bench/results/latest.json by default).
 //
 //   node bench/nodered_bench.js [--smoke] [--out FILE] [--subjects function,floor,hot1,hot4,cold]
-//        [--workloads latency,burst,blobs,cold,startup,memory]
+//        [--workloads latency,burst,blobs,cold,startup,idle,memory]
 "use strict";
 const crypto = require("crypto");
 const fs = require("fs");
@@ -56,7 +56,10 @@ const SUBJECTS = {
     cold: { label: "kernelexec cold, 1 worker", kx: true, cold: true, node: Object.assign({ type: "kernelexec", mode: "cold", workers: 1 }, KX_DEFAULTS) },
 };
 const TAB = "bench-tab";
-const WORKLOADS = ["latency", "burst", "blobs", "cold", "startup", "memory"];
+// "idle": latency of isolated messages after an idle gap of 0 ms .. 1 s (floor, hot1, cold).
+const WORKLOADS = ["latency", "burst", "blobs", "cold", "startup", "idle", "memory"];
+const EXTRA_WORKLOADS = [];
+const IDLE_GAPS_MS = [0, 10, 100, 300, 1000];
 
 function log(text) {
     process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${text}\n`);
@@ -66,6 +69,7 @@ function parseArgs(argv) {
     const args = {
         smoke: false, out: path.join(__dirname, "results", "latest.json"), subjects: Object.keys(SUBJECTS),
         workloads: new Set(WORKLOADS),
+        known: new Set(WORKLOADS.concat(EXTRA_WORKLOADS)),
     };
     for (let i = 0; i < argv.length; i++) {
         if (argv[i] === "--smoke") {
@@ -78,6 +82,11 @@ function parseArgs(argv) {
             args.subjects = argv[++i].split(",").filter(Boolean);
         } else {
             throw new Error(`unknown argument ${argv[i]}`);
+        }
+    }
+    for (const name of args.workloads) {
+        if (!args.known.has(name)) {
+            throw new Error(`unknown workload ${name}; known: ${[...args.known].join(",")}`);
         }
     }
     for (const name of args.subjects) {
@@ -551,6 +560,9 @@ class Bench {
         if (want.has("startup") && this.kxNames.length) {
             await this.startup();
         }
+        if (want.has("idle")) {
+            await this.idleGaps();
+        }
         if (want.has("memory") && this.names.includes("hot1")) {
             await this.memory();
         }
@@ -657,6 +669,32 @@ class Bench {
         this.result.startup.redeploy_errors = runs.map((x) => x.error).filter(Boolean);
         this.result.startup.p50_s = median(runs.filter((x) => !x.error).map((x) => x.seconds));
         log(`startup: first deploy ${this.result.startup.first_deploy_s?.toFixed(2)} s, redeploy ${runs.map((x) => x.seconds.toFixed(2)).join(", ")} s`);
+    }
+
+    /** Latency of a message sent after the subject sat idle for a while (gaps interleaved). */
+    async idleGaps() {
+        const out = {};
+        const reps = this.args.smoke ? 2 : 8;
+        const names = this.names.filter((n) => ["floor", "hot1", "cold"].includes(n));
+        for (const name of names) {
+            out[name] = Object.fromEntries(IDLE_GAPS_MS.map((g) => [g, []]));
+        }
+        for (let r = 0; r < reps; r++) {
+            for (const gap of rotate(IDLE_GAPS_MS, r)) {
+                for (const name of rotate(names, r)) {
+                    await sleep(gap);
+                    const res = await this.channel(name).send(smallMsg(r));
+                    if (!res.error) {
+                        out[name][gap].push(res.ms);
+                    }
+                }
+            }
+        }
+        this.result.idle = {};
+        for (const name of names) {
+            this.result.idle[name] = Object.fromEntries(IDLE_GAPS_MS.map((g) => [g, summary(out[name][g])]));
+            log(`idle ${name}: ` + IDLE_GAPS_MS.map((g) => `${g} ms -> p50 ${this.result.idle[name][g].p50?.toFixed(2)}`).join(", "));
+        }
     }
 
     /** RSS of the bridge and of hot1's kernel before/after many messages through hot1. */

@@ -261,6 +261,28 @@ def cold_startup_memory_lines(nr: dict[str, Any]) -> list[str]:
     return lines
 
 
+def idle_lines(nr: dict[str, Any]) -> list[str]:
+    idle = nr.get("idle") or {}
+    if not idle:
+        return []
+    gaps = sorted({int(g) for per in idle.values() for g in per})
+    rows = []
+    for name in subjects(nr):
+        if name not in idle:
+            continue
+        stream = (nr.get("latency", {}).get(name) or {}).get("p50")
+        cells = [fmt((idle[name].get(str(g)) or {}).get("p50"), 2) for g in gaps]
+        rows.append([label(nr, name), fmt(stream, 2), *cells])
+    return [
+        "### Isolated messages: p50 latency (ms) after an idle gap",
+        "",
+        "One message per subject in turn, after sleeping the gap; compare with the p50 of the "
+        "back-to-back stream.",
+        "",
+        *table(["subject", "stream p50", *(f"gap {g} ms" for g in gaps)], rows),
+    ]
+
+
 def accounting_lines(nr: dict[str, Any]) -> list[str]:
     acc = nr.get("accounting", {})
     rows = [
@@ -392,7 +414,7 @@ def figures(
     lines += header_lines(nr) + target_lines(nr)
     lines += ["![Latency, burst and blob rates per subject](performance.png)", ""]
     lines += latency_lines(nr) + burst_lines(nr) + cpu_lines(nr) + blob_lines(nr)
-    lines += cold_startup_memory_lines(nr) + engine_lines(engine)
+    lines += cold_startup_memory_lines(nr) + idle_lines(nr) + engine_lines(engine)
     lines += breakdown_lines(breakdown, nr, engine) + accounting_lines(nr)
     lines.append(END)
     return "\n".join(lines)
