@@ -24,6 +24,14 @@ __all__ = ["kernel_config", "main", "wire_pack"]
 
 _FFFD = "kernelexec.fffd"
 
+try:  # optional: a kernel in a managed environment may not have it
+    import orjson as _orjson
+
+    _ORJSON_OPTIONS = _orjson.OPT_NAIVE_UTC | _orjson.OPT_UTC_Z
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None  # type: ignore[assignment]
+    _ORJSON_OPTIONS = 0
+
 
 def _replace_lone_surrogates(error: UnicodeError) -> tuple[bytes, int]:
     if isinstance(error, UnicodeEncodeError):  # the UTF-8 encoder takes bytes (or ASCII str)
@@ -38,8 +46,14 @@ def wire_pack(obj: Any) -> bytes:
     """jupyter_client's json_packer, except that a lone surrogate (a str that UTF-8 cannot
     encode: JSON ``"\\ud800"`` from JavaScript, or made by user code) becomes U+FFFD, as
     JavaScript's own UTF-8 encoding does, instead of failing the whole message."""
-    from jupyter_client.session import json_default, json_packer
+    from jupyter_client.jsonutil import json_default
+    from jupyter_client.session import json_packer
 
+    if _orjson is not None:
+        try:  # the fast path: orjson writes NaN/Infinity as null itself
+            return bytes(_orjson.dumps(obj, default=json_default, option=_ORJSON_OPTIONS))
+        except (TypeError, ValueError):
+            pass  # a lone surrogate, a non-str key...: the json module's path below
     try:
         text = json.dumps(obj, default=json_default, ensure_ascii=False, allow_nan=False)
     except ValueError:  # NaN or Infinity: null, as JSON.stringify and spec.json say

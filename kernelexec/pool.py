@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import time
@@ -38,8 +39,10 @@ log = logging.getLogger("kernelexec.pool")
 MAX_BATCH = 32
 #: Setup retry delays: 1 s, 2 s, 4 s ... up to a minute.
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
-#: How long close() lets running messages finish before failing them.
-CLOSE_GRACE = 5.0
+#: How long close() lets running messages finish before failing and interrupting them.
+CLOSE_GRACE = 1.0
+#: How long close() waits for interrupted kernels before going on to stop code.
+INTERRUPT_WAIT = 2.0
 
 
 class PoolHooks(Protocol):
@@ -124,7 +127,7 @@ class Pool:
         self._launch: LaunchSpec | None = None
         self._bootstrap = BOOTSTRAP_CODE
         self._counts = collections.Counter[str]()
-        self._context_lock = asyncio.Lock()
+        self._running: dict[Worker, list[Job]] = {}
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -225,11 +228,26 @@ class Pool:
         while self._queue:
             self._resolve(self._queue.popleft(), failed_result("", closed), closed)
         self._wakeup.set()
-        if self._loops:
-            _done, pending = await asyncio.wait(self._loops, timeout=CLOSE_GRACE)
-            for task in pending:
-                task.cancel()
+        await self._end_running(closed)
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+
+    async def _end_running(self, closed: PoolClosedError) -> None:
+        """Running messages get CLOSE_GRACE to finish, then fail; their kernels are interrupted."""
+        if not self._loops:
+            return
+        _done, pending = await asyncio.wait(self._loops, timeout=CLOSE_GRACE)
+        if not pending:
+            return
+        for worker, jobs in list(self._running.items()):
+            for job in jobs:
+                self._resolve(job, {}, closed)
+            with contextlib.suppress(Exception):
+                await worker.kernel.interrupt()
+        _done, pending = await asyncio.wait(pending, timeout=INTERRUPT_WAIT)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     # -- messages ---------------------------------------------------------------------
     async def submit(self, req_id: str, msg: dict[str, Any]) -> dict[str, Any]:
@@ -275,10 +293,14 @@ class Pool:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            jobs = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+            jobs = [self._queue.popleft() for _ in range(self._share())]
             if self._queue:
                 self._wakeup.set()  # let another idle worker take the rest
-            results = await worker.run(jobs)
+            self._running[worker] = jobs
+            try:
+                results = await worker.run(jobs)
+            finally:
+                del self._running[worker]
             by_id = {result.get("req_id"): result for result in results}
             for job in jobs:
                 result = by_id.get(job.req_id)
@@ -288,6 +310,16 @@ class Pool:
                 else:
                     self._resolve(job, result, None)
             self._wakeup.set()
+
+    def _share(self) -> int:
+        """How many waiting messages one idle worker takes: its fair share, at most MAX_BATCH.
+
+        Idle workers get work before anyone batches: two messages and two idle workers
+        run side by side; a burst waiting on busy workers goes in batches.
+        """
+        idle = sum(1 for w in self.workers if w.state is WorkerState.READY)
+        share = -(-len(self._queue) // max(idle, 1))
+        return max(1, min(MAX_BATCH, share))
 
     def _resolve(self, job: Job, result: dict[str, Any], error: KernelexecError | None) -> None:
         if job.future.done():

@@ -207,6 +207,14 @@ class Worker:
 
     async def _run_with_backstop(self, request: dict[str, Any], count: int) -> dict[str, Any]:
         task = asyncio.ensure_future(self.kernel.execute(HANDLE_CODE, request))
+        try:
+            return await self._backstop(task, count)
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _backstop(self, task: asyncio.Future[dict[str, Any]], count: int) -> dict[str, Any]:
+        """Wait for the batch; interrupt, then restart, a kernel that overruns its timeouts."""
         if self.config.timeout <= 0:
             return _payload(await task)
         limit = self.config.timeout * count + BACKSTOP_GRACE

@@ -241,7 +241,7 @@ async def test_send_from_a_thread_after_return_and_context() -> None:
         first = await pool.submit("x1", {})
         second = await pool.submit("x2", {})
         assert payloads(first) == [1] and payloads(second) == [2]
-        for _ in range(50):
+        for _ in range(200):  # up to 10 s on a loaded machine
             sends = [e for _, e in hooks.events if e.get("type") == "send"]
             if len(sends) == 2:
                 break
@@ -276,3 +276,28 @@ async def test_close_runs_stop_code_and_leaves_no_process(tmp_path: Any) -> None
     assert marker.read_text() == "bye"
     result = await pool.submit("late", {})
     assert result["error"]["code"] == "POOL_CLOSED"
+
+
+async def test_idle_workers_get_work_before_anyone_batches() -> None:
+    code = "import os, time\ntime.sleep(0.3)\nmsg['payload'] = os.getpid()\nreturn msg"
+    pool, _ = await started(code, workers=2)
+    try:
+        both = await asyncio.gather(pool.submit("w1", {}), pool.submit("w2", {}))
+        assert {payloads(r)[0] for r in both} == {w.kernel.pid for w in pool.workers}
+    finally:
+        await closed(pool)
+
+
+async def test_close_during_a_long_message_is_prompt_and_runs_stop_code(tmp_path: Any) -> None:
+    marker = tmp_path / "stopped"
+    stop = f"open({str(marker)!r}, 'w').write('bye')"
+    pool, _ = await started("import time\ntime.sleep(60)\nreturn msg", stop=stop)
+    running = asyncio.ensure_future(pool.submit("long", {}))
+    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await closed(pool)
+    assert loop.time() - began < 8.0
+    result = await running
+    assert result["error"]["code"] == "POOL_CLOSED"
+    assert marker.read_text() == "bye"

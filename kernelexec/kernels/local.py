@@ -102,6 +102,7 @@ class _Channels:
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
+                future.exception()  # nobody may await it any more: no "never retrieved" noise
 
     def close(self) -> None:
         for task in self.tasks:
