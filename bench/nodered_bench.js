@@ -168,9 +168,13 @@ function rssMiB(pid) {
     }
 }
 
+/** Every pid seen as a descendant of this process (to tell our /dev/shm files from others'). */
+const seenPids = new Set([process.pid]);
+
 function kernelexecProcesses() {
     const table = procTable();
     const mine = descendants(process.pid, table);
+    mine.forEach((p) => seenPids.add(p.pid));
     const bridge = mine.find((p) => p.cmd.includes("kernelexec serve"));
     const kernels = bridge ? descendants(bridge.pid, table).filter((p) => p.cmd.includes("kernelexec.kernel")) : [];
     return { bridge, kernels, all: mine };
@@ -180,6 +184,7 @@ function kernelexecProcesses() {
 function cpuSnapshot() {
     const table = procTable();
     const mine = descendants(process.pid, table);
+    mine.forEach((p) => seenPids.add(p.pid));
     const tick = 10; // ms per clock tick (CLK_TCK 100 on Linux)
     const sum = (list) => list.reduce((a, p) => a + p.cpu * tick, 0);
     const usage = process.cpuUsage();
@@ -205,6 +210,28 @@ function shmFiles() {
     } catch (err) {
         return [];
     }
+}
+
+function pidAlive(pid) {
+    try {
+        process.kill(pid, 0);
+        return true;
+    } catch (err) {
+        return err.code === "EPERM";
+    }
+}
+
+/** Blob files left by this run: new since the start, written by one of our processes or by a
+ * process that is gone (a cold-mode child); other programs' live files are not ours. */
+function shmLeftovers(before) {
+    return shmFiles().filter((name) => {
+        if (before.has(name)) {
+            return false;
+        }
+        const match = /^kernelexec-(\d+)-/.exec(name);
+        const pid = match ? Number(match[1]) : null;
+        return pid === null || seenPids.has(pid) || !pidAlive(pid);
+    });
 }
 
 // -- machine and versions ------------------------------------------------------------------------
@@ -449,6 +476,7 @@ class Bench {
         this.server = null;
         this.sweeper = null;
         this.startupSerial = 0;
+        this.shmBefore = new Set(shmFiles());
     }
 
     channel(name) {
@@ -769,7 +797,7 @@ class Bench {
                 // already gone
             }
         }
-        this.result.checks.shm_files_left = shmFiles();
+        this.result.checks.shm_files_left = shmLeftovers(this.shmBefore);
         fs.rmSync(this.userDir, { recursive: true, force: true });
         if (this.server) {
             this.server.close();
