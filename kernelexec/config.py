@@ -126,6 +126,7 @@ class PoolConfig:
     keep_order: bool = False
     env: EnvConfig = field(default_factory=EnvConfig)
     workdir: str = ""
+    notebook: str = ""
 
     @classmethod
     def from_dict(cls, node_id: str, data: dict[str, Any]) -> PoolConfig:
@@ -159,6 +160,7 @@ class PoolConfig:
             keep_order=values["keep_order"],
             env=EnvConfig.from_dict(values["env"]),
             workdir=_check_str("workdir", values["workdir"]),
+            notebook=_check_str("notebook", values["notebook"]),
         )
 
     def replace(self, **changes: Any) -> PoolConfig:

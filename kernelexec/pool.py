@@ -123,6 +123,7 @@ class Pool:
         self._wakeup = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._retry: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._last_release: asyncio.Future[None] | None = None
         self._launch: LaunchSpec | None = None
         self._bootstrap = BOOTSTRAP_CODE
@@ -134,6 +135,7 @@ class Pool:
         """Start every worker; raises the first setup or environment error (and retries)."""
         self._set_state("starting")
         try:
+            self._load_notebook()
             self.workers = [await self._make_worker(i) for i in range(self.config.workers)]
             results = await asyncio.gather(
                 *(w.start() for w in self.workers), return_exceptions=True
@@ -149,6 +151,39 @@ class Pool:
             self._retry = asyncio.ensure_future(self._retry_failed())
             raise first
         self._set_state("ready")
+
+    # -- live link to a notebook --------------------------------------------------------
+    def _load_notebook(self) -> None:
+        """With ``notebook`` set, setup/code/stop come from the file, and it is watched."""
+        if not self.config.notebook:
+            return
+        from .notebook import load_node_code, watch_notebook
+
+        code = load_node_code(self.config.notebook)
+        self.config = self.config.replace(code=code.code, setup=code.setup, stop=code.stop)
+        self._watcher = watch_notebook(self.config.notebook, self._on_notebook, initial=code)
+
+    async def _on_notebook(self, change: Any) -> None:
+        """Apply a notebook change: new message code in place, new setup by restarting."""
+        node_id = self.config.node_id
+        if change.action == "error":
+            text = f"notebook {change.path}: {change.error}; the node keeps its running code"
+            self.hooks.on_event(
+                node_id, {"type": "log", "req_id": None, "level": "warn", "text": text}
+            )
+            return
+        if change.action not in ("code", "restart", "stop") or self.state == "closed":
+            return
+        new = change.new
+        self.config = self.config.replace(code=new.code, setup=new.setup, stop=new.stop)
+        for worker in self.workers:
+            worker.config = self.config
+            if change.action == "code":
+                await worker.update_code(new.code)
+            elif change.action == "restart":
+                await worker.restart()
+        text = f"notebook {change.path} reloaded ({change.action})"
+        self.hooks.on_event(node_id, {"type": "log", "req_id": None, "level": "info", "text": text})
 
     async def _make_worker(self, index: int) -> Worker:
         kernel = await self._make_kernel(index)
@@ -222,8 +257,9 @@ class Pool:
         if self.state == "closed":
             return
         self._set_state("closed")
-        if self._retry is not None:
-            self._retry.cancel()
+        for task in (self._retry, self._watcher):
+            if task is not None:
+                task.cancel()
         closed = PoolClosedError(f"the node {self.config.node_id} was closed (redeploy or stop)")
         while self._queue:
             self._resolve(self._queue.popleft(), failed_result("", closed), closed)

@@ -301,3 +301,37 @@ async def test_close_during_a_long_message_is_prompt_and_runs_stop_code(tmp_path
     result = await running
     assert result["error"]["code"] == "POOL_CLOSED"
     assert marker.read_text() == "bye"
+
+
+async def test_live_link_reloads_code_and_keeps_setup_state(tmp_path: Any) -> None:
+    script = tmp_path / "node.py"
+    setup = "# %% setup\nimport os\ncount = 0\n"
+    script.write_text(setup + "# %% node\nglobal count\ncount += 1\nreturn {'payload': count}\n")
+    pool, hooks = await started("return msg", notebook=str(script))
+    try:
+        assert payloads(await pool.submit("l1", {})) == [1]
+        script.write_text(
+            setup + "# %% node\nglobal count\ncount += 10\nreturn {'payload': count}\n"
+        )
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if any("reloaded (code)" in str(e.get("text")) for _, e in hooks.events):
+                break
+        assert payloads(await pool.submit("l2", {})) == [11]  # setup state kept: 1 + 10
+    finally:
+        await closed(pool)
+
+
+async def test_live_link_to_a_broken_notebook_is_a_clear_config_error(tmp_path: Any) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text("# %% node\nreturn (\n")
+    hooks = MemoryHooks()
+    config = PoolConfig.from_dict("nb", {"notebook": str(script)})
+    pool = make_pool(config, hooks)
+    try:
+        with pytest.raises(Exception, match="not valid Python"):
+            await pool.start()
+        result = await pool.submit("m", {})
+        assert result["error"]["code"] == "BAD_CONFIG"
+    finally:
+        await closed(pool)

@@ -33,6 +33,7 @@ function poolConfig(n, envNode) {
         queue_limit: integer(n.queueLimit, "queue_limit"),
         keep_order: n.keepOrder === true || n.keepOrder === "true",
         env: envNode ? envNode.envConfig() : {},
+        notebook: typeof n.notebook === "string" ? n.notebook.trim() : "",
     };
 }
 
