@@ -6,7 +6,10 @@
 prints ``{"outputs": [[msg, ...], ...], "logs": [...], "status": [...], "stdout": "...",
 "error": null | {"type", "message", "traceback", ...}}``. Messages sent with node.send() come
 first on their outputs, then what the code returned. Buffers are printed as
-``{"$kx": "buffer", "b64": ...}``. Exit code 0 without error, 1 on an error, 2 on bad arguments.
+``{"$kx": "buffer", "b64": ...}``. ``--code FILE`` takes a plain file of message code, a node
+script with ``# %% setup / node / stop / sample`` sections or a notebook with tagged cells
+(docs/notebooks.md); ``--setup``, ``--stop`` and ``--msg`` win over its sections.
+Exit code 0 without error, 1 on an error, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from ..config import PoolConfig
 from ..errors import ConfigError
+from ..notebook import NodeCode, load_node_code
 from ..pool import MemoryHooks, make_pool
 
 __all__ = ["register", "run"]
@@ -30,7 +34,12 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="run node code on one message and print the result")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", dest="code_text", metavar="CODE", help="the node code")
-    source.add_argument("--code", dest="code_file", metavar="FILE", help="file with the node code")
+    source.add_argument(
+        "--code",
+        dest="code_file",
+        metavar="FILE",
+        help="node code file: a notebook or node script (its setup, stop and sample are used)",
+    )
     parser.add_argument("--setup", metavar="FILE", help="file with setup code")
     parser.add_argument("--stop", metavar="FILE", help="file with stop code")
     message = parser.add_mutually_exclusive_group()
@@ -51,7 +60,9 @@ def _read(path: str | None) -> str:
         return handle.read()
 
 
-def _message(args: argparse.Namespace) -> dict[str, Any]:
+def _message(args: argparse.Namespace, sample: dict[str, Any] | None) -> dict[str, Any]:
+    if args.msg is None and not args.msg_file and sample is not None:
+        return sample
     text = args.msg if args.msg is not None else _read(args.msg_file) or '{"payload": null}'
     try:
         msg = json.loads(text)
@@ -64,14 +75,21 @@ def _message(args: argparse.Namespace) -> dict[str, Any]:
     return msg
 
 
-def _config(args: argparse.Namespace) -> PoolConfig:
+def _node_code(args: argparse.Namespace) -> NodeCode:
+    """-c CODE, or --code FILE: a notebook or node script (its setup, stop and sample count)."""
+    if args.code_text is not None:
+        return NodeCode(code=args.code_text)
+    return load_node_code(args.code_file)
+
+
+def _config(args: argparse.Namespace, node: NodeCode) -> PoolConfig:
     env = {}
     if args.gateway_url:
         env = {"gateway_url": args.gateway_url, "gateway_token": args.gateway_token}
     fields = {
-        "code": args.code_text if args.code_text is not None else _read(args.code_file),
-        "setup": _read(args.setup),
-        "stop": _read(args.stop),
+        "code": node.code,
+        "setup": _read(args.setup) if args.setup else node.setup,
+        "stop": _read(args.stop) if args.stop else node.stop,
         "mode": args.mode,
         "timeout": args.timeout,
         "outputs": args.outputs,
@@ -134,8 +152,9 @@ async def _run_once(config: PoolConfig, msg: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = _config(args)
-        msg = _message(args)
+        node = _node_code(args)
+        config = _config(args, node)
+        msg = _message(args, node.sample)
     except (ConfigError, OSError) as exc:
         print(f"kernelexec run: {exc}", file=sys.stderr)
         return 2
