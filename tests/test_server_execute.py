@@ -368,3 +368,20 @@ async def test_frames_too_large_for_the_client_become_errors(client: Client) -> 
     result = await client.execute("huge", "h3", {"what": "context"})
     assert "max_frame_bytes" in result["error"]["message"]
     assert (await client.execute("echo", "h4", {"payload": "still here"}))["error"] is None
+
+
+async def test_a_deleted_node_loses_its_working_directory_a_closed_one_keeps_it(
+    client: Client,
+) -> None:
+    from kernelexec.envs import node_workdir
+
+    code = "save_file('kept.txt', 'data')\nresult = 'saved'"
+    for node_id, removed in (("keeps", False), ("deleted", True)):
+        assert (await client.configure(node_id, code=code))["state"] == "ready"
+        result = await client.execute(node_id, f"w-{node_id}", {})
+        assert result["error"] is None
+        assert (node_workdir(node_id) / "kept.txt").read_text() == "data"
+        await client.send(type="close", node_id=node_id, removed=removed)
+        await client.next(lambda f, n=node_id: f["type"] == "closed" and f["node_id"] == n)
+    assert (node_workdir("keeps") / "kept.txt").exists()
+    assert not node_workdir("deleted").exists()

@@ -327,10 +327,14 @@ class Session:
 
     def _on_close(self, frame: dict[str, Any]) -> None:
         entry = self._own_entry(frame)
-        self._spawn(self._close_entry(entry))
+        self._spawn(self._close_entry(entry, removed=frame.get("removed") is True))
 
-    async def _close_entry(self, entry: PoolEntry) -> None:
+    async def _close_entry(self, entry: PoolEntry, *, removed: bool = False) -> None:
         await self.bridge.registry.remove(entry)
+        if removed:  # the node was deleted: its working directory goes with it
+            from ..envs import remove_workdir
+
+            await asyncio.to_thread(remove_workdir, entry.node_id, entry.config.workdir)
         self.send({"type": "closed", "node_id": entry.node_id})
 
     def _on_list_kernels(self, frame: dict[str, Any]) -> None:

@@ -368,13 +368,14 @@ class Runner {
 
     // ---- close -------------------------------------------------------------------
 
-    async close() {
+    /** Close the pool; `removed`: the node was deleted, so the bridge deletes its work dir. */
+    async close(removed = false) {
         let resolve;
         const closed = new Promise((r) => { resolve = r; });
         this.closing = { resolve };
         const err = closedError();
         this.failWaiting(err);
-        if (this.bridge && this.bridge.send({ type: "close", node_id: this.id })) {
+        if (this.bridge && this.bridge.send({ type: "close", node_id: this.id, removed: removed === true })) {
             const timer = setTimeout(resolve, CLOSE_WAIT_MS);
             await closed;
             clearTimeout(timer);

@@ -100,7 +100,7 @@ module.exports = function (RED) {
         });
         node.on("input", (msg, send, done) => runner.input(msg, send, done));
         node.on("close", (removed, done) => {
-            runner.close().then(() => done(), (err) => {
+            runner.close(removed).then(() => done(), (err) => {
                 node.error(err);
                 done();
             });
