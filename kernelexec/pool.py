@@ -292,6 +292,8 @@ class Pool:
         if refusal is not None:
             self._counts["errors"] += 1
             return self._finish(failed_result(req_id, refusal), 0.0)
+        if self.config.env.user:
+            self._grant_blobs(msg)
         loop = asyncio.get_running_loop()
         job = Job(req_id=req_id, msg=msg, future=loop.create_future())
         previous, release = self._last_release, loop.create_future()
@@ -307,6 +309,20 @@ class Pool:
             if not release.done():
                 release.set_result(None)
         return result
+
+    def _grant_blobs(self, value: Any) -> None:
+        """Kernels running as env.user must be able to read the message's blob files."""
+        if isinstance(value, dict):
+            if value.get("$kx") == "blob" and isinstance(value.get("path"), str):
+                from .envs import grant_to_kernel
+
+                grant_to_kernel(self.config.env, value["path"])
+                return
+            for item in value.values():
+                self._grant_blobs(item)
+        elif isinstance(value, list):
+            for item in value:
+                self._grant_blobs(item)
 
     def _refusal(self) -> KernelexecError | None:
         if self.state == "closed":

@@ -428,3 +428,27 @@ async def test_pool_in_isolated_managed_env_recovers_after_oom(
     finally:
         await pool.close()
     assert envs.remove_workdir("iso-pool")
+
+
+@needs_registry
+async def test_a_pool_running_as_another_user_reads_the_messages_blob_files(
+    built: tuple[envs.EnvInfo, float, list[str]], workdir: str, test_user: str
+) -> None:
+    from kernelexec import blobs
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    env = {"python": BASE_PYTHON, "requirements": REQUIREMENTS, "user": test_user}
+    config = PoolConfig.from_dict(
+        "user-blobs",
+        {"code": "return {'payload': len(msg['payload'])}", "env": env, "workdir": workdir},
+    )
+    pool = make_pool(config, MemoryHooks())
+    ref = blobs.write_blob(os.urandom(200_000), "ub1")  # mode 0600, owned by the bridge (root)
+    try:
+        await pool.start()
+        result = await pool.submit("ub1", {"payload": ref})
+        assert result["error"] is None, result["error"]
+        assert result["outputs"][0][0]["payload"] == 200_000
+    finally:
+        os.unlink(ref["path"])
+        await pool.close()
