@@ -74,7 +74,7 @@ class EnvConfig:
     network: bool = True
     user: str | None = None
     gateway_url: str | None = None
-    gateway_token: str | None = None
+    gateway_token: str | None = field(default=None, repr=False)  # a secret: never in logs
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EnvConfig:
