@@ -33,6 +33,8 @@ log = logging.getLogger("kernelexec.kernel")
 
 EVENTS_COMM_ID = "kernelexec-events"
 _DEATH_POLL_SECONDS = 0.05
+#: The bridge's own secrets, kept out of the kernels' environment.
+_BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")
 
 
 def default_launch_spec(cwd: str | None = None) -> LaunchSpec:
@@ -138,6 +140,8 @@ class LocalKernel(KernelHandle):
         self._km = km
         env = {**os.environ, **self._launch.env}
         env.pop("JPY_PARENT_PID", None)
+        for secret in _BRIDGE_SECRETS:  # user code needs neither (it would let it drive the bridge)
+            env.pop(secret, None)
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
         await km.start_kernel(env=env, cwd=self._launch.cwd)
         self._connect()
