@@ -372,7 +372,7 @@ def test_settings_from_url_and_factory() -> None:
     assert handle.settings.ws_url == "wss://eg.example:8888/gw"
     assert handle.settings.kernel_name == "python_k8s"
     assert handle.settings.start_timeout == 300.0
-    assert handle.settings.token == "t"
+    assert handle.settings.token == "t" and "'t'" not in repr(handle.settings)
     assert handle.settings.kernel_env["KERNEL_CPUS"] == "0.5"
     assert handle.settings.kernel_env["KERNEL_MEMORY"] == "512M"
     with pytest.raises(GatewayError, match="unknown"):

@@ -92,7 +92,7 @@ class GatewaySettings:
     """
 
     url: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a credential: never in logs
     kernel_name: str = "python3"
     #: seconds for a kernel to start and answer (an Enterprise Gateway on a busy
     #: Kubernetes cluster may need minutes to pull an image and schedule a pod)
