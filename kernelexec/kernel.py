@@ -106,6 +106,14 @@ def _app_class() -> Any:
     from ipykernel.kernelapp import IPKernelApp
 
     class KernelexecKernelApp(IPKernelApp):
+        def init_iopub(self, context: Any) -> None:
+            # No high-water mark on IOPub: past the default 1,000 queued messages, zmq drops
+            # them silently, and node.send() in a tight loop must lose nothing.
+            import zmq
+
+            context.setsockopt(zmq.SNDHWM, 0)
+            super().init_iopub(context)  # type: ignore[no-untyped-call]
+
         def init_sockets(self) -> None:
             super().init_sockets()  # type: ignore[no-untyped-call]
             if os.environ.get("KERNELEXEC_SUBSHELLS") != "1":

@@ -335,3 +335,15 @@ async def test_live_link_to_a_broken_notebook_is_a_clear_config_error(tmp_path: 
         assert result["error"]["code"] == "BAD_CONFIG"
     finally:
         await closed(pool)
+
+
+async def test_a_burst_of_node_sends_loses_nothing() -> None:
+    code = "for i in range(5000):\n    node.send({'payload': i})\nreturn None"
+    pool, hooks = await started(code)
+    try:
+        result = await pool.submit("burst", {})
+        assert result["error"] is None and result["sent"] == 5000
+        sends = [e for _, e in hooks.events if e.get("type") == "send"]
+        assert [s["outputs"][0][0]["payload"] for s in sends] == list(range(5000))
+    finally:
+        await closed(pool)

@@ -63,7 +63,7 @@ class _Channels:
         identity = self.session.bsession
         self.shell = self._socket(zmq.DEALER, km._make_url("shell"), identity)
         self.stdin = self._socket(zmq.DEALER, km._make_url("stdin"), identity)
-        self.iopub = self._socket(zmq.SUB, km._make_url("iopub"), None)
+        self.iopub = self._socket(zmq.SUB, km._make_url("iopub"), None, unbounded=True)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.tasks = [
@@ -72,9 +72,13 @@ class _Channels:
             asyncio.ensure_future(self._read(self.stdin, kernel._on_stdin_msg)),
         ]
 
-    def _socket(self, kind: int, url: str, identity: bytes | None) -> zmq.asyncio.Socket:
+    def _socket(
+        self, kind: int, url: str, identity: bytes | None, *, unbounded: bool = False
+    ) -> zmq.asyncio.Socket:
         sock = self.context.socket(kind)
         sock.linger = 0
+        if unbounded:  # IOPub carries node.send(): zmq must never drop one at its HWM
+            sock.rcvhwm = 0
         if identity is not None:
             sock.identity = identity
         sock.connect(url)
