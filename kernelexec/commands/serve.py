@@ -99,6 +99,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shut down when this process is gone (polled every second)",
     )
     parser.add_argument(
+        "--gateway-url",
+        default=os.environ.get("KERNELEXEC_GATEWAY_URL"),
+        help="run the kernels of nodes without a gateway of their own on this Jupyter Kernel/"
+        "Enterprise Gateway (env KERNELEXEC_GATEWAY_URL); see docs/scale-out.md",
+    )
+    parser.add_argument(
+        "--gateway-token",
+        default=os.environ.get("KERNELEXEC_GATEWAY_TOKEN"),
+        help="the gateway's token (env KERNELEXEC_GATEWAY_TOKEN; never logged)",
+    )
+    parser.add_argument(
         "--context-timeout",
         type=float,
         default=30.0,
@@ -134,7 +145,12 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
     from ..server import Bridge, BridgeOptions, Server
 
     token = given_token or secrets.token_urlsafe(32)
-    bridge = Bridge(options=BridgeOptions(context_timeout=args.context_timeout))
+    options = BridgeOptions(
+        context_timeout=args.context_timeout,
+        gateway_url=args.gateway_url,
+        gateway_token=args.gateway_token,
+    )
+    bridge = Bridge(options=options)
     server = Server(token=token, host=args.host, port=args.port, bridge=bridge)
     try:
         await server.start()

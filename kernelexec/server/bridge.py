@@ -62,6 +62,9 @@ class BridgeOptions:
     close_timeout: float = 20.0
     #: Seconds between WebSocket pings (0 = none); a dead peer is noticed within 3x that.
     ping_interval: float = 0.0
+    #: Default Jupyter gateway for pools whose environment names none (scale-out).
+    gateway_url: str | None = None
+    gateway_token: str | None = None
 
 
 @dataclass

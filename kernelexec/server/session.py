@@ -16,6 +16,7 @@ the same shape as the pool's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -242,11 +243,21 @@ class Session:
             msg = f"the bridge is shutting down ({self.bridge.closing}); no new pools"
             raise FrameError(msg, "POOL_CLOSED", node_id=node_id)
         try:
-            config = PoolConfig.from_dict(node_id, frame["config"])
+            config = self._with_default_gateway(PoolConfig.from_dict(node_id, frame["config"]))
         except ConfigError as exc:
             self._refuse_config(node_id, exc.to_dict())
             return
         self.bridge.registry.configure(config, self)
+
+    def _with_default_gateway(self, config: PoolConfig) -> PoolConfig:
+        """``serve --gateway-url``: pools with no gateway of their own run on the bridge's."""
+        options = self.bridge.options
+        if not options.gateway_url or config.env.gateway_url:
+            return config
+        env = dataclasses.replace(
+            config.env, gateway_url=options.gateway_url, gateway_token=options.gateway_token
+        )
+        return config.replace(env=env)
 
     def _refuse_config(self, node_id: str, error: dict[str, Any]) -> None:
         """A bad config replaces the node's pool by a failed one: its messages get the error."""
