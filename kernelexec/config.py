@@ -93,6 +93,16 @@ class EnvConfig:
             isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0
         ):
             raise _fail("env.cpu_limit", cpu, "a number of CPUs > 0, e.g. 0.5")
+        local_only = [name for name in ("python", "requirements", "user") if data.get(name)]
+        if data.get("network") is False:
+            local_only.append("network")
+        if data.get("gateway_url") and local_only:
+            msg = (
+                f"config.env: {', '.join(local_only)} apply to kernels on this machine, not to "
+                "kernels on a gateway (gateway_url is set); choose the gateway's kernel image "
+                "and limits instead (docs/scale-out.md), or remove gateway_url"
+            )
+            raise ConfigError(msg)
         return cls(
             python=data.get("python") or None,
             requirements=cleaned,
@@ -103,6 +113,11 @@ class EnvConfig:
             gateway_url=data.get("gateway_url") or None,
             gateway_token=data.get("gateway_token") or None,
         )
+
+    @property
+    def is_local_only(self) -> bool:
+        """Options that only kernels on this machine can honour."""
+        return bool(self.python or self.requirements or not self.network or self.user)
 
     @property
     def is_isolated(self) -> bool:

@@ -252,8 +252,8 @@ class Session:
     def _with_default_gateway(self, config: PoolConfig) -> PoolConfig:
         """``serve --gateway-url``: pools with no gateway of their own run on the bridge's."""
         options = self.bridge.options
-        if not options.gateway_url or config.env.gateway_url:
-            return config
+        if not options.gateway_url or config.env.gateway_url or config.env.is_local_only:
+            return config  # a node with its own gateway, or a local environment, keeps it
         env = dataclasses.replace(
             config.env, gateway_url=options.gateway_url, gateway_token=options.gateway_token
         )
