@@ -738,7 +738,15 @@ class Bench {
             this.result.memory = { error: "bridge or kernel process not found" };
             return;
         }
+        const heap = () => {
+            if (typeof global.gc !== "function") {
+                return null; // run node with --expose-gc (bench/run.sh does) for this figure
+            }
+            global.gc();
+            return process.memoryUsage().heapUsed / MIB;
+        };
         const rss = () => ({
+            node_heap_mib: heap(),
             bridge_mib: rssMiB(procs.bridge.pid),
             kernel_mib: rssMiB(busiest.pid),
             all_kernels_mib: procs.kernels.map((k) => rssMiB(k.pid)),

@@ -65,7 +65,10 @@ def header_lines(nr: dict[str, Any]) -> list[str]:
         f"({'SMOKE: tiny counts, figures not meaningful' if meta.get('smoke') else 'full run'}).",
         "",
         f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-        f"{machine.get('memory_gib', '?')} GiB RAM, {machine.get('os', '?')}",
+        f"{machine.get('memory_gib', '?')} GiB RAM, {machine.get('os', '?')}; load average "
+        f"(1, 5, 15 min) {machine.get('loadavg_at_start', '?')} at the start, "
+        f"{machine.get('loadavg_at_end', '?')} at the end (the benchmark's own processes "
+        "included)",
         f"- Versions: Node.js {ver.get('node', '?')}, Node-RED {ver.get('node_red', '?')}, "
         f"Python {ver.get('python', '?')}, ipykernel {ver.get('ipykernel', '?')}, "
         f"jupyter_client {ver.get('jupyter_client', '?')}, pyzmq {ver.get('pyzmq', '?')}, "
@@ -249,6 +252,18 @@ def cold_startup_memory_lines(nr: dict[str, Any]) -> list[str]:
                     fmt(a["node_red_mib"], 1),
                     fmt(a["node_red_mib"] - b["node_red_mib"], 2),
                 ],
+                *(
+                    [
+                        [
+                            "Node-RED process, JS heap in use after a full GC",
+                            fmt(b["node_heap_mib"], 1),
+                            fmt(a["node_heap_mib"], 1),
+                            fmt(a["node_heap_mib"] - b["node_heap_mib"], 2),
+                        ]
+                    ]
+                    if b.get("node_heap_mib") is not None and a.get("node_heap_mib") is not None
+                    else []
+                ),
             ],
         )
         lines += [

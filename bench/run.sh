@@ -44,7 +44,7 @@ if [[ -z $SMOKE ]]; then
   "$PY" bench/breakdown.py --out "$OUT/breakdown.json" || status=$?
 fi
 echo "== Node-RED benchmark (bench/nodered_bench.js) =="
-node bench/nodered_bench.js $SMOKE --out "$LATEST_JSON" || status=$?
+node --expose-gc bench/nodered_bench.js $SMOKE --out "$LATEST_JSON" || status=$?
 
 if [[ -s $LATEST_JSON ]]; then
   "$PY" bench/plot.py --latest "$LATEST_JSON" --out "$PNG"
