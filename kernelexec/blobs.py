@@ -33,6 +33,7 @@ __all__ = [
     "is_blob_ref",
     "link_blob",
     "parse_name",
+    "pid_alive",
     "read_blob",
     "remove_request_blobs",
     "request_blobs",
@@ -200,13 +201,19 @@ def remove_request_blobs(
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with (
+        contextlib.suppress(OSError, IndexError),
+        open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f,
+    ):
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -216,7 +223,7 @@ def sweep_orphans(directory: str | None = None) -> int:
     alive: dict[int, bool] = {}
     for path, (pid, _req, _n) in _entries(directory):
         if pid not in alive:
-            alive[pid] = _pid_alive(pid)
+            alive[pid] = pid_alive(pid)
         if not alive[pid]:
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(path)

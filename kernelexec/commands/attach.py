@@ -25,6 +25,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..blobs import pid_alive
 from ..protocol import PROTOCOL_VERSION
 
 __all__ = [
@@ -145,15 +146,7 @@ def runtime_dir() -> str:
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and pid > 0 and pid_alive(pid)
 
 
 def discover_bridges() -> list[dict[str, Any]]:

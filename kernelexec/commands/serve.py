@@ -33,6 +33,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..blobs import pid_alive
+
 __all__ = ["main", "publish_runtime_file", "register", "run"]
 
 log = logging.getLogger("kernelexec.serve")
@@ -239,21 +241,6 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: Stop) -> None:
             pass
     with contextlib.suppress(RuntimeError):  # the loop is already closed
         loop.call_soon_threadsafe(stop, "stdin closed: the parent process is gone")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with (
-        contextlib.suppress(OSError, IndexError),
-        open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f,
-    ):
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 async def _watch_parent(pid: int, stop: Stop, interval: float = 1.0) -> None:
