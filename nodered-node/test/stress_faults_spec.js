@@ -22,9 +22,8 @@ async function loadWithCatch(nodes, wait) {
         { id: "out", type: "helper" },
         { id: "caught", type: "helper" },
     ])));
-    for (const n of wait === false ? [] : nodes) {
-        await S.call(helper.getNode(n.id), "status", (s) => s && s.fill === "green", 30000);
-    }
+    // listen on every node at once: a node that is ready first must not be missed
+    await Promise.all((wait === false ? [] : nodes).map((n) => S.call(helper.getNode(n.id), "status", (s) => s && s.fill === "green", 30000)));
 }
 
 /** Record every ending (output or caught error) by msg.seq. */

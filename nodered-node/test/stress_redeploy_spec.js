@@ -75,7 +75,16 @@ describe("stress: redeploy storm", function () {
         for (const id of ["pyHot", "pyCold", "pyLife"]) {
             helper.getNode(id).receive({ payload: "last", seq: "last-" + id });
         }
-        await S.waitFor(() => got.length === 3, 60000, "the last deploy's nodes to answer");
+        const lastErrors = [];
+        helper.getNode("caught").on("input", (msg) => String(msg.seq).startsWith("last-") && lastErrors.push(`${msg.seq}: ${msg.error.message}`));
+        try {
+            await S.waitFor(() => got.length + lastErrors.length === 3, 60000, "the last deploy's nodes to answer");
+        } catch (err) {
+            const status = ["pyHot", "pyCold", "pyLife"].map((id) => `${id}: ${JSON.stringify(helper.getNode(id).status.lastCall && helper.getNode(id).status.lastCall.args)}`);
+            err.message += `; answered ${got.map((m) => m.seq)}, errors ${lastErrors}; status ${status.join(", ")}`;
+            throw err;
+        }
+        assert.deepStrictEqual(lastErrors, []);
         for (const msg of got) {
             assert.deepStrictEqual(msg.payload, [DEPLOYS, "last"]);
         }

@@ -79,4 +79,27 @@ describe("stress: secrets", function () {
         }
         assert.ok(!statuses.join().includes(bridge.token) && !statuses.join().includes(GATEWAY_SECRET));
     });
+
+    it("writes input blob files readable by the owner only, even under umask 000", async function () {
+        const codec = require("../lib/codec");
+        const os = require("os");
+        const path = require("path");
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kx-umask-"));
+        const old = process.umask(0);
+        try {
+            const { msg, files } = await codec.encodeMessage({ payload: Buffer.alloc(1 << 20) }, { blobDir: dir, reqId: "umask" });
+            assert.strictEqual(files.length, 1);
+            assert.strictEqual(fs.statSync(msg.payload.path).mode & 0o777, 0o600);
+            await codec.removeFiles(files);
+            // O_EXCL: a symlink planted under a blob's name by someone else is not written through
+            const target = path.join(dir, "victim");
+            fs.writeFileSync(target, "untouched");
+            fs.symlinkSync(target, path.join(dir, `kernelexec-${process.pid}-planted-0`));
+            await assert.rejects(codec.encodeMessage({ payload: Buffer.alloc(1 << 20) }, { blobDir: dir, reqId: "planted" }), /EEXIST/);
+            assert.strictEqual(fs.readFileSync(target, "utf8"), "untouched");
+        } finally {
+            process.umask(old);
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
+    });
 });

@@ -215,34 +215,39 @@ async def test_code_that_fills_memory_under_a_memory_limit(bridge: StressBridge)
     await works(client, "mem")
 
 
-@pytest.mark.parametrize(
-    "hostile",
-    [
-        "sys.stdout.close()",
-        "sys.stderr.close()",
-        "os.close(1)",
-        "os.close(2)",
-        "sys.stdout = open(os.devnull, 'w')",
-        "os.dup2(os.open(os.devnull, os.O_WRONLY), 1)",
-    ],
-)
-async def test_code_that_closes_or_redirects_its_output(bridge: StressBridge, hostile: str) -> None:
-    """Later messages still run and their print() output is still captured."""
-    code = (
-        "import os, sys\n"
-        f"if msg['payload'] == 'hostile':\n    {hostile}\n"
-        "print('still printing', msg['payload'])\n"
-        "return msg\n"
-    )
+HOSTILE_OUTPUT = [
+    "sys.stdout.close()",
+    "sys.stderr.close()",
+    "os.close(1)",
+    "os.close(2)",
+    "sys.stdout = open(os.devnull, 'w')",
+    "os.dup2(os.open(os.devnull, os.O_WRONLY), 1)",
+]
+
+
+async def test_code_that_closes_or_redirects_its_output(bridge: StressBridge) -> None:
+    """Later messages still run and their print() output is still captured (one node, so one
+    kernel, per way of doing it)."""
     client = await bridge.connect()
-    await client.configure("out", code=code)
-    first = await client.execute("out", "out-1", {"payload": "hostile"})
-    assert first["error"] is None or first["error"]["code"] == "USER_ERROR", first["error"]
-    for i in range(3):
-        later = await client.execute("out", f"out-{i + 2}", {"payload": i})
-        assert later["error"] is None, later["error"]
-        assert later["outputs"] == [[{"payload": i}]]
-        assert later["stdout"] == f"still printing {i}\n", later
+    nodes = {f"out{i}": hostile for i, hostile in enumerate(HOSTILE_OUTPUT)}
+    for node_id, hostile in nodes.items():
+        code = (
+            "import os, sys\n"
+            f"if msg['payload'] == 'hostile':\n    {hostile}\n"
+            "print('still printing', msg['payload'])\n"
+            "return msg\n"
+        )
+        await client.send(type="configure", node_id=node_id, config={"code": code})
+    for node_id in nodes:
+        assert (await client.state(node_id, "ready", "error"))["state"] == "ready"
+    for node_id, hostile in nodes.items():
+        first = await client.execute(node_id, f"{node_id}-1", {"payload": "hostile"})
+        assert first["error"] is None or first["error"]["code"] == "USER_ERROR", first["error"]
+        for i in range(3):
+            later = await client.execute(node_id, f"{node_id}-{i + 2}", {"payload": i})
+            assert later["error"] is None, (hostile, later["error"])
+            assert later["outputs"] == [[{"payload": i}]], hostile
+            assert later["stdout"] == f"still printing {i}\n", (hostile, later)
 
 
 async def test_setup_that_raises_fails_messages_clearly_then_a_fixed_setup_works(
