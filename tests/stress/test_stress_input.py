@@ -150,8 +150,9 @@ async def test_nan_and_infinity_travel_as_null(client: Client) -> None:
 
 
 async def test_deeply_nested_json_gets_an_answer_at_every_depth(client: Client) -> None:
-    """Up to ~190 levels: round trip; deeper: CONVERSION_ERROR (kernel) or BAD_FRAME naming the
-    req_id (bridge, regression: an INTERNAL error without req_id, the message lost)."""
+    """A few hundred levels: round trip; deeper: CONVERSION_ERROR (kernel, from ~500) or, from
+    ~990, BAD_FRAME naming the req_id (bridge; regression: an INTERNAL error without req_id, so
+    the message was never answered)."""
     outcomes = {}
     for depth in (100, 180, 900, 5_000, 200_000):
         req_id = f"deep-{depth}"
