@@ -364,6 +364,12 @@ def engine_lines(engine: dict[str, Any] | None) -> list[str]:
         ],
         rows,
     )
+    lines += [
+        "The engine floor's client side is asyncio's pipe transport, which copies whatever a "
+        "write cannot pass at once into its own buffer, and a Python frame parser: at 16-64 MiB "
+        "it is slower than the Node-RED floor, which is the better blob reference.",
+        "",
+    ]
     cold = engine.get("cold", {}).get("back_to_back")
     if cold:
         lines += [
