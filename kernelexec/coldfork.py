@@ -143,8 +143,11 @@ def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float)
     finally:
         os.close(to_parent_r)
         os.close(to_child_w)
-        _kill_group(pid)
-        _reap(pid)
+        if pid in _REAPED:  # it died by itself and _died() reaped it: its pid may be reused
+            _REAPED.discard(pid)
+        else:
+            _kill_group(pid)
+            _REAPER.reap(pid)  # off the message's path: the result goes back while it dies
 
 
 def _parent(
@@ -200,6 +203,7 @@ def _timeout(timeout: float) -> dict[str, Any]:
 
 def _died(pid: int) -> dict[str, Any]:
     status = _reap(pid)
+    _REAPED.add(pid)
     if status is not None and os.WIFSIGNALED(status):
         how = f"was killed by signal {os.WTERMSIG(status)}"
     elif status is not None and os.WIFEXITED(status):
@@ -226,6 +230,44 @@ def _failed(
         "sent": 0,
         "exec_ms": round((time.perf_counter() - started) * 1000.0, 3),
     }
+
+
+class _Reaper:
+    """A daemon thread that waits for killed children, so no result waits for a teardown.
+
+    A killed child with a large address space takes a millisecond or more to die; the
+    message's result does not need to wait for that. Every child is still reaped (no zombie),
+    and one thread serves all messages.
+    """
+
+    def __init__(self) -> None:
+        self._pids: list[int] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def reap(self, pid: int) -> None:
+        with self._wake:
+            self._pids.append(pid)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="kernelexec-reaper", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pids:
+                    self._wake.wait()
+                pid = self._pids.pop(0)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, 0)
+
+
+_REAPER = _Reaper()
+#: Children already reaped on the message's path (never signal or wait for them again).
+_REAPED: set[int] = set()
 
 
 def _kill_group(pid: int) -> None:
