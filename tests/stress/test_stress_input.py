@@ -121,8 +121,9 @@ async def test_a_lone_surrogate_becomes_U_FFFD_both_ways(client: Client) -> None
     assert result["error"] is None, result["error"]
     assert result["outputs"] == [[{"payload": "return \ufffd", "key \ufffd": 1}]]
     assert result["stdout"] == "print \ufffd\n"
-    sent = [f for f in client.seen if f["type"] == "send" and f.get("req_id") == "sur-2"]
-    assert sent[0]["outputs"] == [[{"payload": "send \ufffd"}]]
+    # (the send frame comes before the result unless the bridge gave up waiting for it, 2 s)
+    sent = await client.next(lambda f: f["type"] == "send" and f.get("req_id") == "sur-2", 10)
+    assert sent["outputs"] == [[{"payload": "send \ufffd"}]]
     logs = result["logs"] + [f for f in client.seen if f["type"] == "log"]
     assert any(entry["text"] == "warn \ufffd" for entry in logs), logs
 
