@@ -31,7 +31,7 @@ from .errors import ExecutionTimeout, KernelDiedError
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["PipeChannel", "run_in_child"]
+__all__ = ["PipeChannel", "discard_spare", "prefork", "run_in_child"]
 
 _HEADER = struct.Struct(">I")
 _REAP_WAIT = 1.0
@@ -106,19 +106,27 @@ def _fork() -> int:
         return os.fork()
 
 
-def _child(runtime: Runtime, fds: tuple[int, int, int, int], msg: Any, req_id: str | None) -> None:
-    """In the child: run the message, write the RESULT, exit. Never returns."""
+def _child(runtime: Runtime, fds: tuple[int, int, int, int]) -> None:
+    """In the child: wait for the message on the pipe, run it, write the RESULT, exit.
+
+    Never returns. A spare child (forked ahead of time) waits here until its message comes;
+    end of file on the pipe (the kernel is gone, or discarded the spare) makes it exit.
+    """
     code = 0
     try:
         from_parent, to_parent_unused, to_child_unused, to_parent = fds
         os.close(to_parent_unused)
         os.close(to_child_unused)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        try:
+            order = _read_frame(from_parent)
+        except EOFError:
+            os._exit(0)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         channel = PipeChannel(to_parent, from_parent)
         runtime.become_child(channel)
-        result = runtime.run_here(msg, req_id, 0.0)
+        result = runtime.run_here(order["msg"], order["req_id"], 0.0)
         _write_frame(to_parent, {"kind": "result", "result": result})
     except BaseException:
         code = 70
@@ -126,23 +134,78 @@ def _child(runtime: Runtime, fds: tuple[int, int, int, int], msg: Any, req_id: s
         os._exit(code)
 
 
-def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float) -> dict[str, Any]:
-    """Fork, run ``msg`` in the child, relay its events; the RESULT (never raises)."""
+class _Spare:
+    """A child forked ahead of time, blocked reading its message: no fork on the next path."""
+
+    def __init__(self, pid: int, to_child: int, from_child: int) -> None:
+        self.pid, self.to_child, self.from_child = pid, to_child, from_child
+
+    def alive(self) -> bool:
+        try:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return done == 0
+
+    def discard(self) -> None:
+        os.close(self.to_child)  # end of file: the child exits by itself
+        os.close(self.from_child)
+        _REAPER.reap(self.pid)
+
+
+_SPARE: list[_Spare] = []
+
+
+def _fork_child(runtime: Runtime) -> _Spare:
+    """Fork a child that waits for its message (see _child)."""
     to_parent_r, to_parent_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
-    started = time.perf_counter()
     pid = _fork()
     if pid == 0:
-        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w), msg, req_id)
+        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w))
     os.close(to_parent_w)
     os.close(to_child_r)
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)
+    return _Spare(pid, to_child_w, to_parent_r)
+
+
+def prefork(runtime: Runtime) -> None:
+    """Fork the next message's child now, while the node is idle (op ``prefork``)."""
+    if not _SPARE:
+        _SPARE.append(_fork_child(runtime))
+
+
+def discard_spare() -> None:
+    """Drop the spare child (the code changed: it was forked with the old code)."""
+    while _SPARE:
+        _SPARE.pop().discard()
+
+
+def _take_child(runtime: Runtime) -> _Spare:
+    while _SPARE:
+        spare = _SPARE.pop()
+        if spare.alive():
+            return spare
+        spare.discard()
+    return _fork_child(runtime)
+
+
+def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float) -> dict[str, Any]:
+    """Run ``msg`` in a fresh child (the spare, or one forked now), relay its events; the
+    RESULT (never raises)."""
+    started = time.perf_counter()
+    child = _take_child(runtime)
+    pid = child.pid
     try:
-        return _parent(runtime, pid, to_parent_r, to_child_w, req_id, timeout, started)
+        try:
+            _write_frame(child.to_child, {"msg": msg, "req_id": req_id})
+        except OSError:
+            return _failed(runtime, req_id, started, _died(pid))
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        return _parent(runtime, pid, child.from_child, child.to_child, req_id, timeout, started)
     finally:
-        os.close(to_parent_r)
-        os.close(to_child_w)
+        os.close(child.from_child)
+        os.close(child.to_child)
         if pid in _REAPED:  # it died by itself and _died() reaped it: its pid may be reused
             _REAPED.discard(pid)
         else:

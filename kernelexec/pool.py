@@ -41,6 +41,8 @@ MAX_BATCH = 32
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 #: How long close() lets running messages finish before failing and interrupting them.
 CLOSE_GRACE = 1.0
+#: Cold mode: idle time after which the next message's process is forked ahead.
+IDLE_BEFORE_PREFORK = 0.05
 #: How long close() waits for interrupted kernels before going on to stop code.
 INTERRUPT_WAIT = 2.0
 
@@ -310,6 +312,27 @@ class Pool:
                 release.set_result(None)
         return result
 
+    def submit_nowait(
+        self, req_id: str, msg: dict[str, Any]
+    ) -> asyncio.Future[dict[str, Any]] | None:
+        """:meth:`submit` without a coroutine (the bridge's hot path, no task per message):
+        the future of the RESULT, or None when the pool keeps order (use :meth:`submit`).
+        Cancelling the future is what cancelling a task awaiting :meth:`submit` does."""
+        if self.config.keep_order:
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        refusal = self._refusal()
+        if refusal is not None:
+            self._counts["errors"] += 1
+            future.set_result(self._finish(failed_result(req_id, refusal), 0.0))
+            return future
+        if self.config.env.user:
+            self._grant_blobs(msg)
+        self._queue.append(Job(req_id=req_id, msg=msg, future=future))
+        self._wakeup.set()
+        return future
+
     def _grant_blobs(self, value: Any) -> None:
         """Kernels running as env.user must be able to read the message's blob files."""
         if isinstance(value, dict):
@@ -362,6 +385,25 @@ class Pool:
                 else:
                     self._resolve(job, result, None)
             self._wakeup.set()
+            if self.fork_ahead and not self._queue:
+                await self._prefork_when_idle(worker)
+
+    async def _prefork_when_idle(self, worker: Worker) -> None:
+        """Cold mode: once no message came for IDLE_BEFORE_PREFORK, fork the next child.
+
+        Back-to-back messages fork as they come (waiting for a prefork would only add a
+        round trip); a message after a pause finds its process already forked.
+        """
+        self._wakeup.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), IDLE_BEFORE_PREFORK)
+        if not self._queue and worker.state is WorkerState.READY and self.state != "closed":
+            await worker.prefork()
+
+    @property
+    def fork_ahead(self) -> bool:
+        """Cold pools fork the next message's process while idle (off the message's path)."""
+        return self.config.mode == "cold"
 
     def _share(self) -> int:
         """How many waiting messages one idle worker takes: its fair share, at most MAX_BATCH.

@@ -220,8 +220,20 @@ class Runtime:
         )
         return self.set_code(str(info.get("code", "return msg")))
 
+    def prefork(self) -> dict[str, Any]:
+        """Cold mode: fork the next message's child now, while the node is idle."""
+        if self.fork:
+            from .coldfork import prefork
+
+            prefork(self)
+        return {"ok": True}
+
     def set_code(self, code: str) -> dict[str, Any]:
         """Compile new message code (setup state kept). Raises CodeSyntaxError."""
+        if self.fork:
+            from .coldfork import discard_spare
+
+            discard_spare()  # forked with the old code
         compiled = compile_node_code(code, self.node_name)
         func = make_function(compiled, self.user_ns) if compiled.style == "function" else None
         self.compiled, self._func = compiled, func
@@ -273,7 +285,11 @@ class Runtime:
                 return self.setup(str(request.get("code", "")))
             if op == "stop":
                 return self.stop(str(request.get("code", "")))
-            message = f"unknown kernelexec op {op!r}; expected init, setup, run, stop or code"
+            if op == "prefork":
+                return self.prefork()
+            message = (
+                f"unknown kernelexec op {op!r}; expected init, setup, run, stop, code or prefork"
+            )
             return {"error": KernelexecError(message).to_dict()}
         except KernelexecError as exc:
             return {"error": exc.to_dict()}

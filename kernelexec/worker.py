@@ -165,6 +165,13 @@ class Worker:
         self.config = self.config.replace(code=code)
         await self._op({"op": "code", "code": code}, error_cls=None)
 
+    async def prefork(self) -> None:
+        """Cold mode, when idle: the runtime forks the next message's child ahead of time."""
+        try:
+            await self._op({"op": "prefork"}, error_cls=None)
+        except Exception as exc:  # an optimisation: the next message forks for itself
+            log.debug("prefork on %s failed: %s", self.name, exc)
+
     async def stop(self) -> None:
         """Run stop code (bounded), then shut the kernel down. Never raises."""
         if self.state is WorkerState.CLOSED:

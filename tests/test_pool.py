@@ -347,3 +347,24 @@ async def test_a_burst_of_node_sends_loses_nothing() -> None:
         assert [s["outputs"][0][0]["payload"] for s in sends] == list(range(5000))
     finally:
         await closed(pool)
+
+
+async def test_cold_pool_forks_ahead_when_idle_and_stays_isolated() -> None:
+    code = "import os\nstate.append(1)\nmsg['payload'] = [len(state), os.getpid()]\nreturn msg"
+    pool, _ = await started(code, setup="state = []", mode="cold")
+    try:
+        seen = []
+        for i in range(4):
+            await asyncio.sleep(0.15)  # idle: the next child is forked ahead
+            result = await pool.submit(f"p{i}", {})
+            assert result["error"] is None
+            seen.append(payloads(result)[0])
+        assert [count for count, _ in seen] == [1, 1, 1, 1]
+        assert len({pid for _, pid in seen}) == 4
+        await asyncio.sleep(0.15)  # a spare child exists, forked with the old code
+        await pool.update_code(code.replace("return msg", "msg['new'] = True\nreturn msg"))
+        await asyncio.sleep(0.15)
+        result = await pool.submit("after-change", {})
+        assert result["outputs"][0][0].get("new") is True  # a spare forked before is not used
+    finally:
+        await closed(pool)
