@@ -101,9 +101,39 @@ def _skip_empty_flushes() -> None:
     OutStream.flush = flush  # type: ignore[method-assign]
 
 
+def _poller_class() -> Any:
+    """ipykernel's parent poller, but it removes the connection file and the ipc socket files
+    before exiting: when the bridge was killed (-9) nobody else does, and they piled up."""
+    import time
+
+    from ipykernel.parentpoller import ParentPollerUnix
+
+    class CleaningParentPoller(ParentPollerUnix):
+        def __init__(self, app: Any, parent_pid: int) -> None:
+            super().__init__(parent_pid=parent_pid)  # type: ignore[no-untyped-call]
+            self.app = app
+
+        def run(self) -> None:
+            parent = self.parent_pid if os.getppid() == self.parent_pid else 0
+            while True:
+                ppid = os.getppid()
+                if (not parent and ppid == 1) or (parent and ppid != parent):
+                    self.app.log.warning("Parent appears to have exited, shutting down.")
+                    try:
+                        os.unlink(self.app.abs_connection_file)
+                        self.app.cleanup_ipc_files()
+                    except Exception:  # exiting anyway
+                        pass
+                    os._exit(1)
+                time.sleep(1.0)
+
+    return CleaningParentPoller
+
+
 def _app_class() -> Any:
     """IPKernelApp without the shell-channel thread (no subshells)."""
     from ipykernel.kernelapp import IPKernelApp
+    from ipykernel.parentpoller import ParentPollerUnix
 
     class KernelexecKernelApp(IPKernelApp):
         def init_iopub(self, context: Any) -> None:
@@ -113,6 +143,11 @@ def _app_class() -> Any:
 
             context.setsockopt(zmq.SNDHWM, 0)
             super().init_iopub(context)  # type: ignore[no-untyped-call]
+
+        def init_poller(self) -> None:
+            super().init_poller()  # type: ignore[no-untyped-call]
+            if isinstance(self.poller, ParentPollerUnix):
+                self.poller = _poller_class()(self, self.poller.parent_pid)
 
         def init_sockets(self) -> None:
             super().init_sockets()  # type: ignore[no-untyped-call]
