@@ -8,10 +8,12 @@ bridge is stopped no process of ours (`ipykernel|kernelexec.kernel`) and no new
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -102,6 +104,14 @@ async def test_kill_9_of_the_bridge_leaves_no_kernel(bridge: StressBridge) -> No
     await asyncio.sleep(0.5)
     kernels = bridge.kernel_pids()
     assert len(kernels) >= 2
+    await client.send(type="list_kernels", node_id="kb")
+    listed = (await client.next(lambda f: f["type"] == "kernels"))["kernels"]
+    files = [k["connection_file"] for k in listed]
+    for path in list(files):
+        info = json.loads(Path(path).read_text())
+        if info["transport"] == "ipc":
+            files += [f"{info['ip']}-{info[p]}" for p in info if p.endswith("_port")]
+    assert all(os.path.exists(f) for f in files)
     bridge.killed = True
     bridge.proc.kill()
     with pytest.raises(ConnectionError):
@@ -111,6 +121,8 @@ async def test_kill_9_of_the_bridge_leaves_no_kernel(bridge: StressBridge) -> No
     while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in kernels):
         assert time.monotonic() < gone_by, "kernels outlived their bridge by 20 s"
         await asyncio.sleep(0.2)
+    # nobody else will remove their connection files and ipc sockets (regression: they piled up)
+    assert [f for f in files if os.path.exists(f)] == []
 
 
 async def test_timeout_in_the_middle_of_64_mib_buffer_transfers(bridge: StressBridge) -> None:
