@@ -61,7 +61,8 @@ function prepareUserDir(userDir, options) {
  * options: {userDir, port (0 = any), flows (replace flows.json), reset, logLevel}
  */
 async function startNodeRed(options) {
-    const express = require("express");
+    // express is Node-RED's own dependency: resolve it from there, not as one of ours.
+    const express = require(require.resolve("express", { paths: [path.dirname(require.resolve("node-red"))] }));
     const RED = require("node-red");
     prepareUserDir(options.userDir, options);
     const app = express();
