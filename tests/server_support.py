@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import functools
 import json
 import os
@@ -50,13 +51,20 @@ async def http_get(port: int, path: str, headers: dict[str, str] | None = None) 
 
 
 class Client:
-    """A protocol client; frames read but not yet wanted wait in a backlog."""
+    """A protocol client; frames read but not yet wanted wait in a backlog.
+
+    It speaks the bridge's protocol version, so (1.1 and later) a WebSocket message may
+    carry an array of frames: they are taken one by one, in order; ``messages`` counts the
+    WebSocket messages and ``arrays`` those that were arrays."""
 
     def __init__(self, ws: WebSocketClientConnection) -> None:
         self.ws = ws
         self.backlog: list[dict[str, Any]] = []
         self.seen: list[dict[str, Any]] = []
         self.context: dict[str, Any] | None = None
+        self.unread: collections.deque[dict[str, Any]] = collections.deque()
+        self.messages = 0
+        self.arrays = 0
 
     @classmethod
     async def connect(
@@ -77,10 +85,18 @@ class Client:
         await self.ws.write_message(text, binary=isinstance(text, bytes))
 
     async def _read(self, timeout: float) -> dict[str, Any]:
-        message = await asyncio.wait_for(self.ws.read_message(), timeout)
-        if message is None:
-            raise ConnectionError(f"closed: {self.ws.close_code} {self.ws.close_reason}")
-        frame: dict[str, Any] = json.loads(message)
+        if not self.unread:
+            message = await asyncio.wait_for(self.ws.read_message(), timeout)
+            if message is None:
+                raise ConnectionError(f"closed: {self.ws.close_code} {self.ws.close_reason}")
+            data = json.loads(message)
+            self.messages += 1
+            if isinstance(data, list):
+                self.arrays += 1
+                self.unread.extend(data)
+            else:
+                self.unread.append(data)
+        frame: dict[str, Any] = self.unread.popleft()
         self.seen.append(frame)
         if frame["type"] == "context_request" and self.context is not None:
             await self._answer_context(frame)

@@ -100,7 +100,8 @@ class RecordingTransport:
         self.closed: tuple[int | None, str | None] | None = None
 
     def write_message(self, message: str) -> None:
-        self.frames.append(json.loads(message))
+        data = json.loads(message)  # protocol 1.1: an array of frames, in order
+        self.frames.extend(data if isinstance(data, list) else [data])
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         self.closed = (code, reason)

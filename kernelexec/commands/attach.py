@@ -63,13 +63,14 @@ async def _read(conn: Any, wanted: str) -> dict[str, Any]:
             reason = conn.close_reason or f"code {conn.close_code}"
             msg = f"the bridge closed the connection ({reason})"
             raise AttachError(msg)
-        frame = json.loads(text)
-        if frame.get("type") == "error":
-            error = frame.get("error") or {}
-            msg = f"the bridge refused: {error.get('code')}: {error.get('message')}"
-            raise AttachError(msg)
-        if frame.get("type") == wanted:
-            return dict(frame)
+        data = json.loads(text)
+        for frame in data if isinstance(data, list) else [data]:  # 1.1: arrays of frames
+            if frame.get("type") == "error":
+                error = frame.get("error") or {}
+                msg = f"the bridge refused: {error.get('code')}: {error.get('message')}"
+                raise AttachError(msg)
+            if frame.get("type") == wanted:
+                return dict(frame)
 
 
 async def _ask(url: str, token: str | None, node_id: str | None) -> list[dict[str, Any]]:

@@ -21,6 +21,9 @@ __all__ = [
     "CLIENT_FRAMES",
     "SERVER_FRAMES",
     "FrameError",
+    "batching",
+    "check_frame",
+    "decode",
     "describe",
     "dumps",
     "error_frame",
@@ -168,10 +171,11 @@ def _check_fields(frame_type: str, frame: dict[str, Any]) -> None:
             raise FrameError(msg, req_id=req_id, node_id=node_id)
 
 
-def parse_frame(text: str | bytes) -> dict[str, Any]:
-    """Decode and validate one client frame; raises :class:`FrameError` when it is unusable."""
+def decode(text: str | bytes) -> Any:
+    """Decode one WebSocket message: a frame (an object) or, since protocol 1.1, an array of
+    frames. Raises :class:`FrameError` when it is not JSON; the frames are not checked yet."""
     try:
-        frame = json.loads(text, parse_constant=_non_finite)
+        return json.loads(text, parse_constant=_non_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         msg = f"frame is not valid JSON ({exc}); send one JSON object per text frame"
         raise FrameError(msg) from None
@@ -179,6 +183,15 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
         req_id, node_id = peek_ids(text)
         msg = "frame is nested too deeply to decode; send flatter values"
         raise FrameError(msg, req_id=req_id, node_id=node_id) from None
+
+
+def parse_frame(text: str | bytes) -> dict[str, Any]:
+    """Decode and validate one client frame; raises :class:`FrameError` when it is unusable."""
+    return check_frame(decode(text))
+
+
+def check_frame(frame: Any) -> dict[str, Any]:
+    """Validate one decoded client frame; raises :class:`FrameError` when it is unusable."""
     if not isinstance(frame, dict):
         msg = f"frame is {describe(frame)}, not a JSON object with a 'type' field"
         raise FrameError(msg)
@@ -201,6 +214,15 @@ def major_version(version: str) -> int | None:
 
 
 PROTOCOL_MAJOR = major_version(PROTOCOL_VERSION)
+#: The first protocol version whose peers accept a JSON array of frames in one message.
+BATCH_VERSION = (1, 1)
+
+
+def batching(version: str) -> bool:
+    """True when a peer speaking ``version`` (already checked by :func:`major_version`)
+    reads arrays of frames: protocol 1.1 or later."""
+    head, _, tail = version.partition(".")
+    return (int(head), int(tail)) >= BATCH_VERSION
 
 
 def dumps(frame: dict[str, Any]) -> str:

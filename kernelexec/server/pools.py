@@ -125,8 +125,9 @@ class PoolEntry:
         #: The error every message gets when the pool could not start.
         self.failure: dict[str, Any] | None = None
         self.waiting = 0
-        #: The session tasks running this pool's messages (failed if the pool closes first).
-        self.running: set[asyncio.Task[None]] = set()
+        #: The session's tasks or result futures of this pool's messages (failed, i.e.
+        #: cancelled, if the pool closes first).
+        self.running: set[asyncio.Future[Any]] = set()
         self.latency = registry.latency_child(self.node_id)
         self._last_sent: tuple[Any, ...] | None = None
         self._flush: asyncio.TimerHandle | None = None

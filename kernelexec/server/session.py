@@ -11,12 +11,19 @@ Every ``execute`` gets exactly one answer: a ``result`` frame, or an ``error`` f
 its ``req_id`` when the frame itself could not be taken (malformed, unknown node, duplicate
 req_id). Results the bridge makes itself (pool could not start, pool closed, shutdown) have
 the same shape as the pool's.
+
+Batching (protocol 1.1): a client message may be a JSON array of frames, handled in order.
+Once a client's hello says 1.1 or later, the frames this session produces in one event-loop
+turn leave as one WebSocket message (an array; a lone frame stays an object), flushed by
+``loop.call_soon``: one send syscall per turn instead of one per frame. Order is kept, since
+every frame of the session goes through the same queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -31,13 +38,15 @@ from .frames import (
     PROTOCOL_MAJOR,
     SERVER_FRAMES,
     FrameError,
+    batching,
+    check_frame,
+    decode,
     describe,
     dumps,
     error_frame,
     error_object,
     frame_ids,
     major_version,
-    parse_frame,
     peek_ids,
 )
 from .pools import RESULT_GRACE, PoolEntry
@@ -47,6 +56,9 @@ __all__ = ["Session", "Transport"]
 log = logging.getLogger("kernelexec.server")
 
 _BEFORE_HELLO = frozenset({"hello", "ping"})
+#: Queued frames that make the session write at once rather than at the end of the turn
+#: (the peer can start on the first ones while the bridge still produces the rest).
+FLUSH_FRAMES = 256
 
 
 class Transport(Protocol):
@@ -75,6 +87,7 @@ def error_result(node_id: str, req_id: str, error: dict[str, Any]) -> dict[str, 
         "stdout": "",
         "error": error,
         "done": True,
+        "sent": 0,
         "timing": {"queued_ms": 0.0, "exec_ms": 0.0},
     }
 
@@ -93,11 +106,15 @@ class Session:
         self.transport = transport
         self.greeted = False
         self.ended: str | None = None
-        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._contexts: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ctx_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._fast_limit = bridge.options.max_frame_bytes // 4
+        #: The client reads arrays of frames (protocol >= 1.1): frames are queued per turn.
+        self._batch = False
+        self._out: list[str] = []
+        self._flush_handle: asyncio.Handle | None = None
         self._routes: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._on_hello,
             "configure": self._on_configure,
@@ -123,6 +140,43 @@ class Session:
             if checked is None:
                 return
             text = checked
+        if not self._batch:
+            self._write(text)
+            return
+        out = self._out
+        out.append(text)
+        if len(out) >= FLUSH_FRAMES:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the queued frames: as few messages as the size limit allows, in order."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        texts, self._out = self._out, []
+        if len(texts) == 1:
+            self._write(texts[0])
+            return
+        # Each text is at most _fast_limit characters or alone (_within_limit): a joined
+        # message of at most _fast_limit characters is within max_frame_bytes in UTF-8.
+        limit = self._fast_limit
+        batch: list[str] = []
+        size = 2
+        for text in texts:
+            if batch and size + len(text) + 1 > limit:
+                self._write_batch(batch)
+                batch, size = [], 2
+            batch.append(text)
+            size += len(text) + 1
+        if batch:
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[str]) -> None:
+        self._write(batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]")
+
+    def _write(self, text: str) -> None:
         try:
             future = self.transport.write_message(text)
         except Exception:  # WebSocketClosedError: the peer is gone
@@ -178,13 +232,28 @@ class Session:
     # -- input -------------------------------------------------------------------------
 
     def handle(self, text: str | bytes) -> None:
-        """Handle one client frame; never raises."""
+        """Handle one client message (a frame, or an array of frames in order); never raises."""
         if self.ended is not None:
             return
         try:
             if len(text) > self._fast_limit:
                 self._check_size(text)
-            frame = parse_frame(text)
+            data = decode(text)
+        except FrameError as exc:
+            self.send(exc.to_frame())
+            return
+        if isinstance(data, list):
+            for item in data:
+                if self.ended is not None:
+                    return
+                self._handle_frame(item)
+        else:
+            self._handle_frame(data)
+
+    def _handle_frame(self, data: Any) -> None:
+        """Handle one decoded client frame; never raises."""
+        try:
+            frame = check_frame(data)
             if not self.greeted and frame["type"] not in _BEFORE_HELLO:
                 msg = f"{frame['type']} before hello: send hello first (see docs/protocol.md)"
                 req_id, node_id = frame_ids(frame)
@@ -226,6 +295,7 @@ class Session:
             return
         self.greeted = True
         log.info("Connection from %.80s, protocol %.20s", frame["client"], version)
+        self.flush()
         self.send({
             "type": "welcome",
             "protocol_version": PROTOCOL_VERSION,
@@ -233,6 +303,8 @@ class Session:
             "pid": os.getpid(),
             "blob_dir": self.bridge.blob_dir,
         })  # fmt: skip
+        self.flush()  # the welcome goes alone: the client learns from it that arrays may come
+        self._batch = batching(version)
 
     def _on_ping(self, frame: dict[str, Any]) -> None:
         self.send({"type": "pong", "id": frame["id"]})
@@ -280,9 +352,45 @@ class Session:
         if req_id in self._inflight:
             msg = f"req_id {describe(req_id)} is still running here; req_ids must be unique"
             raise FrameError(msg, req_id=req_id, node_id=entry.node_id)
-        task = asyncio.ensure_future(self._execute(entry, req_id, frame["msg"]))
-        self._inflight[req_id] = task
-        entry.running.add(task)
+        future = self._submit_now(entry, req_id, frame["msg"])
+        if future is None:  # the pool is not ready yet, or needs its coroutine (keep_order)
+            future = asyncio.ensure_future(self._execute(entry, req_id, frame["msg"]))
+        else:
+            future.add_done_callback(functools.partial(self._answered, entry, req_id))
+        self._inflight[req_id] = future
+        entry.running.add(future)
+
+    def _submit_now(
+        self, entry: PoolEntry, req_id: str, msg: dict[str, Any]
+    ) -> asyncio.Future[Any] | None:
+        """The hot path: hand the message to a ready pool without a task of its own (the
+        result future's done callback answers). None when :meth:`_execute` must do it."""
+        pool = entry.pool
+        submit_nowait = getattr(pool, "submit_nowait", None)
+        if submit_nowait is None or not entry.settled.is_set() or entry.failure is not None:
+            return None
+        try:
+            future: asyncio.Future[Any] | None = submit_nowait(req_id, msg)
+        except Exception as exc:  # answered as INTERNAL by _answered, like _execute does
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        if future is not None:
+            entry.load_changed()
+        return future
+
+    def _answered(self, entry: PoolEntry, req_id: str, future: asyncio.Future[Any]) -> None:
+        """Done callback of a :meth:`_submit_now` future: the same answers as :meth:`_execute`
+        (cancelled: POOL_CLOSED; an exception: INTERNAL)."""
+        if future.cancelled():
+            result = error_result(entry.node_id, req_id, self._closed(entry))
+        elif (exc := future.exception()) is not None:
+            log.error("Bug while running req %s of node %s", req_id, entry.node_id, exc_info=exc)
+            message = f"the bridge failed on this message: {exc!r}"
+            error = error_object("INTERNAL", message, type(exc).__name__)
+            result = error_result(entry.node_id, req_id, error)
+        else:
+            result = future.result()
+        self._finish(entry, req_id, result)
 
     async def _execute(self, entry: PoolEntry, req_id: str, msg: dict[str, Any]) -> None:
         try:
@@ -420,5 +528,6 @@ class Session:
             for task in pending:
                 task.cancel()
         await asyncio.gather(*running, *self._tasks, return_exceptions=True)
+        self.flush()  # the last results leave before the bridge closes the WebSocket
         self.bridge.sessions.discard(self)
         sweep_blobs()  # outputs nobody will read: their kernels are gone now

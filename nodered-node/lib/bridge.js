@@ -11,6 +11,11 @@
 //   client.bridgeUp(bridge)        a connection is ready (after each (re)start): configure now
 //   client.bridgeDown(error)       the connection is gone or could not be made
 //   client.frame(frame)            a server frame for this node
+//
+// Batching (protocol 1.1): once the welcome says the bridge speaks 1.1 or later, the frames sent
+// in one tick leave as one WebSocket message, a JSON array (flushed by setImmediate, or at once
+// when BATCH_FRAMES are queued; a lone frame stays an object, a big one goes alone): one write
+// per tick instead of one per frame. Arrays from the bridge are dispatched in order.
 "use strict";
 const { spawn } = require("child_process");
 const crypto = require("crypto");
@@ -27,6 +32,11 @@ const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
 const STDERR_TAIL = 16384;
 const REQUIRED_MODULES = /No module named '?([A-Za-z0-9_.]+)'?/;
 const CLIENT_NAME = "node-red-kernelexec/" + require("../package.json").version;
+// Queued frames that make the bridge write at once (the bridge starts on them while the rest of
+// a burst is encoded), and the size (JSON characters) of an array or of a frame that goes alone.
+// A character is at most 3 UTF-8 bytes: arrays stay far below the protocol's max_frame_bytes.
+const BATCH_FRAMES = 256;
+const BATCH_CHARS = 1 << 20;
 
 const bridges = new Map();
 let log = { debug() {}, info() {}, warn() {}, error() {} };
@@ -74,6 +84,10 @@ class Bridge {
         this.retryTimer = null;
         this.stopping = null;
         this.generation = 0;
+        this.batching = false;   // the bridge reads arrays of frames (welcome >= 1.1)
+        this.outbox = [];        // JSON texts waiting for the end of the tick
+        this.outboxChars = 0;
+        this.flushTimer = null;
     }
 
     get ready() {
@@ -204,6 +218,7 @@ class Bridge {
             return;
         }
         this.ws = ws;
+        this.dropOutbox();   // single frames until this connection's welcome says otherwise
         ws.on("open", () => this.sendRaw({ type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME }));
         ws.on("message", (data) => this.receive(data, generation));
         ws.on("error", (err) => {
@@ -231,14 +246,28 @@ class Bridge {
     }
 
     receive(data, generation) {
-        let frame;
+        let parsed;
         try {
-            frame = JSON.parse(data.toString());
+            parsed = JSON.parse(data.toString());
         } catch (err) {
             log.warn(t("kernelexec.log.badFrame", { error: err.message }));
             return;
         }
+        if (!Array.isArray(parsed)) {
+            this.dispatch(parsed, generation);
+            return;
+        }
+        for (const frame of parsed) {   // protocol 1.1: frames of one message, in order
+            this.dispatch(frame, generation);
+        }
+    }
+
+    dispatch(frame, generation) {
         if (this.generation !== generation) {
+            return;
+        }
+        if (!frame || typeof frame !== "object") {
+            log.warn(t("kernelexec.log.badFrame", { error: JSON.stringify(frame) }));
             return;
         }
         if (frame.type === "welcome") {
@@ -283,6 +312,7 @@ class Bridge {
             return;
         }
         this.welcome = frame;
+        this.batching = protocol.atLeast(frame.protocol_version, protocol.BATCH_VERSION);
         this.state = "ready";
         this.failures = 0;
         this.lastError = null;
@@ -301,8 +331,55 @@ class Bridge {
         if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
             return false;
         }
-        this.ws.send(JSON.stringify(frame));
+        const text = JSON.stringify(frame);
+        if (!this.batching) {
+            this.ws.send(text);
+            return true;
+        }
+        if (text.length > BATCH_CHARS) {   // alone, after what was queued before it
+            this.flush();
+            this.ws.send(text);
+            return true;
+        }
+        if (this.outboxChars + text.length + 1 > BATCH_CHARS) {
+            this.flush();
+        }
+        this.outbox.push(text);
+        this.outboxChars += text.length + 1;
+        if (this.outbox.length >= BATCH_FRAMES) {
+            this.flush();
+        } else if (!this.flushTimer) {
+            this.flushTimer = setImmediate(() => this.flush());
+        }
         return true;
+    }
+
+    /** Write the frames queued in this tick: one message (an array; a lone frame as itself). */
+    flush() {
+        if (this.flushTimer) {
+            clearImmediate(this.flushTimer);
+            this.flushTimer = null;
+        }
+        const texts = this.outbox;
+        if (texts.length === 0) {
+            return;
+        }
+        this.outbox = [];
+        this.outboxChars = 0;
+        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+            return;   // the connection went away: its close handler fails what was waiting
+        }
+        this.ws.send(texts.length === 1 ? texts[0] : "[" + texts.join(",") + "]");
+    }
+
+    dropOutbox() {
+        if (this.flushTimer) {
+            clearImmediate(this.flushTimer);
+            this.flushTimer = null;
+        }
+        this.outbox = [];
+        this.outboxChars = 0;
+        this.batching = false;
     }
 
     track(reqId, client) {
@@ -343,6 +420,7 @@ class Bridge {
     }
 
     teardownConnection() {
+        this.dropOutbox();
         if (this.ws) {
             const ws = this.ws;
             this.ws = null;
@@ -387,6 +465,8 @@ class Bridge {
         this.state = "stopped";
         this.generation += 1;
         this.stopping = new Promise((resolve) => {
+            this.flush();   // e.g. the close frames of the last nodes
+            this.dropOutbox();
             if (this.ws) {
                 this.ws.removeAllListeners("close");
                 this.ws.on("error", () => {});

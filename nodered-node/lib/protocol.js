@@ -17,6 +17,16 @@ function configDefaults() {
     return out;
 }
 
+/** True when `version` ("MAJOR.MINOR") is `min` or later. */
+function atLeast(version, min) {
+    if (typeof version !== "string") {
+        return false;
+    }
+    const [major, minor] = version.split(".").map(Number);
+    const [wantMajor, wantMinor] = min.split(".").map(Number);
+    return major > wantMajor || (major === wantMajor && minor >= wantMinor);
+}
+
 /** True when a bridge speaking `version` can talk to us (same major number). */
 function compatible(version) {
     return typeof version === "string" && version.split(".")[0] === spec.version.split(".")[0];
@@ -33,6 +43,9 @@ module.exports = {
     ERROR_CODES: Object.keys(spec.error_codes),
     CONFIG_FIELDS: spec.config_fields,
     SERVER_FRAMES: Object.keys(spec.server_frames),
+    // Since this version a WebSocket message may carry an array of frames (spec "transport").
+    BATCH_VERSION: "1.1",
     configDefaults,
     compatible,
+    atLeast,
 };

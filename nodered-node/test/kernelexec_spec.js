@@ -564,6 +564,82 @@ describe("kernelexec node life cycle", function () {
         }
     }
 
+    // Protocol 1.1: a WebSocket message may carry an array of frames. A minimal bridge records
+    // how the node's frames arrive and answers each execute with a send frame and a result.
+    async function fakeBridge(version) {
+        const WebSocket = require("ws");
+        const server = new WebSocket.Server({ host: "127.0.0.1", port: 0 });
+        const seen = { messages: 0, arrays: 0, executes: 0 };
+        server.on("connection", (ws) => ws.on("message", (data) => {
+            const parsed = JSON.parse(data.toString());
+            const frames = Array.isArray(parsed) ? parsed : [parsed];
+            if (frames[0].type !== "hello") {
+                seen.messages += 1;
+                seen.arrays += Array.isArray(parsed) ? 1 : 0;
+            }
+            const out = [];
+            for (const frame of frames) {
+                if (frame.type === "hello") {
+                    ws.send(JSON.stringify({ type: "welcome", protocol_version: version, server: "fake", pid: 1, blob_dir: "/tmp" }));
+                } else if (frame.type === "configure") {
+                    out.push({ type: "pool_state", node_id: frame.node_id, state: "ready", busy: 0, total: 1, queued: 0, error: null, detail: "" });
+                } else if (frame.type === "execute") {
+                    seen.executes += 1;
+                    const early = Object.assign({}, frame.msg, { payload: "early-" + frame.msg.payload });
+                    out.push({ type: "send", node_id: frame.node_id, req_id: frame.req_id, outputs: [[early]] });
+                    out.push({ type: "result", node_id: frame.node_id, req_id: frame.req_id, outputs: [[frame.msg]], logs: [], status: [], stdout: "", error: null, done: true, sent: 1, timing: { queued_ms: 0, exec_ms: 0 } });
+                } else if (frame.type === "close") {
+                    out.push({ type: "closed", node_id: frame.node_id });
+                }
+            }
+            if (version === "1.0") {
+                out.forEach((frame) => ws.send(JSON.stringify(frame)));
+            } else if (out.length > 0) {
+                ws.send(JSON.stringify(out.length === 1 ? out[0] : out));
+            }
+        }));
+        await new Promise((r) => server.once("listening", r));
+        return { server, seen };
+    }
+
+    for (const version of ["1.1", "1.0"]) {
+        it(`sends a burst ${version === "1.0" ? "one frame per message to a 1.0 bridge" : "as arrays of frames to a 1.1 bridge, and reads arrays in order"}`, async function () {
+            const { server, seen } = await fakeBridge(version);
+            const count = 300;
+            try {
+                await S.load(N.kernelexecNode, [
+                    { id: "tab1", type: "tab" },
+                    { id: "e1", type: "kernelexec-env", url: `ws://127.0.0.1:${server.address().port}/ws` },
+                    py("n1", "return msg", { z: "tab1", env: "e1" }),
+                    { id: "out", type: "helper", z: "tab1" },
+                ], { e1: { token: "t" } });
+                const n1 = helper.getNode("n1");
+                await S.call(n1, "status", (s) => s && s.fill === "green");
+                const got = S.messages(helper.getNode("out"), 2 * count);
+                for (let i = 0; i < count; i++) {
+                    n1.receive({ payload: i });
+                }
+                const payloads = (await got).map((m) => m.payload);
+                assert.strictEqual(seen.executes, count);
+                for (let i = 0; i < count; i++) {   // every result, after its own send frame
+                    const early = payloads.indexOf("early-" + i);
+                    const result = payloads.indexOf(i);
+                    assert.ok(early >= 0 && result > early, `message ${i}: send at ${early}, result at ${result}`);
+                }
+                if (version === "1.0") {
+                    assert.strictEqual(seen.arrays, 0);
+                    assert.ok(seen.messages >= count, `${seen.messages} messages for ${count} executes`);
+                } else {
+                    assert.ok(seen.arrays >= 1, "no array of frames");
+                    assert.ok(seen.messages < count / 2, `${seen.messages} messages for ${count} executes`);
+                }
+            } finally {
+                await S.unload();
+                server.close();
+            }
+        });
+    }
+
     it("shows what to install when the Python does not exist, without crashing", async function () {
         const saved = process.env.KERNELEXEC_PYTHON;
         process.env.KERNELEXEC_PYTHON = "/nonexistent/python3";

@@ -36,6 +36,12 @@ describe("protocol spec copy", function () {
         assert.ok(copy && copy.equals(source), "kernelexec/protocol/spec.json was committed without nodered-node/spec.json: commit the copy");
     });
 
+    it("compares versions for batching (arrays of frames since 1.1)", function () {
+        assert.ok(protocol.atLeast(protocol.PROTOCOL_VERSION, protocol.BATCH_VERSION));
+        assert.ok(protocol.atLeast("1.1", "1.1") && protocol.atLeast("1.10", "1.1") && protocol.atLeast("2.0", "1.1"));
+        assert.ok(!protocol.atLeast("1.0", "1.1") && !protocol.atLeast("0.9", "1.1") && !protocol.atLeast(undefined, "1.1"));
+    });
+
     it("exposes the constants the codec and bridge use", function () {
         assert.strictEqual(protocol.MARKER, "$kx");
         assert.ok(protocol.BLOB_THRESHOLD > 0);
