@@ -420,13 +420,13 @@ describe("kernelexec node life cycle", function () {
             user: "nobody", gateway_url: "http://gw:8888", gateway_token: "secret",
         });
         assert.deepStrictEqual(env.bridgeOptions(), { python: "/opt/py/bin/python" });
-        const config = poolConfig({ name: "n", func: "return msg", initialize: "import os", finalize: "", outputs: "2", mode: "cold", workers: "3", timeout: "1.5", queueLimit: "10", keepOrder: true }, env);
+        const config = poolConfig({ name: "n", func: "return msg", initialize: "import os", finalize: "", outputs: "2", mode: "cold", workers: "3", timeout: "1.5", queueLimit: "10", keepOrder: true, notebook: " /nb/node.ipynb " }, env);
         for (const key of Object.keys(config)) {
             assert.ok(key in CONFIG_FIELDS, `${key} is a spec config field`);
         }
         assert.deepStrictEqual(Object.assign({}, config, { env: null }), {
             name: "n", code: "return msg", setup: "import os", stop: "", outputs: 2, mode: "cold", workers: 3,
-            timeout: 1.5, queue_limit: 10, keep_order: true, env: null,
+            timeout: 1.5, queue_limit: 10, keep_order: true, env: null, notebook: "/nb/node.ipynb",
         });
         const defaults = poolConfig({}, null);
         assert.strictEqual(defaults.code, CONFIG_FIELDS.code.default);
