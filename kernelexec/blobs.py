@@ -190,11 +190,18 @@ def request_blobs(
 
 
 def remove_request_blobs(
-    req_id: str | None, *, directory: str | None = None, pid: int | None = None
+    req_id: str | None,
+    *,
+    directory: str | None = None,
+    pid: int | None = None,
+    keep: frozenset[str] | set[str] = frozenset(),
 ) -> int:
-    """Remove the blob files of ``req_id`` (of ``pid`` only, if given); returns how many."""
+    """Remove the blob files of ``req_id`` (of ``pid`` only, if given) but those in ``keep``
+    (already handed to their reader, who removes them); returns how many."""
     removed = 0
     for path in request_blobs(req_id, directory=directory, pid=pid):
+        if path in keep:
+            continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             removed += 1

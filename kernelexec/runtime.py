@@ -86,6 +86,19 @@ class Request:
     error: dict[str, Any] | None = None
     sent: int = 0
     finished: bool = False
+    #: Blob files already handed over in send events: their reader removes them.
+    handed: set[str] = field(default_factory=set)
+
+
+def _blob_paths(value: Any) -> list[str]:
+    """Paths of the blob refs in an encoded value."""
+    if isinstance(value, dict):
+        if value.get("$kx") == "blob":
+            return [str(value.get("path"))]
+        return [p for item in value.values() for p in _blob_paths(item)]
+    if isinstance(value, list):
+        return [p for item in value for p in _blob_paths(item)]
+    return []
 
 
 def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -> dict[str, Any]:
@@ -374,14 +387,19 @@ class Runtime:
         decoded: dict[str, Any] = from_json(msg, "msg", req.inputs)
         return decoded
 
+    def _drop_blobs(self, req: Request) -> None:
+        """A failed request's output files go, but those node.send() already handed over."""
+        if req.req_id is not None:
+            blobs.remove_request_blobs(
+                req.req_id, directory=self.blob_dir, pid=self.pid, keep=req.handed
+            )
+
     def _failure(self, exc: BaseException, req: Request, timeout: float) -> dict[str, Any]:
         if isinstance(exc, (MessageTimeout, KeyboardInterrupt)):
             kill_started_since(req.ticks)
-            if req.req_id is not None:
-                blobs.remove_request_blobs(req.req_id, directory=self.blob_dir, pid=self.pid)
+            self._drop_blobs(req)
             return self._timeout_error(exc, timeout)
-        if req.req_id is not None:
-            blobs.remove_request_blobs(req.req_id, directory=self.blob_dir, pid=self.pid)
+        self._drop_blobs(req)
         if isinstance(exc, KernelexecError):
             return exc.to_dict()
         if isinstance(exc, SystemExit):
@@ -504,6 +522,7 @@ class Runtime:
             self.channel.event(event)
             if live and req is not None:
                 req.sent += 1
+                req.handed.update(_blob_paths(encoded))
 
     def emit_done(self, req: Request | None, error: Any = None) -> None:
         req_id = req.req_id if req is not None else None

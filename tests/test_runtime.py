@@ -385,7 +385,11 @@ def test_failed_message_leaves_no_output_blob(rt: Runtime, tmp_path: Path) -> No
             f"msg['payload'] = [bytes({BLOB_THRESHOLD}), object()]\nreturn msg")
     result = run(rt, code, req_id="fail")
     assert result["error"]["code"] == "CONVERSION_ERROR"
-    assert blobs.request_blobs("fail", directory=str(tmp_path)) == []
+    # The returned Buffer's file is gone; the one node.send() handed over is its reader's.
+    sent = [e for e in rt.events if e["type"] == "send"]
+    handed = sent[0]["outputs"][0][0]["payload"]["path"]
+    assert blobs.request_blobs("fail", directory=str(tmp_path)) == [handed]
+    os.unlink(handed)
 
 
 # --------------------------------------------------------------- cold mode

@@ -135,11 +135,10 @@ describe("stress: faults with messages in flight", function () {
         await unloadAndCheck(S.bridgeProcesses());
     });
 
-    // KNOWN BUG (open, docs/reliability.md): when a message fails after node.send() of a big
-    // Buffer, the runtime removes the sent file before the node has read it; the sent message
-    // is lost and the Catch node sees an extra "cannot be read" error for the same message.
-    // Python twin: tests/stress/test_stress_faults.py::test_blobs_sent_before_a_failure_stay_readable (xfail).
-    it.skip("KNOWN BUG: a big Buffer sent before the code raises is still delivered", async function () {
+    // Regression: when a message failed after node.send() of a big Buffer, the runtime removed
+    // the sent file before the node had read it. Python twin:
+    // tests/stress/test_stress_faults.py::test_blobs_sent_before_a_failure_stay_readable.
+    it("a big Buffer sent before the code raises is still delivered", async function () {
         await loadWithCatch([py("n1", "node.send({'payload': bytes(1 << 20), 'seq': 'sent'})\nraise ValueError('after')")]);
         const book = ledger();
         helper.getNode("n1").receive({ payload: 1, seq: "m" });

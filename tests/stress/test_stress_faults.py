@@ -302,14 +302,6 @@ async def test_stop_code_that_hangs_does_not_hold_shutdown(bridge: StressBridge)
     assert time.monotonic() - t0 < 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: on a failed request the runtime removes every blob file of the request "
-    "(Runtime._failure -> blobs.remove_request_blobs), also those node.send() already handed to "
-    "the node, so the node cannot read a message sent before the failure. A fix (keep the sent "
-    "files, their reader removes them) contradicts tests/test_runtime.py::"
-    "test_failed_message_leaves_no_output_blob and docs/internals.md; see docs/reliability.md",
-)
 async def test_blobs_sent_before_a_failure_stay_readable(bridge: StressBridge) -> None:
     """node.send() of a big Buffer, then the code raises (or times out): the sent message's
     blob file is the reader's, so it must still be there when the node reads it after the
