@@ -27,6 +27,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -56,6 +57,9 @@ __all__ = ["Session", "Transport"]
 log = logging.getLogger("kernelexec.server")
 
 _BEFORE_HELLO = frozenset({"hello", "ping"})
+#: UTF-8 cannot carry these alone; a frame holding one is sent with U+FFFD instead (as
+#: the kernels' wire packer does), not dropped with the rest of its batch.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Queued frames that make the session write at once rather than at the end of the turn
 #: (the peer can start on the first ones while the bridge still produces the rest).
 FLUSH_FRAMES = 256
@@ -178,7 +182,10 @@ class Session:
 
     def _write(self, text: str) -> None:
         try:
-            future = self.transport.write_message(text)
+            try:
+                future = self.transport.write_message(text)
+            except UnicodeEncodeError:  # a lone surrogate (echoed from a client's string)
+                future = self.transport.write_message(_LONE_SURROGATE.sub("\ufffd", text))
         except Exception:  # WebSocketClosedError: the peer is gone
             return
         if future is not None:
