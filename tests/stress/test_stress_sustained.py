@@ -78,17 +78,18 @@ async def test_sustained_load_keeps_rss_flat() -> None:
                 sent += 1
             text = await asyncio.wait_for(ws.read_message(), 30)
             assert text is not None, "the bridge closed the connection"
-            frame = json.loads(text)
-            if frame["type"] == "context_request":
-                await client._answer_context(frame)
-            elif frame["type"] in ("send", "result"):
-                take_blobs(frame.get("outputs"))
-                if frame["type"] == "result":
-                    answered += 1
-                    errors += frame["error"] is not None
-                    assert frame["error"] is None or "failure" in frame["error"]["message"]
-            if answered and answered % 2000 == 0:
-                samples.append((round(now, 1), [rss_kib(pid) for pid in pids]))
+            message = json.loads(text)  # protocol 1.1: one frame, or an array of frames
+            for frame in message if isinstance(message, list) else [message]:
+                if frame["type"] == "context_request":
+                    await client._answer_context(frame)
+                elif frame["type"] in ("send", "result"):
+                    take_blobs(frame.get("outputs"))
+                    if frame["type"] == "result":
+                        answered += 1
+                        errors += frame["error"] is not None
+                        assert frame["error"] is None or "failure" in frame["error"]["message"]
+                        if answered % 2000 == 0:
+                            samples.append((round(now, 1), [rss_kib(pid) for pid in pids]))
         end = {pid: rss_kib(pid) for pid in pids}
         elapsed = time.monotonic() - start
         assert errors == len([n for n in range(sent) if n % 13 == 0])
