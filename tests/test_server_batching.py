@@ -147,3 +147,12 @@ async def test_a_frame_before_hello_inside_an_array_is_refused_like_alone(server
     assert (await client.next(lambda f: True))["type"] == "welcome"
     await alive(client)
     client.close()
+
+
+async def test_a_lone_surrogate_costs_one_character_not_the_batch(server: Server) -> None:
+    client = await Client.connect(server.port)
+    await client.send_raw('[{"type":"ping","id":"a\\ud800"},{"type":"ping","id":"b"}]')
+    first = await client.next(lambda f: f["type"] == "pong")
+    second = await client.next(lambda f: f["type"] == "pong")
+    assert (first["id"], second["id"]) == ("a\ufffd", "b")
+    client.close()
