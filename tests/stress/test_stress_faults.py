@@ -323,3 +323,19 @@ async def test_blobs_sent_before_a_failure_stay_readable(bridge: StressBridge) -
         sent = [f for f in client.seen if f["type"] == "send" and f.get("req_id") == req_id]
         assert len(sent) == 1
         assert take_blobs(sent[0]["outputs"]) == [bytes(range(256)) * 4096]
+
+
+async def test_configure_storm_leaves_no_kernel_behind(bridge: StressBridge) -> None:
+    """A node reconfigured 30 times, each time while the previous pool may still be starting
+    (what a redeploy storm does): in the end only the last pool's kernels are alive."""
+    client = await bridge.connect()
+    for i in range(30):
+        config = {"code": f"return {{'payload': {i}}}", "workers": 2, "setup": "x = 1"}
+        await client.send(type="configure", node_id="storm", config=config)
+        await asyncio.sleep((i % 7) * 0.05)  # 0 to 300 ms: cancels starts at every stage
+    result = await client.execute("storm", "storm-last", {"payload": None})
+    assert result["outputs"] == [[{"payload": 29}]], result
+    deadline = time.monotonic() + 20
+    while len(bridge.kernel_pids()) != 2:
+        assert time.monotonic() < deadline, f"kernels alive: {len(bridge.kernel_pids())}, want 2"
+        await asyncio.sleep(0.2)
