@@ -96,7 +96,19 @@ describe("stress: redeploy storm", function () {
         // one bridge with its kernels; every earlier bridge and kernel is gone; no fd leaked
         assert.strictEqual(bridges.active().length, 1);
         const bridgePid = bridges.active()[0].child.pid;
-        await S.waitFor(() => kernelCount(bridgePid) === settledKernels, 20000, `kernels back to ${settledKernels} (now ${kernelCount(bridgePid)})`);
+        try {
+            await S.waitFor(() => kernelCount(bridgePid) === settledKernels, 20000, `kernels back to ${settledKernels}`);
+        } catch (err) {
+            const tree = S.processTree(bridgePid).map((pid) => {
+                try {
+                    return `${pid} ${fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").slice(0, 120)}`;
+                } catch (ignored) {
+                    return `${pid} (gone)`;
+                }
+            });
+            err.message += `; the bridge's process tree: ${tree.join(" | ")}`;
+            throw err;
+        }
         const current = new Set(S.processTree(bridgePid));
         const old = [...seen].filter((pid) => !current.has(pid));
         await S.waitFor(() => old.every((pid) => !S.alive(pid)), 20000, "earlier bridges and kernels to exit: " + old.filter(S.alive));
