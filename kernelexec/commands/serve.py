@@ -198,6 +198,7 @@ def publish_runtime_file(url: str, token: str) -> str | None:
     data = json.dumps({"url": url, "token": token, "pid": os.getpid()}).encode()
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        _sweep_dead_bridge_files(directory)
         temporary = f"{path}.{secrets.token_hex(4)}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
@@ -207,6 +208,18 @@ def publish_runtime_file(url: str, token: str) -> str | None:
         log.warning("Could not publish the bridge for kernelexec attach in %s: %s", directory, exc)
         return None
     return path
+
+
+def _sweep_dead_bridge_files(directory: str) -> None:
+    """Remove the runtime files of bridges that died without removing theirs (kill -9):
+    they would pile up, each holding a (dead) token."""
+    prefix, suffix = "kernelexec-bridge-", ".json"
+    for name in os.listdir(directory):
+        pid = name[len(prefix) : -len(suffix)]
+        ours = name.startswith(prefix) and name.endswith(suffix) and pid.isdigit()
+        if ours and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
 
 
 def _announce(server: Any, generated_token: str | None) -> None:
