@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 import pytest_asyncio
-from server_support import Client
+from server_support import Client, bridge_env
 from stress_support import StressBridge, blob_files, take_blobs, wait_clean
 
 from kernelexec import blobs
@@ -123,6 +123,16 @@ async def test_kill_9_of_the_bridge_leaves_no_kernel(bridge: StressBridge) -> No
         await asyncio.sleep(0.2)
     # nobody else will remove their connection files and ipc sockets (regression: they piled up)
     assert [f for f in files if os.path.exists(f)] == []
+    # nor the dead bridge's runtime file (for kernelexec attach, it holds the token): the next
+    # bridge to start removes it (regression: one more file per crash)
+    runtime_dir = bridge_env()["KERNELEXEC_RUNTIME_DIR"]
+    published = Path(runtime_dir) / f"kernelexec-bridge-{bridge.proc.pid}.json"
+    assert published.exists()
+    successor = StressBridge()
+    try:
+        assert not published.exists()
+    finally:
+        successor.stop()
 
 
 async def test_timeout_in_the_middle_of_64_mib_buffer_transfers(bridge: StressBridge) -> None:
