@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,3 +48,25 @@ def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("KERNELEXEC_WORK_DIR", None)
     else:
         os.environ["KERNELEXEC_WORK_DIR"] = old
+
+
+TEST_USER = "kernelexec-test"
+
+
+@pytest.fixture(scope="module")
+def test_user() -> Iterator[str]:
+    """An unprivileged system user for the user-isolation tests (created, then removed)."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd")
+    created = False
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True,
+        )
+        created = True
+    yield TEST_USER
+    if created:
+        subprocess.run(["userdel", TEST_USER], check=False)

@@ -260,22 +260,6 @@ async def test_files_land_in_the_node_directory() -> None:
 # --------------------------------------------------------------------------- user
 
 
-@pytest.fixture(scope="module")
-def test_user() -> Iterator[str]:
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("needs root and useradd")
-    created = False
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
-            check=True,
-        )
-        created = True
-    yield TEST_USER
-    if created:
-        subprocess.run(["userdel", TEST_USER], check=False)
 
 
 @needs_registry

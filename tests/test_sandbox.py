@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -268,22 +267,6 @@ async def test_no_network_blocks_outside_but_kernel_answers(
 # --------------------------------------------------------------------------- user
 
 
-@pytest.fixture(scope="module")
-def test_user() -> Iterator[str]:
-    if not ROOT or shutil.which("useradd") is None:
-        pytest.skip("needs root and useradd")
-    created = False
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
-            check=True,
-        )
-        created = True
-    yield TEST_USER
-    if created:
-        subprocess.run(["userdel", TEST_USER], check=False)
 
 
 @needs_root
