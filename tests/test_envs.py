@@ -30,7 +30,6 @@ from kernelexec.kernels.local import LocalKernel
 
 BASE_PYTHON = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else sys.executable
 REQUIREMENTS = ["six"]
-TEST_USER = "kernelexec-test"
 
 
 def registry_reachable() -> bool:

@@ -31,7 +31,6 @@ ROOT = os.geteuid() == 0
 HAS_CGROUPS = bool(sandbox.find_controller("memory") and sandbox.find_controller("cpu"))
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (cgroups, namespaces, setuid)")
 needs_cgroups = pytest.mark.skipif(not (ROOT and HAS_CGROUPS), reason="needs writable cgroups")
-TEST_USER = "kernelexec-test"
 
 
 def cgroup_leftovers() -> list[str]:
