@@ -89,15 +89,28 @@ def kernel_config() -> Any:
 
 
 def _skip_empty_flushes() -> None:
-    """Make OutStream.flush return at once when there is nothing to send."""
+    """Make OutStream.flush return at once when nothing was written since the last flush.
+
+    "Nothing buffered" is not enough: a write whose buffer the IOPub thread has already taken
+    may still be on its way, and flush() must wait for it (output before the reply). So a
+    write marks the stream dirty, and only a clean stream skips the flush.
+    """
     from ipykernel.iostream import OutStream
 
-    original = OutStream.flush
+    original_flush, original_write = OutStream.flush, OutStream.write
+
+    def write(self: Any, string: str) -> int | None:
+        self._kernelexec_dirty = True
+        result: int | None = original_write(self, string)
+        return result
 
     def flush(self: Any) -> None:
-        if self._buffers or self._flush_pending or self._subprocess_flush_pending:
-            original(self)  # type: ignore[no-untyped-call]
+        dirty = getattr(self, "_kernelexec_dirty", True)
+        if dirty or self._buffers or self._flush_pending or self._subprocess_flush_pending:
+            self._kernelexec_dirty = False
+            original_flush(self)  # type: ignore[no-untyped-call]
 
+    OutStream.write = write  # type: ignore[method-assign]
     OutStream.flush = flush  # type: ignore[method-assign]
 
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -66,9 +67,11 @@ class _Channels:
         self.iopub = self._socket(zmq.SUB, km._make_url("iopub"), None, unbounded=True)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: Set by the first IOPub message: the subscription is in place.
+        self.iopub_seen = asyncio.Event()
         self.tasks = [
             asyncio.ensure_future(self._read(self.shell, self._on_shell)),
-            asyncio.ensure_future(self._read(self.iopub, kernel._on_iopub)),
+            asyncio.ensure_future(self._read(self.iopub, self._on_iopub(kernel))),
             asyncio.ensure_future(self._read(self.stdin, kernel._on_stdin_msg)),
         ]
 
@@ -94,6 +97,13 @@ class _Channels:
                 log.warning("Dropped an undecodable kernel message", exc_info=True)
                 continue
             handle(msg)
+
+    def _on_iopub(self, kernel: LocalKernel) -> Callable[[dict[str, Any]], None]:
+        def handle(msg: dict[str, Any]) -> None:
+            self.iopub_seen.set()
+            kernel._on_iopub(msg)
+
+        return handle
 
     def _on_shell(self, msg: dict[str, Any]) -> None:
         future = self.pending.pop(msg["parent_header"].get("msg_id", ""), None)
@@ -158,23 +168,30 @@ class LocalKernel(KernelHandle):
         self._watch = asyncio.ensure_future(self._watch_process(self._death))
 
     async def _wait_ready(self, timeout: float = 60.0) -> None:
-        """kernel_info round trip: the kernel is up and its shell answers."""
+        """kernel_info round trips until the shell answers AND IOPub delivers.
+
+        A SUB socket only receives once its subscription has reached the kernel ("slow
+        joiner"): a node.send() or print() published before that would be lost. Every
+        kernel_info_request makes the kernel publish busy/idle on IOPub, so the kernel is
+        ready once one of those has arrived.
+        """
         channels = self._require_channels()
-        msg = channels.session.msg("kernel_info_request", {})
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
+            msg = channels.session.msg("kernel_info_request", {})
             future = self._expect(msg["header"]["msg_id"])
             await channels.send(channels.shell, msg)
             try:
                 await self._await_reply(future, 1.0)
+                await asyncio.wait_for(channels.iopub_seen.wait(), 0.2)
                 return
-            except TimeoutError:
-                if asyncio.get_running_loop().time() > deadline:
+            except (TimeoutError, asyncio.TimeoutError):
+                if loop.time() > deadline:
                     text = (
                         f"kernel did not answer within {timeout:.0f} s ({self._launch.description})"
                     )
                     raise KernelDiedError(text) from None
-                msg = channels.session.msg("kernel_info_request", {})
 
     async def restart(self) -> None:
         km = self._require_km()
