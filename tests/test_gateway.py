@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from gateway_fixtures import free_port, gateway_kernel_ids, running_gateway
 
+from kernelexec.blobs import pid_alive
 from kernelexec.config import EnvConfig
 from kernelexec.errors import GatewayError, KernelDiedError
 from kernelexec.kernels.gateway import (
@@ -381,16 +382,6 @@ def test_settings_from_url_and_factory() -> None:
         GatewaySettings.from_url("h:1")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-
-
 @pytest.mark.timeout(180)
 async def test_no_kernel_process_survives_the_gateway() -> None:
     """Shutdown leaves nothing on the gateway; stopping the gateway leaves no kernel."""
@@ -406,9 +397,9 @@ async def test_no_kernel_process_survives_the_gateway() -> None:
         assert gateway_kernel_ids(url, TOKEN) == [kept.kernel_id]
         kept._rest.close()  # the gateway goes away under this one
     deadline = time.monotonic() + 10
-    while any(_pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    assert not [pid for pid in pids if _pid_alive(pid)]
+    assert not [pid for pid in pids if pid_alive(pid)]
     await kept.shutdown(now=True)  # the gateway is gone: must not raise or hang
 
 
