@@ -243,14 +243,14 @@ async def test_lost_connection_is_reconnected_and_replayed(kernel: GatewayKernel
     await kernel.execute("import time", {})
     task = asyncio.ensure_future(kernel.execute(ANSWER + "time.sleep(1)\n__answer('late')", {}))
     await asyncio.sleep(0.3)
-    conn = kernel._ws
+    conn = kernel._channels.ws
     assert conn is not None and conn.stream is not None
     conn.stream.close()  # as if the network dropped the connection
     await asyncio.sleep(0)
     # a request made while reconnecting waits for the connection instead of failing
     assert (await asyncio.wait_for(kernel.execute("pass", {}), 15))["status"] == "ok"
     assert payload(await asyncio.wait_for(task, 15)) == "late"
-    assert kernel.is_alive() and kernel._ws is not conn
+    assert kernel.is_alive() and kernel._channels.ws is not conn
     assert (await kernel.execute("pass", {}))["status"] == "ok"
 
 
@@ -330,7 +330,7 @@ async def test_legacy_websocket_protocol() -> None:
         handle = GatewayKernel(settings(url))
         await handle.start()
         try:
-            assert handle._subprotocol is None
+            assert handle._channels.subprotocol is None
             events: list[tuple[dict[str, Any], list[bytes]]] = []
             handle.on_event = lambda event, buffers: events.append((event, buffers))
 
