@@ -7,7 +7,8 @@ docs/internals.md), so no message sees another's state and none waits for a kern
 
 Messages queue in arrival order (bounded by ``queue_limit``: beyond it a message fails at
 once with QUEUE_FULL) and go to the next idle worker; when a burst is waiting a worker takes
-several messages in one execute. With ``keep_order`` results leave in arrival order.
+several messages in one batch (up to MAX_BATCH, fewer for slow code). With ``keep_order``
+results leave in arrival order.
 """
 
 from __future__ import annotations
@@ -35,8 +36,16 @@ __all__ = ["MemoryHooks", "Pool", "PoolHooks", "PoolStats", "make_pool", "node_w
 
 log = logging.getLogger("kernelexec.pool")
 
-#: The most messages one execute carries when a burst is waiting.
-MAX_BATCH = 32
+#: The most messages one batch (one request to a kernel) carries when a burst is waiting.
+#: Each batch costs a Jupyter round trip (~1-2 ms of CPU in the kernel and the bridge), so
+#: a burst of tiny messages runs faster the larger its batches (docs/performance.md).
+MAX_BATCH = 128
+#: The cap with a timeout set: the worker's backstop for a kernel that ignores its interrupt
+#: waits for the sum of a batch's timeouts, which must not grow with the batch size.
+MAX_TIMED_BATCH = 32
+#: No batch holds more than about this much measured execution time (seconds): slow code
+#: goes in small batches, so its results keep flowing instead of arriving in lumps.
+BATCH_SECONDS = 0.05
 #: Setup retry delays: 1 s, 2 s, 4 s ... up to a minute.
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 #: How long close() lets running messages finish before failing and interrupting them.
@@ -131,6 +140,8 @@ class Pool:
         self._bootstrap = BOOTSTRAP_CODE
         self._counts = collections.Counter[str]()
         self._running: dict[Worker, list[Job]] = {}
+        #: Execution time of one message (seconds; see _measure).
+        self._exec_mean = 0.0
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -362,7 +373,7 @@ class Pool:
         return None
 
     async def _serve(self, worker: Worker) -> None:
-        """One worker's loop: take the waiting messages (up to MAX_BATCH), run, answer."""
+        """One worker's loop: take the waiting messages (a batch, see _share), run, answer."""
         while self.state != "closed" or (self._queue and worker.state is WorkerState.READY):
             if not self._queue or worker.state is not WorkerState.READY:
                 self._wakeup.clear()
@@ -376,6 +387,7 @@ class Pool:
                 results = await worker.run(jobs)
             finally:
                 del self._running[worker]
+            self._measure(results)
             by_id = {result.get("req_id"): result for result in results}
             for job in jobs:
                 result = by_id.get(job.req_id)
@@ -406,14 +418,37 @@ class Pool:
         return self.config.mode == "cold"
 
     def _share(self) -> int:
-        """How many waiting messages one idle worker takes: its fair share, at most MAX_BATCH.
+        """How many waiting messages one idle worker takes: its fair share, at most
+        :meth:`_batch_limit`.
 
         Idle workers get work before anyone batches: two messages and two idle workers
         run side by side; a burst waiting on busy workers goes in batches.
         """
         idle = sum(1 for w in self.workers if w.state is WorkerState.READY)
         share = -(-len(self._queue) // max(idle, 1))
-        return max(1, min(MAX_BATCH, share))
+        return max(1, min(self._batch_limit(), share))
+
+    def _batch_limit(self) -> int:
+        """MAX_BATCH (MAX_TIMED_BATCH with a timeout), fewer for slow code (BATCH_SECONDS)."""
+        limit = MAX_TIMED_BATCH if self.config.timeout > 0 else MAX_BATCH
+        if self._exec_mean * limit > BATCH_SECONDS:
+            limit = max(1, int(BATCH_SECONDS / self._exec_mean))
+        return limit
+
+    def _measure(self, results: list[dict[str, Any]]) -> None:
+        """Update the mean execution time per message from a batch's results: at once when
+        the code got slower (the next batches shrink), gradually when it got faster."""
+        total = 0.0
+        for result in results:
+            exec_ms = result.get("exec_ms")
+            if isinstance(exec_ms, (int, float)):
+                total += exec_ms
+        if results:
+            mean = total / 1000.0 / len(results)
+            if mean >= self._exec_mean:
+                self._exec_mean = mean
+            else:
+                self._exec_mean += (mean - self._exec_mean) * 0.3
 
     def _resolve(self, job: Job, result: dict[str, Any], error: KernelexecError | None) -> None:
         if job.future.done():
