@@ -33,6 +33,13 @@ needs_root = pytest.mark.skipif(not ROOT, reason="needs root (cgroups, namespace
 needs_cgroups = pytest.mark.skipif(not (ROOT and HAS_CGROUPS), reason="needs writable cgroups")
 
 
+def without_cgroups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a host where the bridge may not create cgroups."""
+    monkeypatch.setattr(
+        "kernelexec.sandbox.plan.make_cgroup_dirs", lambda *a, **k: ([], "test: no cgroups")
+    )
+
+
 def cgroup_leftovers() -> list[str]:
     """kernelexec cgroup directories of this process's pools."""
     found = []
@@ -180,7 +187,7 @@ async def test_ordinary_death_is_not_blamed_on_memory(workdir: str, kernel_facto
 async def test_memory_limit_without_cgroups_falls_back_to_rlimit_as(
     workdir: str, kernel_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "make_cgroup_dirs", lambda *a, **k: ([], "test: no cgroups"))
+    without_cgroups(monkeypatch)
     spec = await prepare({"memory_limit": "1500M"}, workdir)
     assert "--rlimit-as" in spec.argv and "RLIMIT_AS" in spec.description
     kernel = await kernel_factory(spec)
@@ -192,7 +199,7 @@ async def test_memory_limit_without_cgroups_falls_back_to_rlimit_as(
 async def test_small_memory_limit_without_cgroups_is_refused(
     workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "make_cgroup_dirs", lambda *a, **k: ([], "test: no cgroups"))
+    without_cgroups(monkeypatch)
     with pytest.raises(EnvironmentBuildError, match=r"memory_limit=300M.*RLIMIT_AS.*1G"):
         await prepare({"memory_limit": "300M"}, workdir)
 
@@ -225,7 +232,7 @@ async def test_cpu_limit_caps_cpu_time(workdir: str, kernel_factory: Any) -> Non
 async def test_cpu_limit_refused_without_cgroups(
     workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "make_cgroup_dirs", lambda *a, **k: ([], "test: no cgroups"))
+    without_cgroups(monkeypatch)
     with pytest.raises(EnvironmentBuildError, match=r"cpu_limit=0.5.*RLIMIT_CPU"):
         await prepare({"cpu_limit": 0.5}, workdir)
 
@@ -316,7 +323,7 @@ async def test_cleanup_is_safe_per_kernel(workdir: str) -> None:
 def test_unprivileged_wrapper_leaves_the_network_through_a_user_namespace() -> None:
     """A bridge that is not root gets no network through CLONE_NEWUSER | CLONE_NEWNET."""
     python = "/usr/bin/python3"
-    package_parent = str(Path(sandbox.__file__).resolve().parent.parent)
+    package_parent = str(Path(sandbox.__file__).resolve().parents[2])
     if not os.path.exists(python) or shutil.which("su") is None:
         pytest.skip("needs /usr/bin/python3 and su")
     probe = (
