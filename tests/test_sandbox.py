@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -285,7 +286,7 @@ async def test_user_that_does_not_exist_fails_at_deploy(workdir: str) -> None:
 async def test_user_who_cannot_read_the_interpreter_fails_at_deploy(
     workdir: str, test_user: str
 ) -> None:
-    python = os.path.realpath(envs.sys.executable)
+    python = os.path.realpath(sys.executable)
     if os.access(python, os.X_OK) and not python.startswith("/root/"):
         pytest.skip("the bridge interpreter is readable by everyone here")
     with pytest.raises(EnvironmentBuildError, match=rf"{test_user}.*must be able to read"):
