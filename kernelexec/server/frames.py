@@ -15,6 +15,8 @@ import json
 import re
 from typing import Any
 
+import orjson
+
 from ..protocol import ERROR_CODES, PROTOCOL_VERSION, load_spec
 
 __all__ = [
@@ -66,6 +68,8 @@ _RULES: dict[str, tuple[_Field, ...]] = {
 }
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: UTF-8 cannot carry these alone (see :func:`dumps`).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class FrameError(Exception):
@@ -173,7 +177,11 @@ def _check_fields(frame_type: str, frame: dict[str, Any]) -> None:
 
 def decode(text: str | bytes) -> Any:
     """Decode one WebSocket message: a frame (an object) or, since protocol 1.1, an array of
-    frames. Raises :class:`FrameError` when it is not JSON; the frames are not checked yet."""
+    frames. Raises :class:`FrameError` when it is not JSON; the frames are not checked yet.
+
+    (The json module, not orjson: orjson reads an integer beyond 64 bits as a float, and
+    telling such a message apart costs more than orjson saves on these small frames.)
+    """
     try:
         return json.loads(text, parse_constant=_non_finite)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -225,6 +233,21 @@ def batching(version: str) -> bool:
     return (int(head), int(tail)) >= BATCH_VERSION
 
 
-def dumps(frame: dict[str, Any]) -> str:
-    """Encode a server frame (compact, UTF-8 text, NaN refused: JSON.parse cannot read it)."""
-    return _ENCODER.encode(frame)
+def dumps(frame: dict[str, Any]) -> bytes:
+    """Encode a server frame as compact UTF-8 JSON.
+
+    orjson on the hot path (NaN and Infinity become null, as JSON.stringify writes them);
+    what it refuses (a key that is not a str, an int beyond 64 bits, a lone surrogate) goes
+    through the json module, which refuses NaN (ValueError: JSON.parse cannot read it) and
+    writes a lone surrogate, which UTF-8 cannot carry, as U+FFFD (as the kernels' wire
+    packer does), so that the frame is not dropped with the rest of its batch.
+    """
+    try:
+        return orjson.dumps(frame)
+    except TypeError:  # orjson.JSONEncodeError
+        pass
+    text = _ENCODER.encode(frame)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")

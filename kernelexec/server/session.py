@@ -27,7 +27,6 @@ import functools
 import itertools
 import logging
 import os
-import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -57,9 +56,6 @@ __all__ = ["Session", "Transport"]
 log = logging.getLogger("kernelexec.server")
 
 _BEFORE_HELLO = frozenset({"hello", "ping"})
-#: UTF-8 cannot carry these alone; a frame holding one is sent with U+FFFD instead (as
-#: the kernels' wire packer does), not dropped with the rest of its batch.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Queued frames that make the session write at once rather than at the end of the turn
 #: (the peer can start on the first ones while the bridge still produces the rest).
 FLUSH_FRAMES = 256
@@ -68,7 +64,7 @@ FLUSH_FRAMES = 256
 class Transport(Protocol):
     """The connection a session writes to (the WebSocket handler)."""
 
-    def write_message(self, message: str) -> Any: ...
+    def write_message(self, message: bytes) -> Any: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -115,9 +111,11 @@ class Session:
         self._ctx_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._fast_limit = bridge.options.max_frame_bytes // 4
+        #: The largest message the client takes (UTF-8 bytes).
+        self._limit = bridge.options.max_frame_bytes
         #: The client reads arrays of frames (protocol >= 1.1): frames are queued per turn.
         self._batch = False
-        self._out: list[str] = []
+        self._out: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self._routes: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._on_hello,
@@ -136,19 +134,19 @@ class Session:
         if self.ended is not None and self.bridge.closing is None:
             return
         try:
-            text = dumps(frame)
+            data = dumps(frame)
         except (TypeError, ValueError) as exc:
-            text = dumps(self._unencodable(frame, exc))
-        if len(text) > self._fast_limit:
-            checked = self._within_limit(frame, text)
+            data = dumps(self._unencodable(frame, exc))
+        if len(data) > self._limit:
+            checked = self._within_limit(frame, data)
             if checked is None:
                 return
-            text = checked
+            data = checked
         if not self._batch:
-            self._write(text)
+            self._write(data)
             return
         out = self._out
-        out.append(text)
+        out.append(data)
         if len(out) >= FLUSH_FRAMES:
             self.flush()
         elif self._flush_handle is None:
@@ -159,33 +157,30 @@ class Session:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        texts, self._out = self._out, []
-        if len(texts) == 1:
-            self._write(texts[0])
+        frames, self._out = self._out, []
+        if len(frames) == 1:
+            self._write(frames[0])
             return
-        # Each text is at most _fast_limit characters or alone (_within_limit): a joined
-        # message of at most _fast_limit characters is within max_frame_bytes in UTF-8.
-        limit = self._fast_limit
-        batch: list[str] = []
+        # Each frame is at most max_frame_bytes (_within_limit); so is each joined message.
+        limit = self._limit
+        batch: list[bytes] = []
         size = 2
-        for text in texts:
-            if batch and size + len(text) + 1 > limit:
+        for data in frames:
+            if batch and size + len(data) + 1 > limit:
                 self._write_batch(batch)
                 batch, size = [], 2
-            batch.append(text)
-            size += len(text) + 1
+            batch.append(data)
+            size += len(data) + 1
         if batch:
             self._write_batch(batch)
 
-    def _write_batch(self, batch: list[str]) -> None:
-        self._write(batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]")
+    def _write_batch(self, batch: list[bytes]) -> None:
+        self._write(batch[0] if len(batch) == 1 else b"[" + b",".join(batch) + b"]")
 
-    def _write(self, text: str) -> None:
+    def _write(self, data: bytes) -> None:
+        """Write UTF-8 JSON as a text message (tornado sends bytes as they are)."""
         try:
-            try:
-                future = self.transport.write_message(text)
-            except UnicodeEncodeError:  # a lone surrogate (echoed from a client's string)
-                future = self.transport.write_message(_LONE_SURROGATE.sub("\ufffd", text))
+            future = self.transport.write_message(data)
         except Exception:  # WebSocketClosedError: the peer is gone
             return
         if future is not None:
@@ -195,13 +190,13 @@ class Session:
         message = f"a {frame.get('type')} frame could not be encoded as JSON: {exc}"
         return self._instead(frame, error_object("CONVERSION_ERROR", message, type(exc).__name__))
 
-    def _within_limit(self, frame: dict[str, Any], text: str) -> str | None:
+    def _within_limit(self, frame: dict[str, Any], data: bytes) -> bytes | None:
         """A frame the client would refuse (too large) is replaced by a report of it: one
         node's huge output must not cost the connection, and with it every node's pool."""
-        size = len(text.encode("utf-8", "surrogatepass"))
-        limit = self.bridge.options.max_frame_bytes
+        size = len(data)
+        limit = self._limit
         if size <= limit:
-            return text
+            return data
         kind = frame.get("type")
         message = (
             f"a {kind} frame of {size} bytes is larger than max_frame_bytes ({limit}); "
