@@ -309,13 +309,18 @@ class Runtime:
         except Exception as exc:
             return {"error": user_error(exc, KernelexecError)}
 
-    def handle(self) -> None:
-        """The kernel cell ``__kernelexec__.handle()``: request from the parent, answer
-        into the reply payload."""
+    def respond(self) -> dict[str, Any]:
+        """The answer to the kernel's current shell request (its ``content["kernelexec"]``):
+        what a ``kernelexec_request`` replies (kernelexec/kernel.py)."""
         channel = self.channel
         parent = channel.remember() if isinstance(channel, KernelChannel) else {}
         request = (parent.get("content") or {}).get("kernelexec") or {}
-        answer = self.dispatch(request)
+        return self.dispatch(request)
+
+    def handle(self) -> None:
+        """The kernel cell ``__kernelexec__.handle()``: the same answer, into the
+        execute_reply's payload (kernels without ``kernelexec_request``)."""
+        answer = self.respond()
         self.shell.payload_manager.write_payload({"source": "kernelexec", "data": answer})
 
     async def handle_async(self) -> None:

@@ -2,7 +2,8 @@
 
 A :class:`Worker` drives one :class:`~kernelexec.kernels.base.KernelHandle`. It speaks the
 in-kernel contract of docs/internals.md: ops ``init``, ``setup``, ``run``, ``code`` and
-``stop`` sent as execute_requests whose answer comes back in the reply payload.
+``stop`` sent by :meth:`KernelHandle.request` (a ``kernelexec_request``, or the execute_request
+of ``__kernelexec__.handle()``), whose answer comes back in the reply payload.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from .errors import (
     SetupError,
     error_from_dict,
 )
-from .kernels.base import KernelHandle
+from .kernels.base import HANDLE_CODE, KernelHandle
 
-__all__ = ["BOOTSTRAP_CODE", "Job", "Worker", "WorkerState", "failed_result"]
+__all__ = ["BOOTSTRAP_CODE", "HANDLE_CODE", "Job", "Worker", "WorkerState", "failed_result"]
 
 log = logging.getLogger("kernelexec.worker")
 
@@ -34,7 +35,6 @@ BOOTSTRAP_CODE = (
     "__kernelexec__ = __kernelexec_runtime__.install(get_ipython())\n"
     "del __kernelexec_runtime__\n"
 )
-HANDLE_CODE = "__kernelexec__.handle()"
 #: Extra time a batch gets beyond the sum of its timeouts before the worker steps in.
 BACKSTOP_GRACE = 2.0
 #: How long the worker waits after an interrupt before it restarts the kernel.
@@ -132,8 +132,7 @@ class Worker:
     async def _op(
         self, request: dict[str, Any], *, error_cls: type[KernelexecError] | None
     ) -> dict[str, Any]:
-        reply = await self.kernel.execute(HANDLE_CODE, request)
-        data = _payload(reply)
+        data = _payload(await self.kernel.request(request))
         if data.get("error"):
             error = error_from_dict(data["error"])
             if error_cls is not None and not isinstance(error, error_cls):
@@ -213,7 +212,7 @@ class Worker:
         return results
 
     async def _run_with_backstop(self, request: dict[str, Any], count: int) -> dict[str, Any]:
-        task = asyncio.ensure_future(self.kernel.execute(HANDLE_CODE, request))
+        task = asyncio.ensure_future(self.kernel.request(request))
         try:
             return await self._backstop(task, count)
         finally:

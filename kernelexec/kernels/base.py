@@ -12,7 +12,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EventCallback", "KernelHandle", "LaunchSpec", "StdinCallback", "StreamCallback"]
+__all__ = [
+    "HANDLE_CODE",
+    "EventCallback",
+    "KernelHandle",
+    "LaunchSpec",
+    "StdinCallback",
+    "StreamCallback",
+]
+
+#: The cell that runs one runtime op when the kernel has no ``kernelexec_request``.
+HANDLE_CODE = "__kernelexec__.handle()"
 
 #: Called with (event content, buffers) for every kernelexec event on IOPub.
 EventCallback = Callable[[dict[str, Any], list[bytes]], None]
@@ -63,6 +73,14 @@ class KernelHandle(ABC):
         arrive meanwhile go to ``on_stdin``. Raises KernelDiedError when the kernel dies
         before the reply.
         """
+
+    async def request(self, op: dict[str, Any]) -> dict[str, Any]:
+        """Run one op of the in-kernel runtime (docs/internals.md); returns the reply content,
+        its answer in ``payload`` (Worker). This default sends the execute_request of
+        ``__kernelexec__.handle()``, which every kernel with the runtime installed answers; a
+        handle whose kernel speaks ``kernelexec_request`` (kernelexec/kernel.py) sends that
+        instead: same content and reply shape, without IPython's cell machinery."""
+        return await self.execute(HANDLE_CODE, op)
 
     @abstractmethod
     def is_alive(self) -> bool:

@@ -25,7 +25,7 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
-from ..kernel import wire_pack
+from ..kernel import REQUEST_TYPE, wire_pack
 from .base import KernelHandle, LaunchSpec
 
 __all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec"]
@@ -138,6 +138,8 @@ class LocalKernel(KernelHandle):
         self._death: asyncio.Future[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stdin_tasks: set[asyncio.Task[None]] = set()
+        #: Whether the kernel announced ``kernelexec_request`` (in its kernel_info_reply).
+        self._speaks_requests = False
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,8 +185,10 @@ class LocalKernel(KernelHandle):
             future = self._expect(msg["header"]["msg_id"])
             await channels.send(channels.shell, msg)
             try:
-                await self._await_reply(future, 1.0)
+                reply = await self._await_reply(future, 1.0)
                 await asyncio.wait_for(channels.iopub_seen.wait(), 0.2)
+                info = reply["content"].get("kernelexec") or {}
+                self._speaks_requests = info.get("request") == REQUEST_TYPE
                 return
             except (TimeoutError, asyncio.TimeoutError):
                 if loop.time() > deadline:
@@ -266,6 +270,17 @@ class LocalKernel(KernelHandle):
         reply = await self._await_reply(future, None)
         content_out: dict[str, Any] = reply["content"]
         return content_out
+
+    async def request(self, op: dict[str, Any]) -> dict[str, Any]:
+        if not self._speaks_requests:
+            return await super().request(op)
+        channels = self._require_channels()
+        msg = channels.session.msg(REQUEST_TYPE, {"kernelexec": op})
+        future = self._expect(msg["header"]["msg_id"])
+        await channels.send(channels.shell, msg)
+        reply = await self._await_reply(future, None)
+        content: dict[str, Any] = reply["content"]
+        return content
 
     def _expect(self, msg_id: str) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
