@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import blobs
 from .errors import ExecutionTimeout, KernelDiedError
+from .prewarm import copy_shared_pages
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -106,11 +107,12 @@ def _fork() -> int:
         return os.fork()
 
 
-def _child(runtime: Runtime, fds: tuple[int, int, int, int]) -> None:
+def _child(runtime: Runtime, fds: tuple[int, int, int, int], *, spare: bool) -> None:
     """In the child: wait for the message on the pipe, run it, write the RESULT, exit.
 
-    Never returns. A spare child (forked ahead of time) waits here until its message comes;
-    end of file on the pipe (the kernel is gone, or discarded the spare) makes it exit.
+    Never returns. A spare child (forked ahead of time) first copies the pages it shares with
+    the kernel (kernelexec/prewarm.py), then waits here until its message comes; end of file
+    on the pipe (the kernel is gone, or discarded the spare) makes it exit.
     """
     code = 0
     try:
@@ -118,6 +120,8 @@ def _child(runtime: Runtime, fds: tuple[int, int, int, int]) -> None:
         os.close(to_parent_unused)
         os.close(to_child_unused)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        if spare and os.environ.get("KERNELEXEC_PREWARM", "1") != "0":
+            copy_shared_pages(from_parent)
         try:
             order = _read_frame(from_parent)
         except EOFError:
@@ -156,13 +160,13 @@ class _Spare:
 _SPARE: list[_Spare] = []
 
 
-def _fork_child(runtime: Runtime) -> _Spare:
+def _fork_child(runtime: Runtime, *, spare: bool = False) -> _Spare:
     """Fork a child that waits for its message (see _child)."""
     to_parent_r, to_parent_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
     pid = _fork()
     if pid == 0:
-        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w))
+        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w), spare=spare)
     os.close(to_parent_w)
     os.close(to_child_r)
     return _Spare(pid, to_child_w, to_parent_r)
@@ -171,7 +175,7 @@ def _fork_child(runtime: Runtime) -> _Spare:
 def prefork(runtime: Runtime) -> None:
     """Fork the next message's child now, while the node is idle (op ``prefork``)."""
     if not _SPARE:
-        _SPARE.append(_fork_child(runtime))
+        _SPARE.append(_fork_child(runtime, spare=True))
 
 
 def discard_spare() -> None:
