@@ -327,11 +327,22 @@ class Bridge {
         return this.ready && this.sendRaw(frame);
     }
 
+    /** Send a frame already serialized with JSON.stringify; false when there is no connection. */
+    sendText(text) {
+        return this.ready && this.queueText(text);
+    }
+
     sendRaw(frame) {
         if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
             return false;
         }
-        const text = JSON.stringify(frame);
+        return this.queueText(JSON.stringify(frame));
+    }
+
+    queueText(text) {
+        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+            return false;
+        }
         if (!this.batching) {
             this.ws.send(text);
             return true;

@@ -72,6 +72,12 @@ function restoreKept(msg, kept) {
     return msg;
 }
 
+// The encoder returns a value unchanged (the very same object) when JSON.stringify would
+// already write it as the protocol wants: plain objects and arrays whose values are strings,
+// finite numbers, booleans, null or such containers. Only what differs (a Buffer, a Date,
+// NaN, a Map, a class instance...) is rebuilt, with its containers up to the top, so that a
+// message of plain data crosses without a copy. The property path of a value (for errors:
+// msg.payload.a[2]) is kept as a stack of keys and only made into a string for an error.
 class Encoder {
     constructor(options) {
         this.inline = !options || !options.blobDir;
@@ -79,6 +85,27 @@ class Encoder {
         this.stem = options && `${BLOB_PREFIX}${process.pid}-${options.reqId}-`;
         this.pending = [];
         this.ancestors = new Set();
+        this.root = "msg";
+        this.keys = [];   // the path below root: strings (object keys) and numbers (indexes)
+    }
+
+    /** Encode `value`, found at `where` (a path such as msg.payload) in error messages. */
+    encode(value, where) {
+        this.root = where;
+        this.keys.length = 0;
+        return this.value(value);
+    }
+
+    where() {
+        let out = this.root;
+        for (const key of this.keys) {
+            out += typeof key === "number" ? `[${key}]` : `.${key}`;
+        }
+        return out;
+    }
+
+    fail(reason) {
+        throw new CodecError(this.where(), reason);
     }
 
     bytes(buf) {
@@ -90,7 +117,7 @@ class Encoder {
         return { [MARKER]: "blob", path: file, size: buf.length };
     }
 
-    value(value, where) {
+    value(value) {
         switch (typeof value) {
         case "string":
         case "boolean":
@@ -98,9 +125,9 @@ class Encoder {
         case "number":
             return Number.isFinite(value) ? value : null;
         case "bigint":
-            throw new CodecError(where, "cannot send a BigInt to Python; convert it to a Number or a String first");
+            return this.fail("cannot send a BigInt to Python; convert it to a Number or a String first");
         case "function":
-            throw new CodecError(where, "cannot send a function to Python");
+            return this.fail("cannot send a function to Python");
         case "undefined":
         case "symbol":
             return undefined;
@@ -108,10 +135,10 @@ class Encoder {
         if (value === null) {
             return null;
         }
-        return this.object(value, where);
+        return this.object(value);
     }
 
-    object(value, where) {
+    object(value) {
         if (Buffer.isBuffer(value) || value instanceof Uint8Array) {
             return this.bytes(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
         }
@@ -119,71 +146,113 @@ class Encoder {
             return this.bytes(Buffer.from(value));
         }
         if (ArrayBuffer.isView(value)) {
-            return Array.from(value, (v) => this.value(v, where));
+            return Array.from(value, (v) => this.value(v));
         }
         if (value instanceof Date) {
             return isNaN(value.getTime()) ? null : value.toISOString();
         }
         if (this.ancestors.has(value)) {
-            throw new CodecError(where, "circular reference; Python can only receive trees of values");
+            return this.fail("circular reference; Python can only receive trees of values");
         }
         this.ancestors.add(value);
         try {
-            return this.container(value, where);
+            return this.container(value);
         } finally {
             this.ancestors.delete(value);
         }
     }
 
-    container(value, where) {
+    container(value) {
         if (typeof value.toJSON === "function") {
-            return this.value(value.toJSON(), where);
+            return this.value(value.toJSON());
         }
-        if (Array.isArray(value) || value instanceof Set) {
-            return Array.from(value, (v, i) => {
-                const out = this.value(v, `${where}[${i}]`);
-                return out === undefined ? null : out;
-            });
+        if (Array.isArray(value)) {
+            return this.array(value);
         }
+        if (value instanceof Set) {
+            return this.array(Array.from(value), true);
+        }
+        if (value instanceof Map) {
+            return this.entries(Array.from(value, ([k, v]) => [String(k), v]));
+        }
+        if (!isPlainObject(value)) {   // a class instance: its own enumerable properties
+            return this.entries(Object.entries(value));
+        }
+        const keys = Object.keys(value);
+        let out = null;   // the copy, made at the first value that changes
+        this.keys.push("");
+        for (let i = 0; i < keys.length; i++) {
+            const key = keys[i];
+            const v = value[key];
+            this.keys[this.keys.length - 1] = key;
+            const encoded = this.value(v);
+            if (out === null && encoded !== v) {
+                out = {};
+                for (let j = 0; j < i; j++) {
+                    out[keys[j]] = value[keys[j]];
+                }
+            }
+            if (out !== null && encoded !== undefined) {
+                out[key] = encoded;
+            }
+        }
+        this.keys.pop();
+        return out === null ? value : out;
+    }
+
+    /** An array's items (undefined becomes null, as in JSON); `copy`: never the same array. */
+    array(value, copy = false) {
+        let out = copy ? [] : null;
+        this.keys.push(0);
+        for (let i = 0; i < value.length; i++) {
+            const v = value[i];
+            this.keys[this.keys.length - 1] = i;
+            let encoded = this.value(v);
+            if (encoded === undefined) {
+                encoded = null;
+            }
+            if (out === null && encoded !== v) {
+                out = value.slice(0, i);
+            }
+            if (out !== null) {
+                out.push(encoded);
+            }
+        }
+        this.keys.pop();
+        return out === null ? value : out;
+    }
+
+    entries(entries) {
         const out = {};
-        const entries = value instanceof Map ? Array.from(value, ([k, v]) => [String(k), v]) : Object.entries(value);
+        this.keys.push("");
         for (const [key, v] of entries) {
-            const encoded = this.value(v, `${where}.${key}`);
+            this.keys[this.keys.length - 1] = key;
+            const encoded = this.value(v);
             if (encoded !== undefined) {
                 out[key] = encoded;
             }
         }
+        this.keys.pop();
         return out;
-    }
-
-    async flush() {
-        const written = [];
-        try {
-            for (const { file, buf } of this.pending) {
-                written.push(file);
-                await fs.promises.writeFile(file, buf, { mode: 0o600, flag: "wx" });
-            }
-        } catch (err) {
-            await removeFiles(written);
-            throw err;
-        }
-        return written;
     }
 }
 
 /**
- * Encode a message's crossable part for an execute frame. Large Buffers are written to files
- * in blobDir; the caller owns `files` and must removeFiles() them when the request ends.
- * `kept`: top-level properties (not payload) that could not be encoded, to keep on the JS side.
+ * Encode a message's crossable part for an execute frame, without writing anything:
+ * `msg` (JSON-safe; parts of the input that need no change are the input's own objects, so
+ * serialize it before anything can change them), `kept` (top-level properties, not payload,
+ * that could not be encoded, to keep on the JS side) and `pending` (Buffers too large to go
+ * inline: write them with writeBlobs(pending) before sending msg).
  */
-async function encodeMessage(wire, options) {
+function encodeWire(wire, options) {
     const encoder = new Encoder(options);
     const msg = {};
     const kept = {};
-    for (const [key, value] of Object.entries(wire)) {
+    for (const key of Object.keys(wire)) {
+        const value = wire[key];
         const mark = encoder.pending.length;
         try {
-            const encoded = encoder.value(value, `msg.${key}`);
+            const encoded = encoder.encode(value, `msg.${key}`);
             if (encoded !== undefined) {
                 msg[key] = encoded;
             }
@@ -196,13 +265,38 @@ async function encodeMessage(wire, options) {
             kept[key] = value;
         }
     }
-    const files = await encoder.flush();
+    return { msg, kept, pending: encoder.pending };
+}
+
+/** Write the blob files of encodeWire's `pending`; on failure none is left. Returns the paths. */
+async function writeBlobs(pending) {
+    const written = [];
+    try {
+        for (const { file, buf } of pending) {
+            written.push(file);
+            await fs.promises.writeFile(file, buf, { mode: 0o600, flag: "wx" });
+        }
+    } catch (err) {
+        await removeFiles(written);
+        throw err;
+    }
+    return written;
+}
+
+/**
+ * Encode a message's crossable part for an execute frame. Large Buffers are written to files
+ * in blobDir; the caller owns `files` and must removeFiles() them when the request ends.
+ * `kept`: top-level properties (not payload) that could not be encoded, to keep on the JS side.
+ */
+async function encodeMessage(wire, options) {
+    const { msg, kept, pending } = encodeWire(wire, options);
+    const files = pending.length > 0 ? await writeBlobs(pending) : [];
     return { msg, files, kept };
 }
 
 /** Encode one value with every Buffer inline (context replies). */
 function encodeInline(value, where) {
-    const out = new Encoder(null).value(value, where || "value");
+    const out = new Encoder(null).encode(value, where || "value");
     return out === undefined ? null : out;
 }
 
@@ -240,6 +334,44 @@ function replaceMarkers(value, blobs) {
         value[key] = replaceMarkers(value[key], blobs);
     }
     return value;
+}
+
+/** What decoding `value` needs: 0 nothing, 1 inline Buffers only, 2 blob files to read. */
+function markers(value) {
+    if (value === null || typeof value !== "object") {
+        return 0;
+    }
+    let found = 0;
+    if (Array.isArray(value)) {
+        for (let i = 0; i < value.length && found < 2; i++) {
+            found = Math.max(found, markers(value[i]));
+        }
+        return found;
+    }
+    const kind = value[MARKER];
+    if (kind === "blob") {
+        return 2;
+    }
+    if (kind === "buffer" && typeof value.b64 === "string") {
+        return 1;
+    }
+    for (const key in value) {
+        if (found === 2) {
+            break;
+        }
+        found = Math.max(found, markers(value[key]));
+    }
+    return found;
+}
+
+const NO_BLOBS = new Map();
+
+/**
+ * decodeValue without waiting, for a value without blob markers (markers(value) < 2): inline
+ * Buffers are decoded in place. Returns `value`.
+ */
+function decodeInline(value) {
+    return replaceMarkers(value, NO_BLOBS);
 }
 
 /**
@@ -296,8 +428,12 @@ module.exports = {
     CodecError,
     splitMessage,
     restoreKept,
+    encodeWire,
+    writeBlobs,
     encodeMessage,
     encodeInline,
+    markers,
+    decodeInline,
     decodeValue,
     removeFiles,
     discardBlobs,

@@ -15,6 +15,7 @@ const CLOSE_WAIT_MS = 6000;   // with the bridge's stop below, within Node-RED's
 const KEPT_LINGER_MS = 10000;   // late node.send() of a finished message still gets msg.res back
 const REQ_PREFIX = crypto.randomBytes(3).toString("hex");
 let reqCounter = 0;
+const NO_FILES = Object.freeze([]);
 
 /** An Error that Node-RED's Catch node reports as "<PythonType>: message (line N)". */
 function toError(error, fallbackCode) {
@@ -50,6 +51,7 @@ class Runner {
         this.inflight = new Map();
         this.closing = null;
         this.delivery = Promise.resolve();
+        this.deliveries = 0;   // deliveries waiting in the chain (reading blob files)
         this.kept = new Map();   // _msgid -> {props, active, timer}: what stayed on the JS side
         this.status = new PoolStatus(node, config.mode);
     }
@@ -133,9 +135,13 @@ class Runner {
         // node.error(text, msg) in Python fails the request: its text is both a log line and
         // the result's error; report it once, through done(err).
         const failure = frame.error ? frame.error.message : null;
-        this.logs((frame.logs || []).filter((e) => !(e.level === "error" && e.text === failure)));
-        for (const status of frame.status || []) {
-            this.status.user(status);
+        if (frame.logs && frame.logs.length > 0) {
+            this.logs(failure === null ? frame.logs : frame.logs.filter((e) => !(e.level === "error" && e.text === failure)));
+        }
+        if (frame.status && frame.status.length > 0) {
+            for (const status of frame.status) {
+                this.status.user(status);
+            }
         }
         if (frame.stdout) {
             this.node.log(frame.stdout.replace(/\n$/, ""));
@@ -143,19 +149,39 @@ class Runner {
         if (frame.error) {
             codec.discardBlobs(frame.outputs, this.bridge && this.bridge.blobDir);
         }
-        // after the request's earlier send frames (the delivery chain keeps the order)
-        this.deliver(req, frame.error ? null : frame.outputs, frame.stdout).then(() => {
+        const complete = () => {
             if (frame.error) {
                 this.finish(req, toError(frame.error));
             } else if (frame.done !== false || req.doneFrame) {
                 this.finish(req, req.doneFrame && req.doneFrame.error ? toError(req.doneFrame.error) : null);
             }
-        }, (err) => this.finish(req, err));
+        };
+        // after the request's earlier send frames (deliveries keep the order)
+        let pending;
+        try {
+            pending = this.deliver(req, frame.error ? null : frame.outputs, frame.stdout);
+        } catch (err) {
+            this.finish(req, err);
+            return;
+        }
+        if (pending) {
+            pending.then(complete, (err) => this.finish(req, err));
+        } else {
+            complete();
+        }
     }
 
     onSend(frame) {
         const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
-        this.deliver(req, frame.outputs, null).catch((err) => this.node.error(err, req ? req.msg : undefined));
+        const report = (err) => this.node.error(err, req ? req.msg : undefined);
+        try {
+            const pending = this.deliver(req, frame.outputs, null);
+            if (pending) {
+                pending.catch(report);
+            }
+        } catch (err) {
+            report(err);
+        }
     }
 
     onDone(frame) {
@@ -246,43 +272,84 @@ class Runner {
         }
     }
 
-    async execute(item) {
+    /** Send a message to the pool. Without large Buffers (blob files) it leaves at once. */
+    execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
         const { wire, kept } = codec.splitMessage(item.msg);
-        const req = Object.assign({ reqId, files: [], result: false, finished: false, held: false }, item);
+        const req = { reqId, files: NO_FILES, result: false, finished: false, held: false, msg: item.msg, send: item.send, done: item.done };
         this.inflight.set(reqId, req);
         let encoded;
         try {
-            encoded = await codec.encodeMessage(wire, { blobDir: this.bridge.blobDir, reqId });
+            encoded = codec.encodeWire(wire, { blobDir: this.bridge.blobDir, reqId });
         } catch (err) {
             this.finish(req, err);
             return;
         }
-        req.files = encoded.files;
-        if (req.finished) {
-            codec.removeFiles(req.files);
+        // the encoded msg shares the input's unchanged parts: serialized before anything waits
+        const frame = { type: "execute", node_id: this.id, req_id: reqId, msg: encoded.msg };
+        if (encoded.pending.length === 0) {
+            this.sendExecute(req, Object.assign(kept, encoded.kept), frame, null);
             return;
         }
-        req.held = this.holdKept(item.msg._msgid, Object.assign(kept, encoded.kept));
-        this.bridge.track(reqId, this);
-        if (!this.bridge.send({ type: "execute", node_id: this.id, req_id: reqId, msg: encoded.msg })) {
+        const text = JSON.stringify(frame);
+        codec.writeBlobs(encoded.pending).then((files) => {
+            req.files = files;
+            if (req.finished) {
+                codec.removeFiles(files);
+                return;
+            }
+            this.sendExecute(req, Object.assign(kept, encoded.kept), null, text);
+        }, (err) => this.finish(req, err));
+    }
+
+    sendExecute(req, kept, frame, text) {
+        req.held = this.holdKept(req.msg._msgid, kept);
+        this.bridge.track(req.reqId, this);
+        let sent;
+        try {
+            sent = frame ? this.bridge.send(frame) : this.bridge.sendText(text);
+        } catch (err) {   // JSON.stringify of the input's own objects (a getter that throws)
+            this.finish(req, err);
+            return;
+        }
+        if (!sent) {
             this.finish(req, this.failure || toError({ code: "BRIDGE_LOST", type: "Error", message: t("kernelexec.error.connectionLost") }));
         }
     }
 
-    /** Deliveries run one after another, so that sends keep the order the kernel made them in. */
+    /**
+     * Deliveries run one after another, so that sends keep the order the kernel made them in.
+     * Outputs without blob files, with no earlier delivery still reading files, are delivered
+     * at once (returns null); otherwise after the earlier ones (returns their promise).
+     */
     deliver(req, outputs, stdout) {
+        const needs = Array.isArray(outputs) && outputs.length > 0 ? codec.markers(outputs) : 0;
+        if (this.deliveries === 0 && needs < 2) {
+            this.deliverDecoded(req, needs === 1 ? codec.decodeInline(outputs) : outputs, stdout);
+            return null;
+        }
+        this.deliveries += 1;
         const next = this.delivery.then(() => this.deliverNow(req, outputs, stdout));
-        this.delivery = next.catch(() => {});
+        this.delivery = next.catch(() => {}).then(() => {
+            this.deliveries -= 1;
+        });
         return next;
     }
 
-    /** Decode, re-attach what stayed in JS and send. Output blob files are read and removed. */
+    /** Decode (reading blob files, which are then removed) and deliver. */
     async deliverNow(req, outputs, stdout) {
         if (!Array.isArray(outputs) || outputs.length === 0) {
             return;
         }
         const decoded = await codec.decodeValue(outputs, { blobDir: this.bridge && this.bridge.blobDir });
+        this.deliverDecoded(req, decoded, stdout);
+    }
+
+    /** Re-attach what stayed in JS and send. */
+    deliverDecoded(req, decoded, stdout) {
+        if (!Array.isArray(decoded) || decoded.length === 0) {
+            return;
+        }
         let count = 0;
         const ports = decoded.map((list) => {
             const msgs = (Array.isArray(list) ? list : [list]).filter((m) => m && typeof m === "object");
@@ -294,7 +361,7 @@ class Runner {
                         m.stdout = stdout;
                     }
                 }
-                const held = this.kept.get(m._msgid);
+                const held = this.kept.size > 0 ? this.kept.get(m._msgid) : undefined;
                 if (held) {
                     codec.restoreKept(m, held.props);
                 }
@@ -356,7 +423,9 @@ class Runner {
         if (this.bridge) {
             this.bridge.untrack(req.reqId);
         }
-        codec.removeFiles(req.files);
+        if (req.files.length > 0) {
+            codec.removeFiles(req.files);
+        }
         req.done(err || undefined);
     }
 

@@ -83,6 +83,31 @@ describe("codec", function () {
         assert.strictEqual(out.res, "mine");
     });
 
+    it("sends plain data as it is, and rebuilds only what changes, never the input", function () {
+        const payload = { n: 1, text: "t", list: [1, "a", null, true, { x: [2] }] };
+        const plain = codec.encodeWire({ payload, topic: "t" }, { blobDir: dir, reqId: "r" });
+        assert.strictEqual(plain.msg.payload, payload, "plain data is not copied");
+        const input = { keep: { x: 1 }, list: [1, { b: Buffer.from([1]) }, 3], nan: NaN, gone: undefined, sym: Symbol("s") };
+        const before = JSON.stringify(input);
+        const { msg } = codec.encodeWire({ payload: input }, { blobDir: dir, reqId: "r" });
+        assert.strictEqual(JSON.stringify(input), before, "the input is left alone");
+        assert.strictEqual(input.list[1].b.length, 1);
+        assert.strictEqual(msg.payload.keep, input.keep, "an unchanged branch is shared");
+        assert.deepStrictEqual(JSON.parse(JSON.stringify(msg.payload)), { keep: { x: 1 }, list: [1, { b: { $kx: "buffer", b64: "AQ==" } }, 3], nan: null });
+        const odd = { u: [undefined, , 1], m: new Map([[1, "one"]]), s: new Set(["a"]), boxed: new Number(5), d: new Date(0), when: { toJSON: () => "j" } };
+        const out = codec.encodeWire({ payload: odd }, { blobDir: dir, reqId: "r" }).msg.payload;
+        assert.strictEqual(JSON.stringify(out), '{"u":[null,null,1],"m":{"1":"one"},"s":["a"],"boxed":{},"d":"1970-01-01T00:00:00.000Z","when":"j"}');
+        assert.throws(() => codec.encodeWire({ payload: { deep: [{ ok: 1 }, { f: () => 1 }] } }, { blobDir: dir, reqId: "r" }), /msg\.payload\.deep\[1\]\.f: cannot send a function/);
+    });
+
+    it("tells which outputs need no file read, and decodes those without waiting", function () {
+        assert.strictEqual(codec.markers([[{ payload: { a: [1, "x"] } }]]), 0);
+        assert.strictEqual(codec.markers([[{ payload: { $kx: "buffer", b64: "AQI=" } }]]), 1);
+        assert.strictEqual(codec.markers([[{ a: { $kx: "buffer", b64: "" } }, { b: [{ $kx: "blob", path: "/x", size: 1 }] }]]), 2);
+        const out = codec.decodeInline([[{ payload: { $kx: "buffer", b64: "AQI=" } }]]);
+        assert.deepStrictEqual(out[0][0].payload, Buffer.from([1, 2]));
+    });
+
     it("encodes context values with Buffers inline whatever their size", function () {
         const value = codec.encodeInline({ b: Buffer.alloc(BLOB_THRESHOLD + 1) });
         assert.strictEqual(value.b.$kx, "buffer");
