@@ -15,7 +15,9 @@
 // Batching (protocol 1.1): once the welcome says the bridge speaks 1.1 or later, the frames sent
 // in one tick leave as one WebSocket message, a JSON array (flushed by setImmediate, or at once
 // when BATCH_FRAMES are queued; a lone frame stays an object, a big one goes alone): one write
-// per tick instead of one per frame. Arrays from the bridge are dispatched in order.
+// per tick instead of one per frame. Arrays from the bridge are dispatched in order, in slices
+// of SLICE_MS with a turn of the event loop between them (a burst of results must not stall
+// Node-RED).
 "use strict";
 const { spawn } = require("child_process");
 const crypto = require("crypto");
@@ -37,6 +39,10 @@ const CLIENT_NAME = "node-red-kernelexec/" + require("../package.json").version;
 // A character is at most 3 UTF-8 bytes: arrays stay far below the protocol's max_frame_bytes.
 const BATCH_FRAMES = 256;
 const BATCH_CHARS = 1 << 20;
+// Received frames are dispatched in slices of this many milliseconds (the clock is read every
+// SLICE_CHECK frames), with a turn of the event loop between slices.
+const SLICE_MS = 10;
+const SLICE_CHECK = 16;
 
 const bridges = new Map();
 let log = { debug() {}, info() {}, warn() {}, error() {} };
@@ -88,6 +94,9 @@ class Bridge {
         this.outbox = [];        // JSON texts waiting for the end of the tick
         this.outboxChars = 0;
         this.flushTimer = null;
+        this.inbox = [];         // received messages not dispatched yet: {frames, next, generation}
+        this.draining = false;
+        this.drainTimer = null;
     }
 
     get ready() {
@@ -227,6 +236,7 @@ class Bridge {
             }
         });
         ws.on("close", () => {
+            this.drain(Infinity);   // results that arrived before the close still count
             if (this.ws === ws) {
                 this.ws = null;
             }
@@ -253,13 +263,54 @@ class Bridge {
             log.warn(t("kernelexec.log.badFrame", { error: err.message }));
             return;
         }
-        if (!Array.isArray(parsed)) {
-            this.dispatch(parsed, generation);
-            return;
+        // protocol 1.1: the frames of one message, in order, after those received before
+        this.inbox.push({ frames: Array.isArray(parsed) ? parsed : [parsed], next: 0, generation });
+        if (!this.draining) {
+            this.drain(SLICE_MS);
         }
-        for (const frame of parsed) {   // protocol 1.1: frames of one message, in order
-            this.dispatch(frame, generation);
+    }
+
+    /**
+     * Dispatch received frames in arrival order for at most `ms` milliseconds, then yield to
+     * the event loop (setImmediate) and go on: thousands of results arriving at once (a
+     * burst refused with QUEUE_FULL) must not stall timers, HTTP and other flows meanwhile.
+     * Infinity: everything now (the connection closes; what it delivered is handled first).
+     */
+    drain(ms) {
+        this.draining = true;
+        if (this.drainTimer) {
+            clearImmediate(this.drainTimer);
+            this.drainTimer = null;
         }
+        const deadline = ms === Infinity ? Infinity : performance.now() + ms;
+        let count = 0;
+        while (this.inbox.length > 0) {
+            const item = this.inbox[0];
+            while (item.next < item.frames.length) {
+                const frame = item.frames[item.next];
+                item.next += 1;
+                this.dispatch(frame, item.generation);
+                const more = item.next < item.frames.length || this.inbox.length > 1;
+                if (++count % SLICE_CHECK === 0 && more && performance.now() > deadline) {
+                    this.drainTimer = setImmediate(() => {
+                        this.drainTimer = null;
+                        this.drain(SLICE_MS);
+                    });
+                    return;
+                }
+            }
+            this.inbox.shift();
+        }
+        this.draining = false;
+    }
+
+    dropInbox() {
+        if (this.drainTimer) {
+            clearImmediate(this.drainTimer);
+            this.drainTimer = null;
+        }
+        this.inbox = [];
+        this.draining = false;
     }
 
     dispatch(frame, generation) {
@@ -432,6 +483,7 @@ class Bridge {
 
     teardownConnection() {
         this.dropOutbox();
+        this.dropInbox();
         if (this.ws) {
             const ws = this.ws;
             this.ws = null;
@@ -478,6 +530,7 @@ class Bridge {
         this.stopping = new Promise((resolve) => {
             this.flush();   // e.g. the close frames of the last nodes
             this.dropOutbox();
+            this.dropInbox();
             if (this.ws) {
                 this.ws.removeAllListeners("close");
                 this.ws.on("error", () => {});
