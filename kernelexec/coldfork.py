@@ -9,6 +9,11 @@ The parent relays events to its own channel (IOPub), answers context requests (s
 enforces the timeout by killing the child's process group, and reaps the child. Anything
 the child started is killed with it. Frames: 4-byte big-endian length + UTF-8 JSON.
 
+A child that gave its result is killed :data:`LINGER` seconds later, by a reaper thread, not
+on the message's path: tearing down a process (its address space, ~40 MB copied by prewarm)
+takes a millisecond or more of CPU, and on a small machine that was a core taken from the
+reply on its way to Node-RED. Meanwhile the child only waits (its events are dropped).
+
 Standard library only: this module runs inside the kernel.
 """
 
@@ -36,6 +41,8 @@ __all__ = ["PipeChannel", "discard_spare", "prefork", "run_in_child"]
 
 _HEADER = struct.Struct(">I")
 _REAP_WAIT = 1.0
+#: Seconds a child that gave its result lives on before its process group is killed.
+LINGER = 0.02
 
 
 def _write_frame(fd: int, obj: Any) -> None:
@@ -68,10 +75,18 @@ class PipeChannel:
     def __init__(self, out_fd: int, in_fd: int) -> None:
         self.out_fd, self.in_fd = out_fd, in_fd
         self._lock = threading.Lock()
+        self.finished = False
 
     def event(self, event: dict[str, Any]) -> None:
         with self._lock:
-            _write_frame(self.out_fd, {"kind": "event", "event": event})
+            if not self.finished:  # after the result nobody reads them
+                _write_frame(self.out_fd, {"kind": "event", "event": event})
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """Write the RESULT, the last frame."""
+        with self._lock:
+            self.finished = True
+            _write_frame(self.out_fd, {"kind": "result", "result": result})
 
     def context(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -120,22 +135,29 @@ def _child(runtime: Runtime, fds: tuple[int, int, int, int], *, spare: bool) -> 
         os.close(to_parent_unused)
         os.close(to_child_unused)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        channel = PipeChannel(to_parent, from_parent)
+        runtime.become_child(channel)
         if spare and os.environ.get("KERNELEXEC_PREWARM", "1") != "0":
             copy_shared_pages(from_parent)
         try:
             order = _read_frame(from_parent)
         except EOFError:
             os._exit(0)
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
-        channel = PipeChannel(to_parent, from_parent)
-        runtime.become_child(channel)
-        result = runtime.run_here(order["msg"], order["req_id"], 0.0)
-        _write_frame(to_parent, {"kind": "result", "result": result})
+        channel.finish(runtime.run_here(order["msg"], order["req_id"], 0.0))
+        _wait_for_close(from_parent)
     except BaseException:
         code = 70
     finally:
         os._exit(code)
+
+
+def _wait_for_close(fd: int) -> None:
+    """Block until the parent closes the pipe (LINGER after the result) or dies."""
+    with contextlib.suppress(OSError):
+        while os.read(fd, 4096):
+            pass
 
 
 class _Spare:
@@ -199,6 +221,7 @@ def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float)
     started = time.perf_counter()
     child = _take_child(runtime)
     pid = child.pid
+    answered = False
     try:
         try:
             _write_frame(child.to_child, {"msg": msg, "req_id": req_id})
@@ -206,42 +229,49 @@ def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float)
             return _failed(runtime, req_id, started, _died(pid))
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
-        return _parent(runtime, pid, child.from_child, child.to_child, req_id, timeout, started)
+        result, answered = _parent(
+            runtime, pid, child.from_child, child.to_child, req_id, timeout, started
+        )
+        return result
     finally:
         os.close(child.from_child)
-        os.close(child.to_child)
         if pid in _REAPED:  # it died by itself and _died() reaped it: its pid may be reused
             _REAPED.discard(pid)
-        else:
+            os.close(child.to_child)
+        elif answered:  # killed LINGER later, off the message's path
+            _REAPER.reap(pid, kill_at=time.monotonic() + LINGER, close_fd=child.to_child)
+        else:  # timed out or broke: at once
+            os.close(child.to_child)
             _kill_group(pid)
-            _REAPER.reap(pid)  # off the message's path: the result goes back while it dies
+            _REAPER.reap(pid)
 
 
 def _parent(
     runtime: Runtime, pid: int, from_child: int, to_child: int, req_id: str | None,
     timeout: float, started: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bool]:
+    """The child's RESULT and True, or a failure RESULT and False (timeout, death)."""
     deadline = started + timeout if timeout > 0 else None
     reader = _FrameReader(from_child)
     try:
         while True:
             wait = None if deadline is None else deadline - time.perf_counter()
             if wait is not None and wait <= 0:
-                return _failed(runtime, req_id, started, _timeout(timeout))
+                return _failed(runtime, req_id, started, _timeout(timeout)), False
             ready, _, _ = select.select([from_child], [], [], wait)
             if not ready:
                 continue
             frames = reader.read()
             if frames is None:
-                return _failed(runtime, req_id, started, _died(pid))
+                return _failed(runtime, req_id, started, _died(pid)), False
             for frame in frames:
                 result = _handle_frame(runtime, frame, to_child)
                 if result is not None:
-                    return result
+                    return result, True
     except KeyboardInterrupt:
         runtime._interrupted = True
         message = "interrupted: the message ran longer than the worker allowed"
-        return _failed(runtime, req_id, started, _timeout_error(message))
+        return _failed(runtime, req_id, started, _timeout_error(message)), False
 
 
 def _handle_frame(runtime: Runtime, frame: dict[str, Any], to_child: int) -> dict[str, Any] | None:
@@ -300,21 +330,23 @@ def _failed(
 
 
 class _Reaper:
-    """A daemon thread that waits for killed children, so no result waits for a teardown.
+    """A daemon thread that kills and waits for children, so no result waits for a teardown.
 
     A killed child with a large address space takes a millisecond or more to die; the
-    message's result does not need to wait for that. Every child is still reaped (no zombie),
-    and one thread serves all messages.
+    message's result does not need to wait for that. A child that answered is killed at
+    ``kill_at`` (LINGER after its result; its pipe is closed then too), a failed one at once.
+    Every child is reaped (no zombie), and one thread serves all messages.
     """
 
     def __init__(self) -> None:
-        self._pids: list[int] = []
+        self._due: list[tuple[float, int, int]] = []  # (kill_at, pid, fd to close or -1)
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def reap(self, pid: int) -> None:
+    def reap(self, pid: int, *, kill_at: float | None = None, close_fd: int = -1) -> None:
         with self._wake:
-            self._pids.append(pid)
+            self._due.append((time.monotonic() if kill_at is None else kill_at, pid, close_fd))
+            self._due.sort()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="kernelexec-reaper", daemon=True
@@ -325,9 +357,13 @@ class _Reaper:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._pids:
-                    self._wake.wait()
-                pid = self._pids.pop(0)
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, pid, fd = self._due.pop(0)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                _kill_group(pid)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, 0)
 
