@@ -19,10 +19,27 @@ __all__ = [
     "LaunchSpec",
     "StdinCallback",
     "StreamCallback",
+    "execute_content",
 ]
 
 #: The cell that runs one runtime op when the kernel has no ``kernelexec_request``.
 HANDLE_CODE = "__kernelexec__.handle()"
+
+
+def execute_content(code: str, *, allow_stdin: bool = True, **extra: Any) -> dict[str, Any]:
+    """The content of kernelexec's execute_requests: silent, no history, no stop on error;
+    ``extra`` keys (e.g. ``kernelexec=op``) are added for the in-kernel runtime."""
+    content = {
+        "code": code,
+        "silent": True,
+        "store_history": False,
+        "user_expressions": {},
+        "allow_stdin": allow_stdin,
+        "stop_on_error": False,
+    }
+    content.update(extra)
+    return content
+
 
 #: Called with (event content, buffers) for every kernelexec event on IOPub.
 EventCallback = Callable[[dict[str, Any], list[bytes]], None]

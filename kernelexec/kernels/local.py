@@ -26,7 +26,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
 from ..kernel import REQUEST_TYPE, wire_pack
-from .base import KernelHandle, LaunchSpec
+from .base import KernelHandle, LaunchSpec, execute_content
 
 __all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec"]
 
@@ -253,16 +253,7 @@ class LocalKernel(KernelHandle):
         self, code: str, extra: dict[str, Any], buffers: list[bytes] | None = None
     ) -> dict[str, Any]:
         channels = self._require_channels()
-        content = {
-            "code": code,
-            "silent": True,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": True,
-            "stop_on_error": False,
-            "kernelexec": extra,
-        }
-        msg = channels.session.msg("execute_request", content)
+        msg = channels.session.msg("execute_request", execute_content(code, kernelexec=extra))
         if buffers:
             msg["buffers"] = buffers
         future = self._expect(msg["header"]["msg_id"])

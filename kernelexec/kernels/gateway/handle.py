@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ...config import EnvConfig
 from ...errors import GatewayError, KernelDiedError
-from ..base import KernelHandle
+from ..base import KernelHandle, execute_content
 from .blob_transfer import BLOBS_COMM_ID, blobs_to_buffers, buffers_to_blobs, has_gw_refs
 from .channels import KernelChannels
 from .rest import NotFound, RestClient
@@ -272,15 +272,7 @@ class GatewayKernel(KernelHandle):
                 channels.death or f"gateway kernel {self.kernel_id} is not running"
             )
         buffers = list(buffers or [])
-        content: dict[str, Any] = {
-            "code": code,
-            "silent": True,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": True,
-            "stop_on_error": False,
-            "kernelexec": extra,
-        }
+        content = execute_content(code, kernelexec=extra)
         if extra.get("op") in ("run", "setup", "stop", "init", "code"):  # see blob_transfer
             content["kernelexec"], blobs_sent = blobs_to_buffers(extra, buffers)
             if blobs_sent:

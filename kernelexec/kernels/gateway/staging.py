@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ...errors import GatewayError
+from ..base import execute_content
 from .channels import KernelChannels
 from .wire import Message, dumps
 
@@ -49,15 +50,10 @@ async def stage(
     for index, buf in enumerate(buffers):
         view = memoryview(buf).cast("B")
         for start in range(0, max(len(view), 1), chunk):
-            content = {
-                "code": "__kernelexec_gw__.stage()",
-                "silent": True,
-                "store_history": False,
-                "user_expressions": {},
-                "allow_stdin": False,
-                "stop_on_error": False,
-                "kernelexec_stage": {"key": key, "index": index},
-            }
+            stage_to = {"key": key, "index": index}
+            content = execute_content(
+                "__kernelexec_gw__.stage()", allow_stdin=False, kernelexec_stage=stage_to
+            )
             chunk_bytes = [bytes(view[start : start + chunk])]
             sent.append(await channels.send("shell", "execute_request", content, chunk_bytes))
     for msg_id in sent:
