@@ -39,7 +39,7 @@ log = logging.getLogger("kernelexec.pool")
 #: The most messages one batch (one request to a kernel) carries when a burst is waiting.
 #: Each batch costs a Jupyter round trip (~1-2 ms of CPU in the kernel and the bridge), so
 #: a burst of tiny messages runs faster the larger its batches (docs/performance.md).
-MAX_BATCH = 128
+MAX_BATCH = 256
 #: The cap with a timeout set: the worker's backstop for a kernel that ignores its interrupt
 #: waits for the sum of a batch's timeouts, which must not grow with the batch size.
 MAX_TIMED_BATCH = 32
