@@ -289,7 +289,11 @@ class Bridge {
             while (item.next < item.frames.length) {
                 const frame = item.frames[item.next];
                 item.next += 1;
-                this.dispatch(frame, item.generation);
+                try {
+                    this.dispatch(frame, item.generation);
+                } catch (err) {   // a bug in a handler must not stop the frames after it
+                    log.error("kernelexec: handling a " + (frame && frame.type) + " frame failed: " + (err && err.stack || err));
+                }
                 const more = item.next < item.frames.length || this.inbox.length > 1;
                 if (++count % SLICE_CHECK === 0 && more && performance.now() > deadline) {
                     this.drainTimer = setImmediate(() => {
