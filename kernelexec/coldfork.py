@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import blobs
 from .errors import ExecutionTimeout, KernelDiedError
-from .prewarm import copy_shared_pages
+from .prewarm import BackgroundCopy, copy_shared_pages, enabled
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -139,7 +139,7 @@ def _child(runtime: Runtime, fds: tuple[int, int, int, int], *, spare: bool) -> 
             os.setpgid(0, 0)
         channel = PipeChannel(to_parent, from_parent)
         runtime.become_child(channel)
-        if spare and os.environ.get("KERNELEXEC_PREWARM", "1") != "0":
+        if spare and enabled():
             copy_shared_pages(from_parent)
         try:
             order = _read_frame(from_parent)
@@ -194,10 +194,17 @@ def _fork_child(runtime: Runtime, *, spare: bool = False) -> _Spare:
     return _Spare(pid, to_child_w, to_parent_r)
 
 
+_KERNEL_COPY = BackgroundCopy()
+
+
 def prefork(runtime: Runtime) -> None:
-    """Fork the next message's child now, while the node is idle (op ``prefork``)."""
+    """Fork the next message's child now, while the node is idle (op ``prefork``); then the
+    kernel takes back its own pages in the background (kernelexec/prewarm.py)."""
     if not _SPARE:
+        _KERNEL_COPY.stop()
         _SPARE.append(_fork_child(runtime, spare=True))
+        if enabled():
+            _KERNEL_COPY.start()
 
 
 def discard_spare() -> None:
@@ -219,6 +226,7 @@ def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float)
     """Run ``msg`` in a fresh child (the spare, or one forked now), relay its events; the
     RESULT (never raises)."""
     started = time.perf_counter()
+    _KERNEL_COPY.stop()  # the message goes first
     child = _take_child(runtime)
     pid = child.pid
     answered = False

@@ -9,6 +9,10 @@ the pages the kernel had in memory makes them the child's own, and the kernel's 
 again. The copy runs in small chunks and stops as soon as the message arrives, so it never
 delays a message by more than one chunk.
 
+The kernel does the same for its own pages, in a background thread (:class:`BackgroundCopy`),
+once the spare is forked: its writes on the next message then take no fault at all (~320
+"reuse" faults of ~1.5 µs each otherwise). The thread stops when a message arrives.
+
 It is skipped (the child just takes the faults) where it cannot help or could hurt: on kernels
 without MADV_POPULATE_WRITE (Linux < 5.14), when the copy would exceed :data:`LIMIT_BYTES`, or
 when the kernel's cgroup memory limit leaves too little room for a second copy.
@@ -24,8 +28,9 @@ import mmap
 import os
 import re
 import select
+import threading
 
-__all__ = ["LIMIT_BYTES", "copy_shared_pages"]
+__all__ = ["LIMIT_BYTES", "BackgroundCopy", "copy_shared_pages", "enabled"]
 
 #: The most a spare child copies (a bigger kernel keeps the copy-on-write faults instead).
 LIMIT_BYTES = 512 * 1024 * 1024
@@ -34,6 +39,36 @@ _CHUNK_PAGES = 64  # 256 KiB, ~0.3 ms: the longest a message waits for the copy 
 _PAGE = mmap.PAGESIZE
 _RESIDENT = re.compile(rb"[\x01-\xff]+")
 _PRIVATE_WRITABLE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) rw-p ")
+
+
+def enabled() -> bool:
+    """Off with KERNELEXEC_PREWARM=0 (to measure what it saves)."""
+    return os.environ.get("KERNELEXEC_PREWARM", "1") != "0"
+
+
+class BackgroundCopy:
+    """:func:`copy_shared_pages` in a daemon thread, stopped by :meth:`stop` (the kernel's
+    side, after a prefork; ctypes releases the GIL during each madvise)."""
+
+    def __init__(self) -> None:
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.stop()
+        self._thread = threading.Thread(
+            target=copy_shared_pages, args=(self._stop_r,), name="kernelexec-prewarm", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop a running copy (within one chunk) and wait for its thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            os.write(self._stop_w, b"x")
+            thread.join()
+        while select.select([self._stop_r], [], [], 0)[0]:
+            os.read(self._stop_r, 64)
 
 
 def copy_shared_pages(wake_fd: int) -> int:

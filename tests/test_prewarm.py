@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import resource
+import time
 from collections.abc import Callable
 
 import pytest
@@ -69,3 +70,22 @@ def test_without_the_copy_every_shared_page_faults(memory: bytearray) -> None:
 def test_the_copy_stops_when_the_message_arrives(memory: bytearray) -> None:
     copied = in_child(lambda fd: str(prewarm.copy_shared_pages(fd)), message_waiting=True)
     assert int(copied) == 0
+
+
+def test_the_kernel_takes_back_its_pages_in_the_background(memory: bytearray) -> None:
+    """The kernel's side: after a fork, a BackgroundCopy leaves no fault to its next writes."""
+    sleeper = os.fork()
+    if sleeper == 0:  # pragma: no cover - a child sharing the pages, as a spare does
+        time.sleep(60)
+        os._exit(0)
+    copy = prewarm.BackgroundCopy()
+    try:
+        copy.start()
+        assert copy._thread is not None
+        copy._thread.join(30)
+        faults = faults_to_write(memory)
+        assert faults < PAGES // 20, f"{faults} faults writing {PAGES} pages after the copy"
+    finally:
+        copy.stop()
+        os.kill(sleeper, 9)
+        os.waitpid(sleeper, 0)
