@@ -1,8 +1,9 @@
 """The in-kernel runtime: Node-RED function-node semantics for Python code in a kernel.
 
 In a kernel, the worker's bootstrap cell runs ``__kernelexec__ = install(get_ipython())``
-and then every request is the cell ``__kernelexec__.handle()``: the op comes from the
-parent execute_request's ``content["kernelexec"]`` and the answer goes into the reply
+and then every request is a ``kernelexec_request`` answered by :meth:`Runtime.respond`
+(kernelexec/kernel.py), or on a stock kernel the cell ``__kernelexec__.handle()``: the op
+comes from the shell request's ``content["kernelexec"]`` and the answer goes into the reply
 payload (docs/internals.md lists the ops and the RESULT shape).
 
 In-process API (no kernel; used by the ``%%node`` magic and the tests)::
