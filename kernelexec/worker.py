@@ -212,6 +212,8 @@ class Worker:
         return results
 
     async def _run_with_backstop(self, request: dict[str, Any], count: int) -> dict[str, Any]:
+        if self.config.timeout <= 0:  # no backstop: no task to watch either
+            return _payload(await self.kernel.request(request))
         task = asyncio.ensure_future(self.kernel.request(request))
         try:
             return await self._backstop(task, count)
@@ -221,8 +223,6 @@ class Worker:
 
     async def _backstop(self, task: asyncio.Future[dict[str, Any]], count: int) -> dict[str, Any]:
         """Wait for the batch; interrupt, then restart, a kernel that overruns its timeouts."""
-        if self.config.timeout <= 0:
-            return _payload(await task)
         limit = self.config.timeout * count + BACKSTOP_GRACE
         done, _ = await asyncio.wait({task}, timeout=limit)
         if not done:
