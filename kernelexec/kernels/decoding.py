@@ -1,53 +1,83 @@
-"""Decoding the Jupyter messages a local kernel sends, on the bridge's hot path.
+"""Decoding Jupyter messages on the hot path, in the bridge and in kernelexec's kernel.
 
 jupyter_client's ``Session.deserialize`` costs ~58 µs per message here, most of it parsing
 every ISO date in the header and parent header (``extract_dates``) with the json module, and
 it keeps every signature it has seen (a replay check that grew the bridge by megabytes over a
-long session). kernelexec reads only the msg_type, the parent's msg_id, the content and the
-buffers of what its own kernels send over private ipc sockets, so this decoder checks the
-HMAC signature exactly as the Session does (constant-time compare) and parses the JSON frames
-with orjson, leaving the dates as strings. Messages keep the Session's dict shape.
+long session). Both ends of kernelexec's private ipc/loopback channels read only the msg_type,
+the parent's msg_id, the content and the buffers, so this decoder checks the HMAC signature
+exactly as the Session does (constant-time compare) and parses the JSON frames with orjson
+(the json module where a kernel's environment lacks it), leaving the dates as strings. Messages
+keep the Session's dict shape. It runs inside kernels too: standard library, pyzmq and
+jupyter_client only (orjson optional).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-import zmq
 from jupyter_client.session import DELIM, Session
 
-__all__ = ["decode"]
+try:  # optional inside a kernel's environment; a bridge dependency
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads  # type: ignore[assignment]
+
+__all__ = ["decode", "decode_parts", "session_deserializer"]
 
 #: Routing identities / IOPub topics before the delimiter (one in practice).
 _MAX_IDENTITIES = 16
 
 
-def decode(session: Session, frames: list[zmq.Frame]) -> dict[str, Any]:
+def decode(session: Session, frames: Sequence[Any]) -> dict[str, Any]:
     """One message from a zmq multipart (identities first); raises ValueError when the
     signature is missing or wrong, or the message is malformed."""
-    start = _after_delimiter(frames)
-    signed = [frame.bytes for frame in frames[start : start + 5]]
+    return decode_parts(session, frames[_after_delimiter(frames) :])
+
+
+def decode_parts(session: Session, parts: Sequence[Any], *, content: bool = True) -> dict[str, Any]:
+    """One message from its parts after the delimiter: signature, header, parent header,
+    metadata, content, buffers (zmq Frames or bytes). ``content=False`` leaves the content
+    as bytes, as Session.deserialize does."""
+    signed = [_bytes(part) for part in parts[:5]]
     if len(signed) < 5:
         message = "malformed Jupyter message: fewer than 5 frames after the delimiter"
         raise ValueError(message)
     _check_signature(session, signed)
-    header = orjson.loads(signed[1])
+    header = _loads(signed[1])
     return {
         "header": header,
         "msg_id": header.get("msg_id"),
         "msg_type": header.get("msg_type"),
-        "parent_header": orjson.loads(signed[2]),
-        "metadata": orjson.loads(signed[3]),
-        "content": orjson.loads(signed[4]),
-        "buffers": [memoryview(frame.buffer) for frame in frames[start + 5 :]],
+        "parent_header": _loads(signed[2]),
+        "metadata": _loads(signed[3]),
+        "content": _loads(signed[4]) if content else signed[4],
+        "buffers": [memoryview(_bytes(part)) for part in parts[5:]],
     }
 
 
-def _after_delimiter(frames: list[zmq.Frame]) -> int:
+def session_deserializer(session: Session) -> Callable[..., dict[str, Any]]:
+    """A drop-in for ``session.deserialize`` (kernelexec/kernel.py installs it)."""
+
+    def deserialize(
+        msg_list: Sequence[Any], content: bool = True, copy: bool = True
+    ) -> dict[str, Any]:
+        return decode_parts(session, msg_list, content=content)
+
+    return deserialize
+
+
+def _bytes(part: Any) -> bytes:
+    return (
+        part if isinstance(part, bytes) else part.bytes if hasattr(part, "bytes") else bytes(part)
+    )
+
+
+def _after_delimiter(frames: Sequence[Any]) -> int:
     for index, frame in enumerate(frames[:_MAX_IDENTITIES]):
-        if frame.bytes == DELIM:
+        if _bytes(frame) == DELIM:
             return index + 1
     message = "not a Jupyter message (no <IDS|MSG> delimiter)"
     raise ValueError(message)
