@@ -110,3 +110,22 @@ async def test_a_stock_ipykernel_gets_execute_requests(tmp_path: Path) -> None:
         assert result["error"] is None and result["outputs"] == [[{"payload": 2}]]
     finally:
         await worker.stop()
+
+
+async def test_stdin_works_right_after_start() -> None:
+    """The first stdin request (context access, input()) right after a kernel start is
+    answered: start() waits until the stdin connection is up, not only shell and IOPub."""
+    for _ in range(12):
+        kernel = LocalKernel(default_launch_spec())
+
+        async def answer(prompt: str) -> str:
+            return f"answer to {prompt}"
+
+        kernel.on_stdin = answer
+        await kernel.start()
+        try:
+            code = "__kx_answer = input('q')"
+            reply = await asyncio.wait_for(kernel.execute(code, {}), 10)
+            assert reply["status"] == "ok", reply
+        finally:
+            await kernel.shutdown()

@@ -36,6 +36,7 @@ log = logging.getLogger("kernelexec.kernel")
 
 EVENTS_COMM_ID = "kernelexec-events"
 _DEATH_POLL_SECONDS = 0.05
+_RECONNECT_MS = 10
 #: The bridge's own secrets, kept out of the kernels' environment.
 _BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")
 
@@ -64,10 +65,15 @@ class _Channels:
         self.context = zmq.asyncio.Context.instance()
         self.session = km.session
         identity = self.session.bsession
-        self.shell = self._socket(zmq.DEALER, km._make_url("shell"), identity)
-        self.stdin = self._socket(zmq.DEALER, km._make_url("stdin"), identity)
-        self.iopub = self._socket(zmq.SUB, km._make_url("iopub"), None, unbounded=True)
+        self.shell = self._socket(zmq.DEALER, identity)
+        self.stdin = self._socket(zmq.DEALER, identity)
+        #: Set once the stdin connection is up (see _wait_for_handshake).
+        self.stdin_ready = asyncio.Event()
+        stdin_monitor = self.stdin.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.iopub = self._socket(zmq.SUB, None, unbounded=True)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        for sock, channel in ((self.shell, "shell"), (self.stdin, "stdin"), (self.iopub, "iopub")):
+            sock.connect(km._make_url(channel))
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         #: Set by the first IOPub message: the subscription is in place.
         self.iopub_seen = asyncio.Event()
@@ -75,19 +81,39 @@ class _Channels:
             asyncio.ensure_future(self._read(self.shell, self._on_shell)),
             asyncio.ensure_future(self._read(self.iopub, self._on_iopub(kernel))),
             asyncio.ensure_future(self._read(self.stdin, kernel._on_stdin_msg)),
+            asyncio.ensure_future(self._wait_for_handshake(stdin_monitor)),
         ]
 
     def _socket(
-        self, kind: int, url: str, identity: bytes | None, *, unbounded: bool = False
+        self, kind: int, identity: bytes | None, *, unbounded: bool = False
     ) -> zmq.asyncio.Socket:
         sock = self.context.socket(kind)
         sock.linger = 0
+        # The kernel binds its sockets while we connect: retry every 10 ms, not zmq's 100 ms
+        # (each channel waited 1-3 retries, a few hundred ms of every kernel start).
+        sock.reconnect_ivl = _RECONNECT_MS
         if unbounded:  # IOPub carries node.send(): zmq must never drop one at its HWM
             sock.rcvhwm = 0
         if identity is not None:
             sock.identity = identity
-        sock.connect(url)
         return sock
+
+    async def _wait_for_handshake(self, monitor: zmq.asyncio.Socket) -> None:
+        """Set ``stdin_ready`` when the stdin connection's handshake is done.
+
+        The kernel answers context requests over stdin with a ROUTER socket, which silently
+        drops a message for a peer it does not know yet: an input_request sent before our
+        stdin connection is up would be lost and the kernel would wait for its reply forever.
+        Each channel connects (and retries) on its own, so the shell and IOPub being up says
+        nothing about stdin (measured: 5 kernel starts in 20 had stdin up after them).
+        """
+        try:
+            await monitor.recv_multipart()
+            self.stdin_ready.set()
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                self.stdin.disable_monitor()
+            monitor.close(linger=0)
 
     async def _read(self, sock: zmq.asyncio.Socket, handle: Any) -> None:
         while True:
@@ -171,7 +197,8 @@ class LocalKernel(KernelHandle):
         self._watch = asyncio.ensure_future(self._watch_process(self._death))
 
     async def _wait_ready(self, timeout: float = 60.0) -> None:
-        """kernel_info round trips until the shell answers AND IOPub delivers.
+        """kernel_info round trips until the shell answers AND IOPub delivers AND the stdin
+        connection is up (see _Channels._wait_for_handshake).
 
         A SUB socket only receives once its subscription has reached the kernel ("slow
         joiner"): a node.send() or print() published before that would be lost. Every
@@ -188,6 +215,7 @@ class LocalKernel(KernelHandle):
             try:
                 reply = await self._await_reply(future, 1.0)
                 await asyncio.wait_for(channels.iopub_seen.wait(), 0.2)
+                await asyncio.wait_for(channels.stdin_ready.wait(), 1.0)
                 info = reply["content"].get("kernelexec") or {}
                 self._speaks_requests = info.get("request") == REQUEST_TYPE
                 return
