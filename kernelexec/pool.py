@@ -43,6 +43,9 @@ MAX_BATCH = 256
 #: The cap with a timeout set: the worker's backstop for a kernel that ignores its interrupt
 #: waits for the sum of a batch's timeouts, which must not grow with the batch size.
 MAX_TIMED_BATCH = 32
+#: The cap until a batch has shown how long the code takes: one idle worker must not take a
+#: whole queue of slow messages while the others are about to be free.
+FIRST_BATCH = 32
 #: No batch holds more than about this much measured execution time (seconds): slow code
 #: goes in small batches, so its results keep flowing instead of arriving in lumps.
 BATCH_SECONDS = 0.05
@@ -140,8 +143,8 @@ class Pool:
         self._bootstrap = BOOTSTRAP_CODE
         self._counts = collections.Counter[str]()
         self._running: dict[Worker, list[Job]] = {}
-        #: Execution time of one message (seconds; see _measure).
-        self._exec_mean = 0.0
+        #: Execution time of one message (seconds; see _measure), None until measured.
+        self._exec_mean: float | None = None
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -429,10 +432,14 @@ class Pool:
         return max(1, min(self._batch_limit(), share))
 
     def _batch_limit(self) -> int:
-        """MAX_BATCH (MAX_TIMED_BATCH with a timeout), fewer for slow code (BATCH_SECONDS)."""
+        """MAX_BATCH (MAX_TIMED_BATCH with a timeout), fewer for slow code (BATCH_SECONDS),
+        FIRST_BATCH until the code's speed is known."""
+        mean = self._exec_mean
+        if mean is None:
+            return min(FIRST_BATCH, MAX_TIMED_BATCH if self.config.timeout > 0 else MAX_BATCH)
         limit = MAX_TIMED_BATCH if self.config.timeout > 0 else MAX_BATCH
-        if self._exec_mean * limit > BATCH_SECONDS:
-            limit = max(1, int(BATCH_SECONDS / self._exec_mean))
+        if mean * limit > BATCH_SECONDS:
+            limit = max(1, int(BATCH_SECONDS / mean))
         return limit
 
     def _measure(self, results: list[dict[str, Any]]) -> None:
@@ -445,10 +452,11 @@ class Pool:
                 total += exec_ms
         if results:
             mean = total / 1000.0 / len(results)
-            if mean >= self._exec_mean:
+            known = self._exec_mean
+            if known is None or mean >= known:
                 self._exec_mean = mean
             else:
-                self._exec_mean += (mean - self._exec_mean) * 0.3
+                self._exec_mean = known + (mean - known) * 0.3
 
     def _resolve(self, job: Job, result: dict[str, Any], error: KernelexecError | None) -> None:
         if job.future.done():

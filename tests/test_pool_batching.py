@@ -43,6 +43,8 @@ async def test_a_burst_of_fast_messages_goes_in_large_batches() -> None:
         results = await asyncio.gather(*(pool.submit(f"f{i}", {"payload": i}) for i in range(600)))
         assert [r["outputs"][0][0]["payload"] for r in results] == list(range(600))
         assert sum(sizes) == 600
+        # until a batch has shown how fast the code is, FIRST_BATCH; then up to MAX_BATCH
+        assert sizes[0] == pool_module.FIRST_BATCH
         assert max(sizes) == pool_module.MAX_BATCH
     finally:
         await pool.close()
