@@ -99,11 +99,18 @@ def evaluate(nr: dict[str, Any]) -> list[Row]:
         ("≤ 5x hot p50", lambda v: hot_p50 is not None and v <= 5 * hot_p50),
     )
     slow = _get(nr, "cold", "per_second", "p50")
+    hot_sparse = _get(nr, "cold", "hot_per_second", "p50")
     ratio = _ratio(slow, hot_p50)
+    like_for_like = _ratio(slow, hot_sparse)
     add(
         "cold latency p50, 1 msg/s",
         ratio,
-        lambda r: f"{slow:.1f} ms = {r:.1f}x hot p50",
+        lambda r: f"{slow:.1f} ms = {r:.1f}x hot p50"
+        + (
+            f" ({like_for_like:.1f}x a hot message at 1 msg/s, {hot_sparse:.1f} ms)"
+            if like_for_like is not None and hot_sparse is not None
+            else ""
+        ),
         ("≤ 2x hot p50", lambda r: r <= 2),
         ("≤ 1.2x hot p50", lambda r: r <= 1.2),
     )

@@ -361,16 +361,16 @@ async def test_an_unexpected_error_fails_the_batch_and_the_worker_keeps_serving(
     await pool.start()
     try:
         kernel = pool.workers[0].kernel
-        original = kernel.execute
+        original = kernel.request
         injected = []
 
-        async def flaky(code: str, extra: dict[str, Any], buffers: Any = None) -> Any:
-            if extra.get("op") == "run" and not injected:
+        async def flaky(op: dict[str, Any]) -> Any:
+            if op.get("op") == "run" and not injected:
                 injected.append(1)
                 raise RuntimeError("injected fault")
-            return await original(code, extra, buffers)
+            return await original(op)
 
-        monkeypatch.setattr(kernel, "execute", flaky)
+        monkeypatch.setattr(kernel, "request", flaky)
         first = await asyncio.wait_for(pool.submit("a", {"payload": 1}), 20)
         assert first["error"]["code"] == "INTERNAL" and "injected" in first["error"]["message"]
         second = await asyncio.wait_for(pool.submit("b", {"payload": 2}), 20)
