@@ -388,8 +388,12 @@ def breakdown_lines(
     rows = []
     steps = (
         ("floor", "floor: plain Python process over a pipe (for scale)"),
-        ("jupyter", "Jupyter round trip alone: execute_request `pass` on the tuned kernel"),
-        ("runtime", "+ in-kernel runtime: `__kernelexec__.handle()` with a run op of 1 msg"),
+        ("jupyter", "a Jupyter cell alone: execute_request `pass` on the tuned kernel"),
+        (
+            "runtime",
+            "stock-kernel path: execute_request `__kernelexec__.handle()`, run op of 1 msg",
+        ),
+        ("request", "kernelexec's path: `kernelexec_request`, the same op"),
         ("pool", "+ pool and worker: `pool.submit`"),
     )
     for key, text in steps:
@@ -414,7 +418,7 @@ def breakdown_lines(
     lines = [
         "### Where a hot message's time goes (bench/breakdown.py, one message in flight)",
         "",
-        *table(["layer (cumulative)", "min ms", "p50 ms", "p90 ms", "p99 ms"], rows),
+        *table(["layer", "min ms", "p50 ms", "p90 ms", "p99 ms"], rows),
     ]
     if exec_ms is not None:
         lines += [
