@@ -134,6 +134,7 @@ def _child(runtime: Runtime, fds: tuple[int, int, int, int], *, spare: bool) -> 
         from_parent, to_parent_unused, to_child_unused, to_parent = fds
         os.close(to_parent_unused)
         os.close(to_child_unused)
+        _REAPER.close_inherited_pipes()  # the lingering children's: they must see EOF
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
@@ -361,6 +362,15 @@ class _Reaper:
                 )
                 self._thread.start()
             self._wake.notify()
+
+    def close_inherited_pipes(self) -> None:
+        """In a child just forked: close its copies of the pipes of children waiting to be
+        killed, so that each of them sees end of file when the kernel goes (no lock: the
+        reaper thread does not exist in the child, and may have held it at the fork)."""
+        for _, _, fd in list(self._due):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _run(self) -> None:
         while True:

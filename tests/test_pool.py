@@ -368,3 +368,22 @@ async def test_cold_pool_forks_ahead_when_idle_and_stays_isolated() -> None:
         assert result["outputs"][0][0].get("new") is True  # a spare forked before is not used
     finally:
         await closed(pool)
+
+
+async def test_no_cold_child_outlives_a_killed_kernel() -> None:
+    """Children that answered (killed LINGER later), a spare (copying or waiting) and one
+    forked back to back: when the kernel dies -9, every one of them exits by itself."""
+    pool, _ = await started("return msg", mode="cold")
+    kernel = psutil.Process(pool.workers[0].kernel.pid)
+    try:
+        for i in range(3):  # back to back: children linger while the next ones fork
+            assert (await pool.submit(f"b{i}", {}))["error"] is None
+        children = kernel.children(recursive=True)
+        await asyncio.sleep(0.1)  # idle: a spare is forked and starts copying
+        children += kernel.children(recursive=True)
+        assert children, "the cold kernel had children to leave behind"
+        kernel.kill()
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"children left after the kernel's death: {alive}"
+    finally:
+        await closed(pool)
