@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from . import blobs
 from .errors import ExecutionTimeout, KernelDiedError
 from .prewarm import BackgroundCopy, copy_shared_pages, enabled
+from .reaper import Reaper, kill_group, wait_status
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["PipeChannel", "discard_spare", "prefork", "run_in_child"]
 
 _HEADER = struct.Struct(">I")
-_REAP_WAIT = 1.0
 #: Seconds a child that gave its result lives on before its process group is killed.
 LINGER = 0.02
 
@@ -251,7 +251,7 @@ def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float)
             _REAPER.reap(pid, kill_at=time.monotonic() + LINGER, close_fd=child.to_child)
         else:  # timed out or broke: at once
             os.close(child.to_child)
-            _kill_group(pid)
+            kill_group(pid)
             _REAPER.reap(pid)
 
 
@@ -308,7 +308,7 @@ def _timeout(timeout: float) -> dict[str, Any]:
 
 
 def _died(pid: int) -> dict[str, Any]:
-    status = _reap(pid)
+    status = wait_status(pid)
     _REAPED.add(pid)
     if status is not None and os.WIFSIGNALED(status):
         how = f"was killed by signal {os.WTERMSIG(status)}"
@@ -338,77 +338,6 @@ def _failed(
     }
 
 
-class _Reaper:
-    """A daemon thread that kills and waits for children, so no result waits for a teardown.
-
-    A killed child with a large address space takes a millisecond or more to die; the
-    message's result does not need to wait for that. A child that answered is killed at
-    ``kill_at`` (LINGER after its result; its pipe is closed then too), a failed one at once.
-    Every child is reaped (no zombie), and one thread serves all messages.
-    """
-
-    def __init__(self) -> None:
-        self._due: list[tuple[float, int, int]] = []  # (kill_at, pid, fd to close or -1)
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def reap(self, pid: int, *, kill_at: float | None = None, close_fd: int = -1) -> None:
-        with self._wake:
-            self._due.append((time.monotonic() if kill_at is None else kill_at, pid, close_fd))
-            self._due.sort()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="kernelexec-reaper", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
-
-    def close_inherited_pipes(self) -> None:
-        """In a child just forked: close its copies of the pipes of children waiting to be
-        killed, so that each of them sees end of file when the kernel goes (no lock: the
-        reaper thread does not exist in the child, and may have held it at the fork)."""
-        for _, _, fd in list(self._due):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._due or self._due[0][0] > time.monotonic():
-                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
-                _, pid, fd = self._due.pop(0)
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                _kill_group(pid)
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, 0)
-
-
-_REAPER = _Reaper()
+_REAPER = Reaper()
 #: Children already reaped on the message's path (never signal or wait for them again).
 _REAPED: set[int] = set()
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _reap(pid: int) -> int | None:
-    """Wait for the child (bounded); its wait status, None if gone or not reaped in time."""
-    end = time.monotonic() + _REAP_WAIT
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return status
-        if time.monotonic() > end:
-            return None
-        time.sleep(0.001)

@@ -2,10 +2,8 @@
 
 jupyter_client's AsyncKernelManager does the process life cycle (launch from a kernel
 spec built from a :class:`LaunchSpec`, interrupt, restart, shutdown with escalation).
-The channels are plain ``zmq.asyncio`` sockets signed by the manager's Session (incoming
-messages checked and decoded by :mod:`.decoding`, ~6 times faster), with ONE reader task per
-socket: JUPYTER-NOTES.md measured reader stalls when several tasks await
-the same channel, and a reply is matched to its request by ``parent_header.msg_id``.
+The channels are our own (:mod:`.channels`: one reader task per socket, replies matched by
+``parent_header.msg_id``).
 Kernel death is noticed from the process itself (a pidfd where the OS has one), not from
 the heartbeat, which needs ~1.8 s.
 """
@@ -17,18 +15,15 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import zmq
-import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
 from ..kernel import REQUEST_TYPE, wire_pack
 from .base import KernelHandle, LaunchSpec, execute_content
-from .decoding import decode
+from .channels import Channels
 
 __all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec"]
 
@@ -36,7 +31,6 @@ log = logging.getLogger("kernelexec.kernel")
 
 EVENTS_COMM_ID = "kernelexec-events"
 _DEATH_POLL_SECONDS = 0.05
-_RECONNECT_MS = 10
 #: The bridge's own secrets, kept out of the kernels' environment.
 _BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")
 
@@ -58,102 +52,6 @@ def _ipc_path() -> str:
     return os.path.join(directory, f"kernelexec-{uuid.uuid4().hex[:12]}")
 
 
-class _Channels:
-    """The shell, iopub and stdin sockets of one kernel incarnation, with their readers."""
-
-    def __init__(self, kernel: LocalKernel, km: AsyncKernelManager) -> None:
-        self.context = zmq.asyncio.Context.instance()
-        self.session = km.session
-        identity = self.session.bsession
-        self.shell = self._socket(zmq.DEALER, identity)
-        self.stdin = self._socket(zmq.DEALER, identity)
-        #: Set once the stdin connection is up (see _wait_for_handshake).
-        self.stdin_ready = asyncio.Event()
-        stdin_monitor = self.stdin.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self.iopub = self._socket(zmq.SUB, None, unbounded=True)
-        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
-        for sock, channel in ((self.shell, "shell"), (self.stdin, "stdin"), (self.iopub, "iopub")):
-            sock.connect(km._make_url(channel))
-        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        #: Set by the first IOPub message: the subscription is in place.
-        self.iopub_seen = asyncio.Event()
-        self.tasks = [
-            asyncio.ensure_future(self._read(self.shell, self._on_shell)),
-            asyncio.ensure_future(self._read(self.iopub, self._on_iopub(kernel))),
-            asyncio.ensure_future(self._read(self.stdin, kernel._on_stdin_msg)),
-            asyncio.ensure_future(self._wait_for_handshake(stdin_monitor)),
-        ]
-
-    def _socket(
-        self, kind: int, identity: bytes | None, *, unbounded: bool = False
-    ) -> zmq.asyncio.Socket:
-        sock = self.context.socket(kind)
-        sock.linger = 0
-        # The kernel binds its sockets while we connect: retry every 10 ms, not zmq's 100 ms
-        # (each channel waited 1-3 retries, a few hundred ms of every kernel start).
-        sock.reconnect_ivl = _RECONNECT_MS
-        if unbounded:  # IOPub carries node.send(): zmq must never drop one at its HWM
-            sock.rcvhwm = 0
-        if identity is not None:
-            sock.identity = identity
-        return sock
-
-    async def _wait_for_handshake(self, monitor: zmq.asyncio.Socket) -> None:
-        """Set ``stdin_ready`` when the stdin connection's handshake is done.
-
-        The kernel answers context requests over stdin with a ROUTER socket, which silently
-        drops a message for a peer it does not know yet: an input_request sent before our
-        stdin connection is up would be lost and the kernel would wait for its reply forever.
-        Each channel connects (and retries) on its own, so the shell and IOPub being up says
-        nothing about stdin (measured: 5 kernel starts in 20 had stdin up after them).
-        """
-        try:
-            await monitor.recv_multipart()
-            self.stdin_ready.set()
-        finally:
-            with contextlib.suppress(zmq.ZMQError):
-                self.stdin.disable_monitor()
-            monitor.close(linger=0)
-
-    async def _read(self, sock: zmq.asyncio.Socket, handle: Any) -> None:
-        while True:
-            raw = await sock.recv_multipart(copy=False)
-            try:
-                msg = decode(self.session, raw)
-            except Exception:  # a malformed or badly signed frame: drop it, keep reading
-                log.warning("Dropped an undecodable kernel message", exc_info=True)
-                continue
-            handle(msg)
-
-    def _on_iopub(self, kernel: LocalKernel) -> Callable[[dict[str, Any]], None]:
-        def handle(msg: dict[str, Any]) -> None:
-            self.iopub_seen.set()
-            kernel._on_iopub(msg)
-
-        return handle
-
-    def _on_shell(self, msg: dict[str, Any]) -> None:
-        future = self.pending.pop(msg["parent_header"].get("msg_id", ""), None)
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-    async def send(self, sock: zmq.asyncio.Socket, msg: dict[str, Any]) -> None:
-        await sock.send_multipart(self.session.serialize(msg))
-
-    def fail_pending(self, error: BaseException) -> None:
-        pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
-                future.exception()  # nobody may await it any more: no "never retrieved" noise
-
-    def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for sock in (self.shell, self.stdin, self.iopub):
-            sock.close(linger=0)
-
-
 class LocalKernel(KernelHandle):
     """An IPython kernel process on this machine."""
 
@@ -161,7 +59,7 @@ class LocalKernel(KernelHandle):
         self._launch = launch
         self._name = name
         self._km: AsyncKernelManager | None = None
-        self._channels: _Channels | None = None
+        self._channels: Channels | None = None
         self._death: asyncio.Future[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stdin_tasks: set[asyncio.Task[None]] = set()
@@ -192,13 +90,13 @@ class LocalKernel(KernelHandle):
 
     def _connect(self) -> None:
         assert self._km is not None
-        self._channels = _Channels(self, self._km)
+        self._channels = Channels(self._km, on_iopub=self._on_iopub, on_stdin=self._on_stdin_msg)
         self._death = asyncio.get_running_loop().create_future()
         self._watch = asyncio.ensure_future(self._watch_process(self._death))
 
     async def _wait_ready(self, timeout: float = 60.0) -> None:
         """kernel_info round trips until the shell answers AND IOPub delivers AND the stdin
-        connection is up (see _Channels._wait_for_handshake).
+        connection is up (see Channels._wait_for_handshake).
 
         A SUB socket only receives once its subscription has reached the kernel ("slow
         joiner"): a node.send() or print() published before that would be lost. Every
@@ -409,7 +307,7 @@ class LocalKernel(KernelHandle):
             raise KernelDiedError(msg)
         return self._km
 
-    def _require_channels(self) -> _Channels:
+    def _require_channels(self) -> Channels:
         if self._channels is None:
             msg = f"{self._name}: the kernel is not connected (not started, or shut down)"
             raise KernelDiedError(msg)
