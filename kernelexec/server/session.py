@@ -7,33 +7,30 @@ or disturb another node's pool: every bad frame becomes an ``error`` frame.
 States: *new* (only ``hello`` and ``ping`` accepted) -> *greeted* (everything) -> *ended*
 (connection lost or bridge shutting down: frames are dropped, pools closed).
 
-Every ``execute`` gets exactly one answer: a ``result`` frame, or an ``error`` frame carrying
-its ``req_id`` when the frame itself could not be taken (malformed, unknown node, duplicate
-req_id). Results the bridge makes itself (pool could not start, pool closed, shutdown) have
-the same shape as the pool's.
+Every ``execute`` gets exactly one answer: a ``result`` frame
+(:mod:`~kernelexec.server.executions`), or an ``error`` frame carrying its ``req_id`` when the
+frame itself could not be taken (malformed, unknown node, duplicate req_id).
 
 Batching (protocol 1.1): a client message may be a JSON array of frames, handled in order.
-Once a client's hello says 1.1 or later, the frames this session produces in one event-loop
-turn leave as one WebSocket message (an array; a lone frame stays an object), flushed by
-``loop.call_soon``: one send syscall per turn instead of one per frame. Order is kept, since
-every frame of the session goes through the same queue.
+The frames the session sends go through its :class:`~kernelexec.server.outbox.Outbox`, which
+batches them per event-loop turn once the client's hello says 1.1 or later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import itertools
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ..config import PoolConfig
 from ..errors import ConfigError
 from ..protocol import PROTOCOL_VERSION
 from .bridge import Bridge, sweep_blobs
+from .executions import Executions
 from .frames import (
     PROTOCOL_MAJOR,
     SERVER_FRAMES,
@@ -42,13 +39,12 @@ from .frames import (
     check_frame,
     decode,
     describe,
-    dumps,
     error_frame,
-    error_object,
     frame_ids,
     major_version,
     peek_ids,
 )
+from .outbox import Outbox, Transport
 from .pools import RESULT_GRACE, PoolEntry
 
 __all__ = ["Session", "Transport"]
@@ -56,46 +52,6 @@ __all__ = ["Session", "Transport"]
 log = logging.getLogger("kernelexec.server")
 
 _BEFORE_HELLO = frozenset({"hello", "ping"})
-#: Queued frames that make the session write at once rather than at the end of the turn
-#: (the peer can start on the first ones while the bridge still produces the rest).
-FLUSH_FRAMES = 256
-
-
-class Transport(Protocol):
-    """The connection a session writes to (the WebSocket handler)."""
-
-    def write_message(self, message: bytes) -> Any: ...
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
-
-
-def _consume(future: Any) -> None:
-    """Retrieve a write future's exception (a closed peer) so asyncio does not log it."""
-    if not future.cancelled():
-        future.exception()
-
-
-def error_result(node_id: str, req_id: str, error: dict[str, Any]) -> dict[str, Any]:
-    """A result frame for a message the pool never answered."""
-    return {
-        "type": "result",
-        "node_id": node_id,
-        "req_id": req_id,
-        "outputs": [],
-        "logs": [],
-        "status": [],
-        "stdout": "",
-        "error": error,
-        "done": True,
-        "sent": 0,
-        "timing": {"queued_ms": 0.0, "exec_ms": 0.0},
-    }
-
-
-def _exec_seconds(result: dict[str, Any]) -> float | None:
-    timing = result.get("timing")
-    value = timing.get("exec_ms") if isinstance(timing, dict) else result.get("exec_ms")
-    return value / 1000.0 if isinstance(value, (int, float)) else None
 
 
 class Session:
@@ -106,17 +62,12 @@ class Session:
         self.transport = transport
         self.greeted = False
         self.ended: str | None = None
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._contexts: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ctx_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._fast_limit = bridge.options.max_frame_bytes // 4
-        #: The largest message the client takes (UTF-8 bytes).
-        self._limit = bridge.options.max_frame_bytes
-        #: The client reads arrays of frames (protocol >= 1.1): frames are queued per turn.
-        self._batch = False
-        self._out: list[bytes] = []
-        self._flush_handle: asyncio.Handle | None = None
+        self._outbox = Outbox(transport, bridge.options.max_frame_bytes, self._refuse_context)
+        self._executions = Executions(self.send, self._closed_reason)
         self._routes: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._on_hello,
             "configure": self._on_configure,
@@ -133,94 +84,11 @@ class Session:
         """Write one frame; silently dropped once the connection is gone."""
         if self.ended is not None and self.bridge.closing is None:
             return
-        try:
-            data = dumps(frame)
-        except (TypeError, ValueError) as exc:
-            data = dumps(self._unencodable(frame, exc))
-        if len(data) > self._limit:
-            checked = self._within_limit(frame, data)
-            if checked is None:
-                return
-            data = checked
-        if not self._batch:
-            self._write(data)
-            return
-        out = self._out
-        out.append(data)
-        if len(out) >= FLUSH_FRAMES:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        self._outbox.send(frame)
 
     def flush(self) -> None:
-        """Write the queued frames: as few messages as the size limit allows, in order."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        frames, self._out = self._out, []
-        if len(frames) == 1:
-            self._write(frames[0])
-            return
-        # Each frame is at most max_frame_bytes (_within_limit); so is each joined message.
-        limit = self._limit
-        batch: list[bytes] = []
-        size = 2
-        for data in frames:
-            if batch and size + len(data) + 1 > limit:
-                self._write_batch(batch)
-                batch, size = [], 2
-            batch.append(data)
-            size += len(data) + 1
-        if batch:
-            self._write_batch(batch)
-
-    def _write_batch(self, batch: list[bytes]) -> None:
-        self._write(batch[0] if len(batch) == 1 else b"[" + b",".join(batch) + b"]")
-
-    def _write(self, data: bytes) -> None:
-        """Write UTF-8 JSON as a text message (tornado sends bytes as they are)."""
-        try:
-            future = self.transport.write_message(data)
-        except Exception:  # WebSocketClosedError: the peer is gone
-            return
-        if future is not None:
-            future.add_done_callback(_consume)
-
-    def _unencodable(self, frame: dict[str, Any], exc: Exception) -> dict[str, Any]:
-        message = f"a {frame.get('type')} frame could not be encoded as JSON: {exc}"
-        return self._instead(frame, error_object("CONVERSION_ERROR", message, type(exc).__name__))
-
-    def _within_limit(self, frame: dict[str, Any], data: bytes) -> bytes | None:
-        """A frame the client would refuse (too large) is replaced by a report of it: one
-        node's huge output must not cost the connection, and with it every node's pool."""
-        size = len(data)
-        limit = self._limit
-        if size <= limit:
-            return data
-        kind = frame.get("type")
-        message = (
-            f"a {kind} frame of {size} bytes is larger than max_frame_bytes ({limit}); "
-            "send big data as bytes (they travel as blob files) or send less"
-        )
-        log.warning("Node %s: %s", frame.get("node_id"), message)
-        if kind == "context_request":  # the code gets the error instead of waiting
-            future = self._contexts.get(str(frame.get("ctx_id")))
-            if future is not None and not future.done():
-                future.set_result({"value": None, "error": message})
-            return None
-        if kind in ("send", "done", "status", "log"):  # to the log (and Catch, with req_id)
-            report = {"type": "log", "node_id": frame.get("node_id"),
-                      "req_id": frame_ids(frame)[0], "level": "error", "text": message}  # fmt: skip
-            return dumps(report)
-        return dumps(self._instead(frame, error_object("FRAME_TOO_LARGE", message)))
-
-    @staticmethod
-    def _instead(frame: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
-        """The frame that reports ``error`` in place of ``frame``."""
-        req_id, node_id = frame_ids(frame)
-        if frame.get("type") == "result":
-            return error_result(str(node_id), str(req_id), error)
-        return {"type": "error", "error": error, "req_id": req_id, "node_id": node_id}
+        """Write the frames queued in this event-loop turn."""
+        self._outbox.flush()
 
     def send_event(self, node_id: str, event: dict[str, Any]) -> None:
         """PoolHooks.on_event: forward a send/done/status/log event with its node id."""
@@ -306,7 +174,7 @@ class Session:
             "blob_dir": self.bridge.blob_dir,
         })  # fmt: skip
         self.flush()  # the welcome goes alone: the client learns from it that arrays may come
-        self._batch = batching(version)
+        self._outbox.batch = batching(version)
 
     def _on_ping(self, frame: dict[str, Any]) -> None:
         self.send({"type": "pong", "id": frame["id"]})
@@ -349,100 +217,11 @@ class Session:
     # -- execute -----------------------------------------------------------------------
 
     def _on_execute(self, frame: dict[str, Any]) -> None:
-        entry = self._own_entry(frame)
-        req_id = frame["req_id"]
-        if req_id in self._inflight:
-            msg = f"req_id {describe(req_id)} is still running here; req_ids must be unique"
-            raise FrameError(msg, req_id=req_id, node_id=entry.node_id)
-        future = self._submit_now(entry, req_id, frame["msg"])
-        if future is None:  # the pool is not ready yet, or needs its coroutine (keep_order)
-            future = asyncio.ensure_future(self._execute(entry, req_id, frame["msg"]))
-        else:
-            future.add_done_callback(functools.partial(self._answered, entry, req_id))
-        self._inflight[req_id] = future
-        entry.running.add(future)
+        self._executions.start(self._own_entry(frame), frame["req_id"], frame["msg"])
 
-    def _submit_now(
-        self, entry: PoolEntry, req_id: str, msg: dict[str, Any]
-    ) -> asyncio.Future[Any] | None:
-        """The hot path: hand the message to a ready pool without a task of its own (the
-        result future's done callback answers). None when :meth:`_execute` must do it."""
-        pool = entry.pool
-        submit_nowait = getattr(pool, "submit_nowait", None)
-        if submit_nowait is None or not entry.settled.is_set() or entry.failure is not None:
-            return None
-        try:
-            future: asyncio.Future[Any] | None = submit_nowait(req_id, msg)
-        except Exception as exc:  # answered as INTERNAL by _answered, like _execute does
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(exc)
-        if future is not None:
-            entry.load_changed()
-        return future
-
-    def _answered(self, entry: PoolEntry, req_id: str, future: asyncio.Future[Any]) -> None:
-        """Done callback of a :meth:`_submit_now` future: the same answers as :meth:`_execute`
-        (cancelled: POOL_CLOSED; an exception: INTERNAL)."""
-        if future.cancelled():
-            result = error_result(entry.node_id, req_id, self._closed(entry))
-        elif (exc := future.exception()) is not None:
-            log.error("Bug while running req %s of node %s", req_id, entry.node_id, exc_info=exc)
-            message = f"the bridge failed on this message: {exc!r}"
-            error = error_object("INTERNAL", message, type(exc).__name__)
-            result = error_result(entry.node_id, req_id, error)
-        else:
-            result = future.result()
-        self._finish(entry, req_id, result)
-
-    async def _execute(self, entry: PoolEntry, req_id: str, msg: dict[str, Any]) -> None:
-        try:
-            result = await self._submit(entry, req_id, msg)
-        except asyncio.CancelledError:
-            self._finish(entry, req_id, error_result(entry.node_id, req_id, self._closed(entry)))
-            raise
-        except Exception as exc:
-            log.exception("Bug while running req %s of node %s", req_id, entry.node_id)
-            message = f"the bridge failed on this message: {exc!r}"
-            error = error_object("INTERNAL", message, type(exc).__name__)
-            result = error_result(entry.node_id, req_id, error)
-        self._finish(entry, req_id, result)
-
-    async def _submit(self, entry: PoolEntry, req_id: str, msg: dict[str, Any]) -> dict[str, Any]:
-        if not entry.settled.is_set():
-            if entry.waiting >= entry.config.queue_limit:
-                message = (
-                    f"node {entry.node_id}: {entry.waiting} messages already wait for the pool "
-                    "to start (queue_limit); the message was refused"
-                )
-                return error_result(entry.node_id, req_id, error_object("QUEUE_FULL", message))
-            entry.waiting += 1
-            try:
-                await entry.settled.wait()
-            finally:
-                entry.waiting -= 1
-        pool = entry.pool
-        if pool is None or entry.failure is not None:
-            return error_result(entry.node_id, req_id, entry.failure or self._closed(entry))
-        entry.load_changed()
-        return await pool.submit(req_id, msg)
-
-    def _finish(self, entry: PoolEntry, req_id: str, result: dict[str, Any]) -> None:
-        task = self._inflight.pop(req_id, None)
-        if task is not None:
-            entry.running.discard(task)
-        result["type"] = "result"
-        result["node_id"] = entry.node_id
-        result["req_id"] = req_id
-        seconds = _exec_seconds(result)
-        if seconds is not None and entry.latency is not None:
-            entry.latency.observe(seconds)
-        self.send(result)
-        entry.load_changed()
-
-    def _closed(self, entry: PoolEntry) -> dict[str, Any]:
-        reason = self.bridge.closing or self.ended or "the node closed it"
-        message = f"node {entry.node_id} was closed ({reason}); the message did not finish"
-        return error_object("POOL_CLOSED", message, "PoolClosedError")
+    def _closed_reason(self) -> str | None:
+        """Why this connection's pools close: the bridge or the connection stopping."""
+        return self.bridge.closing or self.ended
 
     # -- close, list_kernels -----------------------------------------------------------
 
@@ -509,12 +288,17 @@ class Session:
         error = frame["error"]
         future.set_result({"value": frame["value"], "error": None if error is None else str(error)})
 
+    def _refuse_context(self, ctx_id: str, error: str) -> None:
+        """A context_request that could not be sent: the code gets ``error`` instead."""
+        future = self._contexts.get(ctx_id)
+        if future is not None and not future.done():
+            future.set_result({"value": None, "error": error})
+
     # -- end ---------------------------------------------------------------------------
 
     def fail_inflight(self) -> None:
         """The bridge stops: every running message gets its POOL_CLOSED result now."""
-        for task in list(self._inflight.values()):
-            task.cancel()
+        self._executions.cancel_all()
 
     async def end(self, reason: str) -> None:
         """The connection is gone or the bridge stops: close this connection's pools."""
@@ -524,7 +308,7 @@ class Session:
             if not future.done():
                 future.set_result({"value": None, "error": f"context unavailable: {reason}"})
         await self.bridge.registry.remove_owned_by(self)
-        running = list(self._inflight.values())
+        running = self._executions.running()
         if running:  # let results of the closed pools arrive, then fail what is left
             _, pending = await asyncio.wait(running, timeout=RESULT_GRACE)
             for task in pending:
