@@ -221,7 +221,7 @@ class Node:
         elif args:
             status["text"] = str(args[0])
         status.update({k: v for k, v in fields.items() if v is not None})
-        self._runtime.emit_status(status)
+        self._runtime.emit_status(self._req(), status)
 
     def log(self, text: Any) -> None:
         self._runtime.emit_log(self._req(), "info", text)

@@ -86,6 +86,8 @@ class Request:
     logs: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
     sent: int = 0
+    #: status events emitted while it ran (delivered before its result, like sends)
+    statuses: int = 0
     finished: bool = False
     #: Blob files already handed over in send events: their reader removes them.
     handed: set[str] = field(default_factory=set)
@@ -443,6 +445,7 @@ class Runtime:
             "error": req.error,
             "done": req.error is not None or not uses_done,
             "sent": req.sent,
+            "status_events": req.statuses,
             "exec_ms": round(exec_ms, 3),
         }
 
@@ -534,9 +537,16 @@ class Runtime:
         req_id = req.req_id if req is not None else None
         self.channel.event({"type": "done", "req_id": req_id, "error": _error_of(error)})
 
-    def emit_status(self, status: dict[str, Any]) -> None:
+    def emit_status(self, req: Request | None, status: dict[str, Any]) -> None:
+        """A status event at once; during a request it carries the req_id, so that the worker
+        delivers it before the request's result (it strips the req_id then)."""
         encoded = Encoder(use_blobs=False).encode(status, "status")
-        self.channel.event({"type": "status", "status": encoded})
+        with self._lock:
+            event: dict[str, Any] = {"type": "status", "status": encoded}
+            if req is not None and not req.finished:
+                event["req_id"] = req.req_id
+                req.statuses += 1
+            self.channel.event(event)
 
     def emit_log(self, req: Request | None, level: str, text: Any) -> None:
         line = text if isinstance(text, str) else str(text)

@@ -254,8 +254,11 @@ class Worker:
 
     # -- events -------------------------------------------------------------------------
     def _on_kernel_event(self, event: dict[str, Any], buffers: list[bytes]) -> None:
-        if event.get("type") == "send" and event.get("req_id"):
+        kind = event.get("type")
+        if kind in ("send", "status") and event.get("req_id"):
             self._count_send(str(event["req_id"]))
+            if kind == "status":  # the protocol's status frame has no req_id
+                event = {key: value for key, value in event.items() if key != "req_id"}
         if buffers:
             event = {**event, "buffers": buffers}
         if self.on_event is not None:
@@ -269,10 +272,11 @@ class Worker:
             waiter[1].set_result(None)
 
     async def _wait_for_sends(self, results: list[dict[str, Any]]) -> None:
-        """Deliver a request's node.send() messages before its result (they race on IOPub)."""
+        """Deliver a request's node.send() messages and node.status() updates before its
+        result (they race with it on IOPub)."""
         for result in results:
             req_id = result["req_id"]
-            expected = int(result.get("sent", 0))
+            expected = int(result.get("sent", 0)) + int(result.pop("status_events", 0))
             if expected and self._sent_seen.get(req_id, 0) < expected:
                 future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._sent_waiters[req_id] = (expected, future)

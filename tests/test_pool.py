@@ -387,3 +387,18 @@ async def test_no_cold_child_outlives_a_killed_kernel() -> None:
         assert not alive, f"children left after the kernel's death: {alive}"
     finally:
         await closed(pool)
+
+
+async def test_status_set_during_a_message_arrives_before_its_result() -> None:
+    """node.status() then return: the status event is delivered before the result, as the
+    function node shows a status set before its message leaves; without a req_id on it."""
+    pool, hooks = await started("node.status(text=str(msg['payload']))\nreturn msg")
+    try:
+        for i in range(50):
+            hooks.events.clear()
+            result = await pool.submit(f"s{i}", {"payload": i})
+            assert result["error"] is None and "status_events" not in result
+            statuses = [e for _, e in hooks.events if e["type"] == "status"]
+            assert statuses == [{"type": "status", "status": {"text": str(i)}}], (i, statuses)
+    finally:
+        await closed(pool)
