@@ -69,6 +69,81 @@ describe("protocol spec copy", function () {
         assert.deepStrictEqual(missing, []);
     });
 
+    it("has, in every locale, the en-US keys, placeholders and help pages", function () {
+        const root = path.join(__dirname, "..", "nodes", "locales");
+        const flatten = (obj, prefix = "", out = {}) => {
+            for (const [key, value] of Object.entries(obj)) {
+                if (value && typeof value === "object") {
+                    flatten(value, prefix + key + ".", out);
+                } else {
+                    out[prefix + key] = value;
+                }
+            }
+            return out;
+        };
+        const placeholders = (text) => (text.match(/__[A-Za-z0-9_]+__|\{\{[^{}]+\}\}|%[sdifjoO]/g) || []).sort();
+        const helpNames = (file) => [...fs.readFileSync(file, "utf8").matchAll(/<script\b[^>]*\bdata-help-name="([^"]*)"/g)].map((m) => m[1]).sort();
+        const english = flatten(JSON.parse(fs.readFileSync(path.join(root, "en-US", "kernelexec.json"), "utf8")));
+        const englishHelp = helpNames(path.join(root, "en-US", "kernelexec.html"));
+        assert.deepStrictEqual(englishHelp, ["kernelexec", "kernelexec-env"]);
+        // Directory names must be ones Node-RED looks up (e.g. "fr", not "fr-FR").
+        let known = null;
+        try {
+            known = fs.readdirSync(path.join(path.dirname(require.resolve("@node-red/editor-client/package.json")), "locales"));
+        } catch (err) {
+            known = null;   // editor-client not installed: skip the name check only
+        }
+        const locales = fs.readdirSync(root, { withFileTypes: true }).filter((d) => d.isDirectory() && d.name !== "en-US").map((d) => d.name);
+        assert.ok(locales.length > 0, "no translated locale under nodes/locales");
+        const problems = [];
+        for (const locale of locales) {
+            if (known && !known.includes(locale)) {
+                problems.push(`${locale}: not a Node-RED locale directory name (${known.join(", ")})`);
+            }
+            let catalog;
+            try {
+                catalog = flatten(JSON.parse(fs.readFileSync(path.join(root, locale, "kernelexec.json"), "utf8")));
+            } catch (err) {
+                problems.push(`${locale}/kernelexec.json: ${err.message}`);
+                continue;
+            }
+            for (const key of Object.keys(english)) {
+                if (!(key in catalog)) {
+                    problems.push(`${locale}: missing ${key}`);
+                } else if (typeof catalog[key] !== "string" || catalog[key] === "") {
+                    problems.push(`${locale}: ${key} is not a non-empty string`);
+                } else {
+                    const theirs = placeholders(catalog[key]);
+                    for (const p of new Set(placeholders(english[key]))) {
+                        if (!theirs.includes(p)) {
+                            problems.push(`${locale}: ${key} lacks placeholder ${p}`);
+                        }
+                    }
+                    for (const p of new Set(theirs)) {
+                        if (!placeholders(english[key]).includes(p)) {
+                            problems.push(`${locale}: ${key} has unknown placeholder ${p}`);
+                        }
+                    }
+                }
+            }
+            for (const key of Object.keys(catalog)) {
+                if (!(key in english)) {
+                    problems.push(`${locale}: extra key ${key}`);
+                }
+            }
+            const help = path.join(root, locale, "kernelexec.html");
+            if (!fs.existsSync(help)) {
+                problems.push(`${locale}: no kernelexec.html help`);
+            } else {
+                const names = helpNames(help);
+                if (JSON.stringify(names) !== JSON.stringify(englishHelp)) {
+                    problems.push(`${locale}/kernelexec.html: data-help-name ${names.join(", ")}, en-US has ${englishHelp.join(", ")}`);
+                }
+            }
+        }
+        assert.deepStrictEqual(problems, []);
+    });
+
     it("gives the editor the spec's limits and defaults", function () {
         const html = fs.readFileSync(path.join(__dirname, "..", "nodes", "kernelexec.html"), "utf8");
         const f = protocol.CONFIG_FIELDS;
