@@ -69,6 +69,18 @@ describe("protocol spec copy", function () {
         assert.deepStrictEqual(missing, []);
     });
 
+    it("has an en-US message for every data-i18n key of the editor", function () {
+        const catalog = require("../nodes/locales/en-US/kernelexec.json");
+        const html = fs.readFileSync(path.join(__dirname, "..", "nodes", "kernelexec.html"), "utf8");
+        const keys = [...html.matchAll(/data-i18n="([^"]*)"/g)].flatMap((m) => m[1].split(";"));
+        const missing = keys
+            .map((k) => k.replace(/^\[[a-z]+\]/, ""))
+            .filter((k) => k.startsWith("kernelexec."))
+            .filter((k) => typeof k.split(".").reduce((o, part) => (o ? o[part] : undefined), catalog) !== "string");
+        assert.ok(keys.length > 20, "the editor's data-i18n keys were found");
+        assert.deepStrictEqual(missing, []);
+    });
+
     it("has, in every locale, the en-US keys, placeholders and help pages", function () {
         const root = path.join(__dirname, "..", "nodes", "locales");
         const flatten = (obj, prefix = "", out = {}) => {
