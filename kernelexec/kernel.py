@@ -227,21 +227,15 @@ def _app_class() -> Any:
     return KernelexecKernelApp
 
 
-def _lean_deserializer(session: Any) -> Any:
-    """kernelexec's decoder instead of Session.deserialize for every incoming message (the
-    same signature check, no date parsing: kernels/decoding.py)."""
-    from .kernels.decoding import session_deserializer
-
-    return session_deserializer(session)
-
-
 def main(argv: list[str] | None = None) -> None:
     _skip_empty_flushes()
     app = _app_class().instance(config=kernel_config())
     app.kernel_class = _kernel_class()
     app.initialize(sys.argv[1:] if argv is None else argv)
     app.session.pack = wire_pack
-    app.session.deserialize = _lean_deserializer(app.session)
+    from .kernels.decoding import session_deserializer  # the same signature check, no dates
+
+    app.session.deserialize = session_deserializer(app.session)
     app.start()
 
 

@@ -1,8 +1,8 @@
 """Cold mode's spare child copies, while the node is idle, the memory it shares with the kernel.
 
 After ``fork()`` the child and the kernel share every page copy-on-write: the first write to a
-page by either of them copies it, in a page fault of ~5 µs on this kind of machine (measured in
-docs/performance.md). A cold message wrote ~1,000 such pages in the child and ~300 in the
+page by either of them copies it, in a page fault of ~3-8 µs on this kind of machine
+(bench/cow_faults.py). A cold message wrote ~1,000 such pages in the child and ~300 in the
 kernel, 5-6 ms on the message's path. A spare child (forked ahead of time, waiting for its
 message) can take those copies before the message comes: ``madvise(MADV_POPULATE_WRITE)`` over
 the pages the kernel had in memory makes them the child's own, and the kernel's pages its own
@@ -11,7 +11,7 @@ delays a message by more than one chunk.
 
 The kernel does the same for its own pages, in a background thread (:class:`BackgroundCopy`),
 once the spare is forked: its writes on the next message then take no fault at all (~320
-"reuse" faults of ~1.5 µs each otherwise). The thread stops when a message arrives.
+"reuse" faults of ~1.3-1.5 µs each otherwise). The thread stops when a message arrives.
 
 It is skipped (the child just takes the faults) where it cannot help or could hurt: on kernels
 without MADV_POPULATE_WRITE (Linux < 5.14), when the copy would exceed :data:`LIMIT_BYTES`, or
@@ -62,13 +62,14 @@ class BackgroundCopy:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop a running copy (within one chunk) and wait for its thread."""
+        """Stop a running copy (within one chunk) and wait for its thread. Costs nothing
+        when no copy runs (it is called on every cold message)."""
         thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive():
-            os.write(self._stop_w, b"x")
-            thread.join()
-        while select.select([self._stop_r], [], [], 0)[0]:
-            os.read(self._stop_r, 64)
+        if thread is None or not thread.is_alive():
+            return
+        os.write(self._stop_w, b"x")
+        thread.join()
+        os.read(self._stop_r, 64)  # the byte written above: the next copy starts unstopped
 
 
 def copy_shared_pages(wake_fd: int) -> int:

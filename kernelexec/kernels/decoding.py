@@ -54,7 +54,7 @@ def decode_parts(session: Session, parts: Sequence[Any], *, content: bool = True
         "parent_header": _loads(signed[2]),
         "metadata": _loads(signed[3]),
         "content": _loads(signed[4]) if content else signed[4],
-        "buffers": [memoryview(_bytes(part)) for part in parts[5:]],
+        "buffers": [_view(part) for part in parts[5:]],
     }
 
 
@@ -67,6 +67,12 @@ def session_deserializer(session: Session) -> Callable[..., dict[str, Any]]:
         return decode_parts(session, msg_list, content=content)
 
     return deserialize
+
+
+def _view(part: Any) -> memoryview:
+    """A buffer frame without copying it (zmq Frames have ``.buffer``)."""
+    buffer = getattr(part, "buffer", None)
+    return buffer if isinstance(buffer, memoryview) else memoryview(part)
 
 
 def _bytes(part: Any) -> bytes:
