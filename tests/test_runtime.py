@@ -440,6 +440,19 @@ def test_cold_mode_timeout_kills_the_child_and_its_processes(cold: Runtime, tmp_
         assert not _alive(pid)
 
 
+def test_cold_mode_kills_what_an_answered_message_started_soon_after(cold: Runtime) -> None:
+    """The child that answered lingers LINGER (20 ms), then dies with its process group."""
+    code = ("import subprocess, os\np = subprocess.Popen(['sleep', '30'])\n"
+            "msg['payload'] = [os.getpid(), p.pid]\nreturn msg")  # fmt: skip
+    result = run(cold, code)
+    assert result["error"] is None
+    for pid in result["outputs"][0][0]["payload"]:
+        deadline = time.monotonic() + 3
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
