@@ -13,6 +13,16 @@ function py(id, func, extra) {
     return Object.assign({ id, type: "kernelexec", name: "", func, outputs: 1, mode: "hot", workers: 1, timeout: 0, wires: [["out"]] }, extra);
 }
 
+/** One python node n1 (wired to helper "out") whose environment node e1 names the bridge `url`. */
+function loadWithBridgeUrl(url, credentials, code = "return msg") {
+    return S.load(N.kernelexecNode, [
+        { id: "tab1", type: "tab" },
+        { id: "e1", type: "kernelexec-env", url },
+        py("n1", code, { z: "tab1", env: "e1" }),
+        { id: "out", type: "helper", z: "tab1" },
+    ], credentials && { e1: credentials });
+}
+
 async function load(nodes, flow) {
     await S.load(nodes, S.tab(flow));
 }
@@ -488,12 +498,7 @@ describe("kernelexec node life cycle", function () {
                 server.once("exit", (code) => reject(new Error("bridge exited " + code)));
             });
             const url = `ws://127.0.0.1:${ready.port}/ws`;
-            await S.load(N.kernelexecNode, [
-                { id: "tab1", type: "tab" },
-                { id: "e1", type: "kernelexec-env", url },
-                py("n1", "msg['payload'] = 'remote ' + str(msg['payload'])\nreturn msg", { z: "tab1", env: "e1" }),
-                { id: "out", type: "helper", z: "tab1" },
-            ], { e1: { token } });
+            await loadWithBridgeUrl(url, { token }, "msg['payload'] = 'remote ' + str(msg['payload'])\nreturn msg");
             const got = S.messages(helper.getNode("out"), 1);
             helper.getNode("n1").receive({ payload: 1 });
             assert.strictEqual((await got)[0].payload, "remote 1");
@@ -507,23 +512,13 @@ describe("kernelexec node life cycle", function () {
     });
 
     it("reports an unreachable bridge URL without crashing", async function () {
-        await S.load(N.kernelexecNode, [
-            { id: "tab1", type: "tab" },
-            { id: "e1", type: "kernelexec-env", url: "ws://127.0.0.1:9/ws" },
-            py("n1", "return msg", { z: "tab1", env: "e1" }),
-            { id: "out", type: "helper", z: "tab1" },
-        ], { e1: { token: "nope" } });
+        await loadWithBridgeUrl("ws://127.0.0.1:9/ws", { token: "nope" });
         const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
         assert.match(text, /Cannot connect to the kernelexec bridge at ws:\/\/127\.0\.0\.1:9\/ws/);
     });
 
     it("reports a malformed bridge URL without crashing", async function () {
-        await S.load(N.kernelexecNode, [
-            { id: "tab1", type: "tab" },
-            { id: "e1", type: "kernelexec-env", url: "ws://bad url" },
-            py("n1", "return msg", { z: "tab1", env: "e1" }),
-            { id: "out", type: "helper", z: "tab1" },
-        ]);
+        await loadWithBridgeUrl("ws://bad url");
         const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
         assert.match(text, /Cannot connect to the kernelexec bridge at ws:\/\/bad url/);
     });
@@ -550,12 +545,7 @@ describe("kernelexec node life cycle", function () {
         }));
         await new Promise((r) => server.once("listening", r));
         try {
-            await S.load(N.kernelexecNode, [
-                { id: "tab1", type: "tab" },
-                { id: "e1", type: "kernelexec-env", url: `ws://127.0.0.1:${server.address().port}/ws` },
-                py("n1", "return msg", { z: "tab1", env: "e1" }),
-                { id: "out", type: "helper", z: "tab1" },
-            ], { e1: { token: "t" } });
+            await loadWithBridgeUrl(`ws://127.0.0.1:${server.address().port}/ws`, { token: "t" });
             const [text] = await S.call(helper.getNode("n1"), "error", (e) => typeof e === "string");
             assert.match(text, /speaks protocol 99\.0|bridge speaks 99\.0/);
         } finally {
@@ -607,12 +597,7 @@ describe("kernelexec node life cycle", function () {
             const { server, seen } = await fakeBridge(version);
             const count = 300;
             try {
-                await S.load(N.kernelexecNode, [
-                    { id: "tab1", type: "tab" },
-                    { id: "e1", type: "kernelexec-env", url: `ws://127.0.0.1:${server.address().port}/ws` },
-                    py("n1", "return msg", { z: "tab1", env: "e1" }),
-                    { id: "out", type: "helper", z: "tab1" },
-                ], { e1: { token: "t" } });
+                await loadWithBridgeUrl(`ws://127.0.0.1:${server.address().port}/ws`, { token: "t" });
                 const n1 = helper.getNode("n1");
                 await S.call(n1, "status", (s) => s && s.fill === "green");
                 const got = S.messages(helper.getNode("out"), 2 * count);

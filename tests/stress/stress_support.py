@@ -132,6 +132,16 @@ class StressBridge(BridgeProcess):
             self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout)
 
+    async def stop_and_wait_clean(
+        self, files_before: set[str]
+    ) -> tuple[int, str, list[str], list[str]]:
+        """Close the clients, stop the bridge; (exit code, stderr, processes left, blob files
+        left) once its processes and new blob files are gone or the wait ran out."""
+        self.close_clients()
+        code, _out, err = self.stop()
+        procs, files = await wait_clean(files_before)
+        return code, err, procs, files
+
     def kernel_pids(self) -> list[int]:
         return [p.pid for p in self.descendants() if KERNEL_PATTERN.search(" ".join(_cmd(p)))]
 

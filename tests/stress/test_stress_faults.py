@@ -20,7 +20,7 @@ import psutil
 import pytest
 import pytest_asyncio
 from server_support import Client, bridge_env
-from stress_support import StressBridge, blob_files, take_blobs, wait_clean
+from stress_support import StressBridge, blob_files, take_blobs
 
 from kernelexec import blobs
 
@@ -37,9 +37,7 @@ async def bridge() -> AsyncIterator[StressBridge]:
     try:
         yield bridge
     finally:
-        bridge.close_clients()
-        code, _out, err = bridge.stop()
-        procs, files = await wait_clean(files_before)
+        code, err, procs, files = await bridge.stop_and_wait_clean(files_before)
         assert code == (-9 if bridge.killed else 0), err[-2000:]
         assert not procs, f"processes left behind: {procs}"
         assert not files, f"blob files left behind: {files}"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from server_support import TOKEN, Client, start_server, ws_url
-from stress_support import StressBridge, blob_files, wait_clean
+from stress_support import StressBridge, blob_files
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -36,9 +36,7 @@ async def bridge() -> AsyncIterator[StressBridge]:
     try:
         yield bridge
     finally:
-        bridge.close_clients()
-        code, _out, err = bridge.stop()
-        procs, files = await wait_clean(files_before)
+        code, err, procs, files = await bridge.stop_and_wait_clean(files_before)
         assert code == 0, err[-2000:]
         assert not procs and not files, (procs, files)
 

@@ -19,7 +19,7 @@ import pytest_asyncio
 import zmq
 from jupyter_client.session import Session
 from server_support import TOKEN, Client, ws_url
-from stress_support import StressBridge, blob_files, take_blobs, wait_clean
+from stress_support import StressBridge, blob_files, take_blobs
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -41,9 +41,7 @@ async def bridge() -> AsyncIterator[StressBridge]:
     try:
         yield bridge
     finally:
-        bridge.close_clients()
-        code, _out, err = bridge.stop()
-        procs, files = await wait_clean(files_before)
+        code, err, procs, files = await bridge.stop_and_wait_clean(files_before)
         assert code == 0 and not procs and not files, (err[-1000:], procs, files)
         assert TOKEN not in err and "gw-secret-123" not in err
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from stress_support import StressBridge, blob_files, rss_kib, take_blobs, wait_clean
+from stress_support import StressBridge, blob_files, rss_kib, take_blobs
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -112,8 +112,6 @@ async def test_sustained_load_keeps_rss_flat() -> None:
             )
         client.close()
     finally:
-        bridge.close_clients()
-        code, _out, err = bridge.stop()
-        procs, files = await wait_clean(files_before)
+        code, err, procs, files = await bridge.stop_and_wait_clean(files_before)
         assert code == 0, err[-2000:]
         assert not procs and not files, (procs, files)
