@@ -60,8 +60,11 @@ def wire_pack(obj: Any) -> bytes:
     """jupyter_client's json_packer, except that a lone surrogate (a str that UTF-8 cannot
     encode: JSON ``"\\ud800"`` from JavaScript, or made by user code) becomes U+FFFD, as
     JavaScript's own UTF-8 encoding does, instead of failing the whole message."""
-    from jupyter_client.jsonutil import json_default
+    from jupyter_client import jsonutil
     from jupyter_client.session import json_packer
+
+    # jupyter_client 6.1 (kernels of Enterprise Gateway 3.3) has only date_default
+    json_default = getattr(jsonutil, "json_default", None) or jsonutil.date_default
 
     if _orjson is not None:
         try:  # the fast path: orjson writes NaN/Infinity as null itself

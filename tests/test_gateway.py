@@ -1,7 +1,12 @@
-"""GatewayKernel against a real Jupyter Kernel Gateway on 127.0.0.1 (marked ``gateway``).
+"""GatewayKernel against real gateways on 127.0.0.1 (marked ``gateway``).
 
-The gateway runs once for this module (token-protected, kernel listing on); each test
-drives its own kernel and must leave none behind on the gateway.
+Each gateway of the matrix (tests/gateway_fixtures.py: Kernel Gateway 3.0 with ipykernel 7
+and with ipykernel 6.29, Enterprise Gateway 3.3 with jupyter_client 6.1 kernels) runs once
+for this module, token-protected with kernel listing on, started when a test first needs
+it. Tests parametrised over ``flavour`` run on every one (hello, setup state, node.send,
+blobs each way, timeouts, errors with their line, a wrong token, a kernel that stops
+answering); the others on Kernel Gateway with ipykernel 7. Each test drives its own kernels
+and must leave none behind on the gateway.
 """
 
 from __future__ import annotations
@@ -10,13 +15,22 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_fixtures import free_port, gateway_kernel_ids, running_gateway
+from gateway_fixtures import (
+    DEFAULT_FLAVOUR,
+    FLAVOURS,
+    Gateways,
+    free_port,
+    gateway_kernel_ids,
+    matrix,
+    running_gateway,
+)
 
 from kernelexec.blobs import pid_alive
 from kernelexec.config import EnvConfig
@@ -33,16 +47,35 @@ pytestmark = [pytest.mark.gateway, pytest.mark.timeout(90)]
 
 TOKEN = "kernelexec-test-token"
 HAS_RUNTIME = (Path(__file__).parent.parent / "kernelexec" / "runtime.py").is_file()
+needs_runtime = pytest.mark.skipif(not HAS_RUNTIME, reason="kernelexec.runtime not there yet")
 
 
 @pytest.fixture(scope="module")
-def gateway_url() -> Iterator[str]:
-    """One gateway for this module; it is gone (with its kernels) before other modules run."""
-    with running_gateway(TOKEN) as url:
-        yield url
+def gateways() -> Iterator[Gateways]:
+    """The gateways of this module; gone (with their kernels) before other modules run."""
+    started = Gateways(TOKEN)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
-def settings(url: str, **overrides: Any) -> GatewaySettings:
+@pytest.fixture(scope="module")
+def gateway_url(gateways: Gateways) -> str:
+    return gateways.url(DEFAULT_FLAVOUR)
+
+
+#: (ipykernel, jupyter_client) version prefixes each flavour's kernels must report
+EXPECTED_VERSIONS = {
+    "kg3-ipykernel7": ("7.", "8."),
+    "kg3-ipykernel6": ("6.29.", "8."),
+    "eg3.3-jc6.1": ("6.29.5", "6.1.12"),
+}
+
+
+def settings(url: str, flavour: str = DEFAULT_FLAVOUR, **overrides: Any) -> GatewaySettings:
+    env = overrides.pop("kernel_env", {})
+    overrides["kernel_env"] = {**FLAVOURS[flavour].kernel_env_vars, **env}
     return GatewaySettings.from_url(url, TOKEN, **overrides)
 
 
@@ -157,14 +190,48 @@ async def test_buffers_reach_the_kernel(kernel: GatewayKernel, sizes: list[int])
     assert payload(reply) == [hashlib.sha256(b).hexdigest() for b in buffers]
 
 
-async def test_bootstrap_packs_like_local_kernels(kernel: GatewayKernel) -> None:
-    """A lone surrogate or a NaN in a reply must not break it (stock packer: no reply)."""
-    assert (await kernel.execute(runtime_bootstrap_code(), {}))["status"] == "ok"
-    code = ANSWER + "__answer({'s': 'a\\ud800b', 'n': float('nan')})"
-    assert payload(await asyncio.wait_for(kernel.execute(code, {}), 10)) == {
-        "s": "a\ufffdb",
-        "n": None,
-    }
+@pytest.mark.parametrize("flavour", matrix())
+async def test_bootstrap_packs_like_local_kernels(gateways: Gateways, flavour: str) -> None:
+    """A lone surrogate or a NaN in a reply must not break it (stock packer: no reply), on
+    every kernel line (jupyter_client 6.1 has no json_default: the packer must not need it);
+    the bootstrap reports the kernel's versions and its kernelexec_request handler."""
+    url = gateways.url(flavour)
+    kernel = GatewayKernel(settings(url, flavour, bootstrap_timeout=20))
+    await kernel.start()
+    try:
+        assert (await kernel.execute(runtime_bootstrap_code(), {}))["status"] == "ok"
+        versions = kernel.bootstrap_info["versions"]
+        ipykernel, jupyter_client = EXPECTED_VERSIONS[flavour]
+        assert versions["ipykernel"].startswith(ipykernel), versions
+        assert versions["jupyter_client"].startswith(jupyter_client), versions
+        assert kernel.bootstrap_info["features"] == {
+            "wire_pack": True,
+            "request": "kernelexec_request",
+        }
+        assert kernel._speaks_requests  # the gateway forwards kernelexec_request
+        code = ANSWER + "__answer({'s': 'a\\ud800b', 'n': float('nan')})"
+        # ipykernel json_clean()s execute_replies itself with jupyter_client < 7 (NaN: 'nan')
+        nan = "nan" if jupyter_client.startswith("6.") else None
+        assert payload(await asyncio.wait_for(kernel.execute(code, {}), 10)) == {
+            "s": "a\ufffdb",
+            "n": nan,
+        }
+        # kernelexec_request replies are packed by wire_pack alone, on every kernel line
+        await kernel.execute("__kernelexec__.respond = lambda: {'n': float('nan')}", {})
+        reply = await asyncio.wait_for(kernel.request({"op": "x"}), 10)
+        assert payload(reply) == {"n": None}
+    finally:
+        await kernel.shutdown()
+    assert gateway_kernel_ids(url, TOKEN) == []
+
+
+async def test_a_kernel_too_old_is_refused_naming_its_versions(kernel: GatewayKernel) -> None:
+    await kernel.execute("import ipykernel; ipykernel.__version__ = '6.28.0'", {})
+    reply = await kernel.execute(runtime_bootstrap_code(), {})
+    assert reply["status"] == "error" and reply["ename"] == "RuntimeError", reply
+    assert "ipykernel 6.28.0 (needs >= 6.29)" in reply["evalue"], reply["evalue"]
+    assert "jupyter_client 8." in reply["evalue"] and "upgrade" in reply["evalue"]
+    assert not kernel._speaks_requests
 
 
 async def test_staging_without_bootstrap_is_a_clear_error(kernel: GatewayKernel) -> None:
@@ -284,13 +351,63 @@ async def test_gateway_restart_loses_the_kernel_and_restart_makes_a_new_one() ->
         await handle.shutdown(now=True)
 
 
-async def test_bad_token_fails_fast(gateway_url: str) -> None:
-    handle = GatewayKernel(GatewaySettings.from_url(gateway_url, "wrong"))
+@pytest.mark.parametrize("flavour", matrix())
+async def test_bad_token_fails_fast(gateways: Gateways, flavour: str) -> None:
+    handle = GatewayKernel(GatewaySettings.from_url(gateways.url(flavour), "wrong"))
     started = time.monotonic()
     with pytest.raises(GatewayError, match="gateway_token"):
         await handle.start()
     assert time.monotonic() - started < 3  # no retry: one request
     await handle.shutdown()
+
+
+@pytest.mark.parametrize("flavour", matrix())
+async def test_a_kernel_that_stops_answering_fails_the_bootstrap_in_bounded_time(
+    gateways: Gateways, flavour: str
+) -> None:
+    """A kernel that no longer answers (here: stopped with SIGSTOP, as a wedged kernel
+    would be) fails the bootstrap with a GatewayError after bootstrap_timeout, saying what
+    the gateway and the kernel said; without the bound the worker would wait forever."""
+    import signal
+
+    url = gateways.url(flavour)
+    handle = GatewayKernel(settings(url, flavour, bootstrap_timeout=2, liveness_interval=0.5))
+    await handle.start()
+    pid = payload(await handle.execute(ANSWER + "import os; __answer(os.getpid())", {}))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(GatewayError) as caught:
+            await asyncio.wait_for(handle.execute(runtime_bootstrap_code(), {}), 30)
+        assert time.monotonic() - started < 2 + 5
+        text = str(caught.value)
+        assert "did not answer the kernelexec bootstrap within 2 s" in text, text
+        assert "the gateway reports the kernel" in text and "ipykernel" in text, text
+        assert "bootstrap_timeout" in text, text
+        assert not handle.is_alive()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await handle.shutdown()
+    assert gateway_kernel_ids(url, TOKEN) == []
+
+
+@needs_runtime
+@pytest.mark.timeout(120)
+async def test_a_gateway_that_drops_kernelexec_request_gets_execute_requests() -> None:
+    """Does the gateway pass a shell message type it does not know? Kernel Gateway and
+    Enterprise Gateway do, unless allowed_message_types says otherwise: then the probe
+    after the bootstrap goes unanswered and runtime ops go as execute_requests."""
+    allowed = ("execute_request", "kernel_info_request", "input_reply", "interrupt_request")
+    args = tuple(f"--MappingKernelManager.allowed_message_types={t}" for t in allowed)
+    with running_gateway(TOKEN, extra_args=args) as url:
+        code = "msg['payload'] += 1\nreturn msg"
+        pool, _ = await gateway_pool(f"{url}?probe_timeout=1", code, setup="x = 1")
+        try:
+            assert not any(w.kernel._speaks_requests for w in pool.workers)
+            assert outs(await pool.submit("f1", {"payload": 1})) == [2]
+        finally:
+            await pool.close()
+        assert gateway_kernel_ids(url, TOKEN) == []
 
 
 async def test_unreachable_gateway_fails_fast() -> None:
@@ -382,6 +499,70 @@ def test_settings_from_url_and_factory() -> None:
         GatewaySettings.from_url("h:1")
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("KERNELEXEC_KERNEL_NAMESPACE", "ns\nx", "a newline"),
+        ("KERNELEXEC_KERNEL_IMAGE", "img:$(id)", "'$'"),
+        ("KERNELEXEC_KERNEL_IMAGE", "img`id`", "a backtick"),
+        ("KERNELEXEC_KERNEL_NAMESPACE", "ns'x", "a single quote"),
+        ("KERNELEXEC_KERNEL_NAMESPACE", 'ns"x', "a double quote"),
+    ],
+)
+def test_kernel_variables_are_validated(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str
+) -> None:
+    """KERNEL_* values reach Enterprise Gateway's launch commands and pod templates."""
+    env = EnvConfig(gateway_url="http://127.0.0.1:1")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(GatewayError, match=f"KERNEL_{name[18:]} .*contains {re.escape(said)}"):
+        make_gateway_kernel(env, node_id="n1")
+
+
+def test_memory_limit_is_validated_and_names_its_origin() -> None:
+    env = EnvConfig(gateway_url="http://127.0.0.1:1", memory_limit="512M\nKERNEL_X=1")
+    with pytest.raises(GatewayError, match=r"KERNEL_MEMORY \(from memory_limit\).*newline"):
+        make_gateway_kernel(env, node_id="n1")
+    env = EnvConfig(gateway_url="http://127.0.0.1:1", memory_limit="512M\0")
+    with pytest.raises(GatewayError, match=r"KERNEL_MEMORY \(from memory_limit\).*a NUL"):
+        make_gateway_kernel(env, node_id="n1")
+    fine = make_gateway_kernel(EnvConfig(gateway_url="http://127.0.0.1:1"), node_id="n-1.a")
+    assert fine.settings.kernel_env["KERNEL_KERNELEXEC_NODE"] == "n-1.a"
+
+
+async def test_kernel_variables_given_directly_are_validated_at_start() -> None:
+    bad = GatewaySettings.from_url("http://127.0.0.1:1", TOKEN, kernel_env={"KERNEL_A B": "1"})
+    with pytest.raises(GatewayError, match="not a valid name"):
+        await GatewayKernel(bad).start()
+
+
+def test_shipped_code_parses_as_python_3_9() -> None:
+    """What the bootstrap sends into a stock kernel must run on Python 3.9: no 3.10+ syntax
+    (match, parenthesised context managers, except*...) in any module it ships."""
+    import ast
+
+    from kernelexec.kernels.gateway.bootstrap import shipped_sources
+
+    files = shipped_sources()
+    assert "kernelexec/runtime.py" in files and "kernelexec/kernels/gateway/kernel_side.py" in files
+    for name, source in files.items():
+        try:
+            ast.parse(source, filename=name, feature_version=(3, 9))
+        except SyntaxError as exc:
+            pytest.fail(f"{name} is shipped into kernels but is not Python 3.9: {exc}")
+    with pytest.raises(SyntaxError):  # the check can fail
+        ast.parse("match x:\n    case 1:\n        pass\n", feature_version=(3, 9))
+
+
+def test_gateway_options_from_the_command_line() -> None:
+    from kernelexec.kernels.gateway.settings import with_options
+
+    url = with_options("http://h:1/gw?kernel_name=k&bootstrap_timeout=9", bootstrap_timeout=2.5)
+    parsed = GatewaySettings.from_url(url)
+    assert parsed.bootstrap_timeout == 2.5 and parsed.kernel_name == "k"
+    assert with_options("http://h:1", bootstrap_timeout=None) == "http://h:1"
+
+
 @pytest.mark.timeout(180)
 async def test_no_kernel_process_survives_the_gateway() -> None:
     """Shutdown leaves nothing on the gateway; stopping the gateway leaves no kernel."""
@@ -406,7 +587,6 @@ async def test_no_kernel_process_survives_the_gateway() -> None:
 # --------------------------------------------------------------------------------------
 # the pool on gateway kernels (the same semantics as tests/test_pool.py, remote)
 
-needs_runtime = pytest.mark.skipif(not HAS_RUNTIME, reason="kernelexec.runtime not there yet")
 
 
 async def gateway_pool(url: str, code: str, **fields: Any) -> tuple[Any, Any]:
@@ -427,7 +607,11 @@ def outs(result: dict[str, Any], port: int = 0) -> list[Any]:
 
 
 @needs_runtime
-async def test_pool_hot_state_events_and_context(gateway_url: str) -> None:
+@pytest.mark.parametrize("flavour", matrix())
+async def test_pool_hot_state_events_and_context(gateways: Gateways, flavour: str) -> None:
+    """Hello, setup state across messages, node.send, node.status, context; the runtime
+    ops go as kernelexec_request (the fast path) on every gateway of the matrix."""
+    gateway_url = gateways.url(flavour)
     code = (
         "global count\ncount += 1\n"
         "context.set('n', (context.get('n') or 0) + 1)\n"
@@ -442,6 +626,7 @@ async def test_pool_hot_state_events_and_context(gateway_url: str) -> None:
         assert outs(first)[0][2] == outs(second)[0][2]
         types = [e["type"] for _, e in hooks.events]
         assert types.count("send") == 2 and "status" in types
+        assert all(w.kernel._speaks_requests for w in pool.workers)
     finally:
         await pool.close()
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
@@ -459,12 +644,16 @@ async def test_pool_cold_messages_never_see_each_other(gateway_url: str) -> None
 
 
 @needs_runtime
-@pytest.mark.parametrize("size", [3 * 1024 * 1024, 12 * 1024 * 1024])
-async def test_pool_blobs_cross_as_buffers(gateway_url: str, size: int) -> None:
+@pytest.mark.parametrize(
+    ("flavour", "size"),
+    [(f, 2 * 1024 * 1024) for f in matrix()] + [(DEFAULT_FLAVOUR, 12 * 1024 * 1024)],
+)
+async def test_pool_blobs_cross_as_buffers(gateways: Gateways, flavour: str, size: int) -> None:
     """Blob refs name files of one machine: in and out they travel as buffers (and in
     chunks above the gateway's 10 MiB message cap); the node sees ordinary blob refs."""
     from kernelexec import blobs
 
+    gateway_url = gateways.url(flavour)
     code = (
         "data = msg['payload']\n"
         "node.send({'payload': data[:1000] * 100})\n"
@@ -485,19 +674,32 @@ async def test_pool_blobs_cross_as_buffers(gateway_url: str, size: int) -> None:
     finally:
         os.unlink(ref["path"])
         await pool.close()
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
 @needs_runtime
-async def test_pool_timeout_interrupts_and_keeps_the_kernel(gateway_url: str) -> None:
-    code = "if msg['payload'] == 'spin':\n    while True:\n        pass\nreturn msg"
+@pytest.mark.parametrize("flavour", matrix())
+async def test_pool_timeout_interrupts_and_keeps_the_kernel(
+    gateways: Gateways, flavour: str
+) -> None:
+    """A timeout interrupts the message and the next one works; an error names its line."""
+    gateway_url = gateways.url(flavour)
+    code = (
+        "if msg['payload'] == 'spin':\n    while True:\n        pass\n"
+        "if msg['payload'] == 'boom':\n    raise ValueError('bad payload')\nreturn msg"
+    )
     pool, _ = await gateway_pool(gateway_url, code, setup="import os", timeout=0.3)
     try:
         result = await pool.submit("t1", {"payload": "spin"})
         assert result["error"]["code"] == "TIMEOUT"
         assert outs(await pool.submit("t2", {"payload": "ok"})) == ["ok"]
+        error = (await pool.submit("t3", {"payload": "boom"}))["error"]
+        assert error["type"] == "ValueError" and "bad payload" in error["message"]
+        assert error["line"] == 5, error
         assert pool.stats().restarts == 0
     finally:
         await pool.close()
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
 @needs_runtime
@@ -534,11 +736,13 @@ async def test_pool_dead_kernel_fails_its_message_and_is_replaced(gateway_url: s
 
 
 @needs_runtime
-async def test_pool_setup_failure_is_one_clear_error(gateway_url: str) -> None:
+@pytest.mark.parametrize("flavour", matrix())
+async def test_pool_setup_failure_is_one_clear_error(gateways: Gateways, flavour: str) -> None:
     from kernelexec.config import PoolConfig
     from kernelexec.errors import SetupError
     from kernelexec.pool import MemoryHooks, make_pool
 
+    gateway_url = gateways.url(flavour)
     env = {"gateway_url": gateway_url, "gateway_token": TOKEN}
     setup = "x = 1\nraise ValueError('no db')"
     config = PoolConfig.from_dict("gw-bad", {"code": "return msg", "setup": setup, "env": env})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +34,34 @@ async def test_a_bridge_with_a_default_gateway_runs_pools_there(gateway_url: str
         assert result["outputs"][0][0]["payload"][0] == 42
         await client.send(type="close", node_id="remote")
         await client.next(lambda f: f["type"] == "closed")
+        assert gateway_kernel_ids(gateway_url, TOKEN) == []
+        client.close()
+    finally:
+        await server.stop("test done")
+
+
+async def test_a_kernel_that_never_answers_the_bootstrap_fails_the_node(gateway_url: str) -> None:
+    """The node's pool state becomes "error" (the node shows it in red) with the reason,
+    within bootstrap_timeout, instead of staying "starting" forever; its kernel is gone."""
+    server = await start_server()
+    try:
+        client = await Client.connect(server.port)
+        env = {"gateway_url": f"{gateway_url}?kernel_name=mute&bootstrap_timeout=2",
+               "gateway_token": TOKEN}  # fmt: skip
+        started = time.monotonic()
+        state = await client.configure("mute", code="return msg", env=env)
+        assert time.monotonic() - started < 20
+        assert state["state"] == "error", state
+        message = state["error"]["message"]
+        assert "did not answer the kernelexec bootstrap within 2 s" in message, message
+        assert "bootstrap_timeout" in message, message
+        result = await client.execute("mute", "m1", {"payload": 1})
+        assert result["error"] is not None
+        await client.send(type="close", node_id="mute")
+        await client.next(lambda f: f["type"] == "closed")
+        deadline = time.monotonic() + 15
+        while gateway_kernel_ids(gateway_url, TOKEN) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the gateway kills a kernel that ignores shutdown
         assert gateway_kernel_ids(gateway_url, TOKEN) == []
         client.close()
     finally:

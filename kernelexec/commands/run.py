@@ -50,6 +50,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--outputs", type=int, default=1)
     parser.add_argument("--gateway-url", help="run the kernel on this Jupyter Kernel Gateway")
     parser.add_argument("--gateway-token", default=os.environ.get("KERNELEXEC_GATEWAY_TOKEN"))
+    parser.add_argument(
+        "--gateway-bootstrap-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a gateway kernel may take to answer kernelexec's bootstrap (default 60; "
+        "env KERNELEXEC_GATEWAY_BOOTSTRAP_TIMEOUT)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -85,7 +92,10 @@ def _node_code(args: argparse.Namespace) -> NodeCode:
 def _config(args: argparse.Namespace, node: NodeCode) -> PoolConfig:
     env = {}
     if args.gateway_url:
-        env = {"gateway_url": args.gateway_url, "gateway_token": args.gateway_token}
+        from ..kernels.gateway.settings import with_options
+
+        url = with_options(args.gateway_url, bootstrap_timeout=args.gateway_bootstrap_timeout)
+        env = {"gateway_url": url, "gateway_token": args.gateway_token}
     fields = {
         "code": node.code,
         "setup": _read(args.setup) if args.setup else node.setup,

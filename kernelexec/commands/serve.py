@@ -112,11 +112,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the gateway's token (env KERNELEXEC_GATEWAY_TOKEN; never logged)",
     )
     parser.add_argument(
+        "--gateway-bootstrap-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a gateway kernel may take to answer kernelexec's bootstrap (default 60; "
+        "env KERNELEXEC_GATEWAY_BOOTSTRAP_TIMEOUT)",
+    )
+    parser.add_argument(
         "--context-timeout",
         type=float,
         default=30.0,
         help="seconds a context request waits for Node-RED (default 30)",
     )
+
+
+def _gateway_url(args: argparse.Namespace) -> str | None:
+    timeout = getattr(args, "gateway_bootstrap_timeout", None)
+    if not args.gateway_url or timeout is None:
+        return args.gateway_url  # type: ignore[no-any-return]
+    from ..kernels.gateway.settings import with_options
+
+    return with_options(args.gateway_url, bootstrap_timeout=timeout)
 
 
 def is_loopback(host: str) -> bool:
@@ -149,7 +165,7 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
     token = given_token or secrets.token_urlsafe(32)
     options = BridgeOptions(
         context_timeout=args.context_timeout,
-        gateway_url=args.gateway_url,
+        gateway_url=_gateway_url(args),
         gateway_token=args.gateway_token,
     )
     bridge = Bridge(options=options)

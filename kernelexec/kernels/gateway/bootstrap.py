@@ -15,7 +15,14 @@ from pathlib import Path
 
 from .wire import dumps
 
-__all__ = ["RUNTIME_ROOTS", "bundle_files", "runtime_bootstrap_code"]
+__all__ = [
+    "BOOTSTRAP_INFO",
+    "RUNTIME_ROOTS",
+    "bundle_files",
+    "is_bootstrap",
+    "runtime_bootstrap_code",
+    "shipped_sources",
+]
 
 #: The in-kernel modules whose imports (within kernelexec) are followed to build the bundle.
 RUNTIME_ROOTS = ("kernelexec.runtime", "kernelexec.kernel")
@@ -31,6 +38,22 @@ def _kernelexec_bootstrap(source, bundle, digest):
     exec(compile(source, "kernelexec/kernels/gateway/kernel_side.py", "exec"), namespace)
     namespace["bootstrap"](bundle, digest)
 """
+
+#: the execute_reply payload source of what the bootstrap says (kernel_side.INFO_SOURCE)
+BOOTSTRAP_INFO = "kernelexec-gw"
+
+
+def is_bootstrap(code: str) -> bool:
+    """Whether ``code`` is a :func:`runtime_bootstrap_code` (its execute is bounded)."""
+    return code.startswith(_RUN_KERNEL_SIDE)
+
+
+def shipped_sources() -> dict[str, bytes]:
+    """Every Python source a stock kernel runs: the bundle and the kernel-side helper (all
+    must parse as Python 3.9, the oldest Python kernelexec supports in a kernel)."""
+    files = {k: v for k, v in bundle_files().items() if k.endswith(".py")}
+    files["kernelexec/kernels/gateway/kernel_side.py"] = _KERNEL_SIDE.read_bytes()
+    return files
 
 
 def _imports_of(path: Path, module: str) -> set[str]:

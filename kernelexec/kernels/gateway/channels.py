@@ -71,6 +71,8 @@ class KernelChannels:
         self.death: str | None = None
         #: the WebSocket subprotocol the server chose (None: the legacy protocol)
         self.subprotocol: str | None = None
+        #: the content of the kernel's kernel_info_reply (versions), once it answered
+        self.kernel_info: dict[str, Any] = {}
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -102,7 +104,8 @@ class KernelChannels:
                 raise GatewayError(msg)
             msg_id = await self.send("shell", "kernel_info_request", {})
             try:
-                await asyncio.wait_for(self.wait_reply(msg_id), min(left, 2.0))
+                reply = await asyncio.wait_for(self.wait_reply(msg_id), min(left, 2.0))
+                self.kernel_info = reply.content
                 break
             except asyncio.TimeoutError:
                 continue

@@ -22,9 +22,10 @@ from ...config import EnvConfig
 from ...errors import GatewayError, KernelDiedError
 from ..base import KernelHandle, execute_content
 from .blob_transfer import BLOBS_COMM_ID, blobs_to_buffers, buffers_to_blobs, has_gw_refs
+from .bootstrap import BOOTSTRAP_INFO, is_bootstrap
 from .channels import KernelChannels
 from .rest import NotFound, RestClient
-from .settings import GatewaySettings, kernel_env
+from .settings import GatewaySettings, check_kernel_variable, kernel_env
 from .staging import needs_staging, stage
 from .wire import Message
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__package__)
 
 #: comm_msg carrying a runtime event whose blobs travel as its buffers
 EVENTS_COMM_ID = "kernelexec-events"
+#: the shell message of one runtime op (kernelexec/kernel.py's REQUEST_TYPE)
+REQUEST_TYPE = "kernelexec_request"
 _T = TypeVar("_T")
 
 
@@ -47,6 +50,8 @@ def make_gateway_kernel(env: EnvConfig, *, node_id: str) -> GatewayKernel:
     # Enterprise Gateway waits this long for a kernel to launch (its default is 30 s)
     variables.setdefault("KERNEL_LAUNCH_TIMEOUT", f"{int(settings.start_timeout)}")
     settings = replace(settings, kernel_env={**variables, **settings.kernel_env})
+    for name, value in settings.kernel_env.items():
+        check_kernel_variable(name, value)
     return GatewayKernel(settings, node_id=node_id)
 
 
@@ -71,6 +76,10 @@ class GatewayKernel(KernelHandle):
         self._spec_checked = False
         #: output blobs of a reply (buffers of a kernelexec-gw-blobs comm_msg), by msg_id
         self._blob_parcels: dict[str, asyncio.Future[list[bytes]]] = {}
+        #: whether requests go as ``kernelexec_request`` (after a bootstrap and a probe)
+        self._speaks_requests = False
+        #: what the last bootstrap said: {"versions": {...}, "features": {...}}
+        self.bootstrap_info: dict[str, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -79,8 +88,11 @@ class GatewayKernel(KernelHandle):
             await self.restart()
             return
         self._channels.closing = False
+        self._speaks_requests = False
         body: dict[str, Any] = {"name": self.settings.kernel_name}
         if self.settings.kernel_env:
+            for name, value in self.settings.kernel_env.items():
+                check_kernel_variable(name, value)
             body["env"] = dict(self.settings.kernel_env)
         started = time.monotonic()
         await self._check_kernel_name()
@@ -131,6 +143,7 @@ class GatewayKernel(KernelHandle):
 
     async def restart(self) -> None:
         self._alive = False  # until the restarted kernel answers
+        self._speaks_requests = False  # until the bootstrap installs the handler again
         self._channels.fail_pending("the kernel was restarted")
         await self._channels.close()
         if self.kernel_id is None:
@@ -265,6 +278,27 @@ class GatewayKernel(KernelHandle):
     async def execute(
         self, code: str, extra: dict[str, Any], buffers: list[bytes] | None = None
     ) -> dict[str, Any]:
+        if is_bootstrap(code):
+            return await self._bootstrap(code)
+        content = execute_content(code, kernelexec=extra)
+        return await self._call("execute_request", content, extra, buffers)
+
+    async def request(self, op: dict[str, Any]) -> dict[str, Any]:
+        """A ``kernelexec_request`` when the bootstrap installed its handler in the kernel
+        and the gateway forwards it (see :meth:`_probe`); else the execute path."""
+        if not self._speaks_requests:
+            return await super().request(op)
+        return await self._call(REQUEST_TYPE, {"kernelexec": op}, op, None)
+
+    async def _call(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        extra: dict[str, Any],
+        buffers: list[bytes] | None,
+    ) -> dict[str, Any]:
+        """One shell request with ``extra`` as its ``content["kernelexec"]`` (blobs as
+        buffers, staged above the message cap); the reply's content, output blobs local."""
         channels = self._channels
         await channels.wait_reconnected()
         if not self._alive or channels.ws is None:
@@ -272,7 +306,6 @@ class GatewayKernel(KernelHandle):
                 channels.death or f"gateway kernel {self.kernel_id} is not running"
             )
         buffers = list(buffers or [])
-        content = execute_content(code, kernelexec=extra)
         if extra.get("op") in ("run", "setup", "stop", "init", "code"):  # see blob_transfer
             content["kernelexec"], blobs_sent = blobs_to_buffers(extra, buffers)
             if blobs_sent:
@@ -287,12 +320,104 @@ class GatewayKernel(KernelHandle):
                 watch=self._watch,
             )
             buffers = []
-        msg_id = await channels.send("shell", "execute_request", content, buffers)
+        msg_id = await channels.send("shell", msg_type, content, buffers)
         try:
-            reply = await self._watch(channels.wait_reply(msg_id))
+            waiting = self._watch(channels.wait_reply(msg_id))
+            limit = self._limit(extra.get("op"))
+            reply = await (waiting if limit is None else self._bounded(waiting, limit, extra))
             return await self._blobs_from_kernel(msg_id, reply.content)
         finally:
             self._blob_parcels.pop(msg_id, None)
+
+    def _limit(self, op: Any) -> float | None:
+        """How long an op may take (None: the worker's own bound, from message timeouts)."""
+        if op == "run":
+            return None
+        if op == "setup":
+            return self.settings.setup_timeout or None
+        if op in ("init", "code", "prefork", "stop"):
+            return self.settings.bootstrap_timeout
+        return None
+
+    async def _bounded(self, waiting: Awaitable[_T], limit: float, extra: dict[str, Any]) -> _T:
+        try:
+            return await asyncio.wait_for(waiting, limit)
+        except asyncio.TimeoutError:
+            op = extra.get("op")
+            option = "setup_timeout" if op == "setup" else "bootstrap_timeout"
+            text = await self._unanswered(f"the {op!r} request", limit, option)
+            self._mark_dead(text)
+            raise GatewayError(text) from None
+
+    async def _bootstrap(self, code: str) -> dict[str, Any]:
+        """Execute the runtime bootstrap, bounded by bootstrap_timeout; learn the kernel's
+        versions and whether it answers ``kernelexec_request`` (then probe the gateway)."""
+        self._speaks_requests = False
+        content = execute_content(code, kernelexec={})
+        limit = self.settings.bootstrap_timeout
+        try:
+            reply = await asyncio.wait_for(self._call("execute_request", content, {}, None), limit)
+        except asyncio.TimeoutError:
+            text = await self._unanswered("the kernelexec bootstrap", limit, "bootstrap_timeout")
+            self._mark_dead(text)
+            raise GatewayError(text) from None
+        info = next(
+            (
+                p.get("data")
+                for p in reply.get("payload") or []
+                if isinstance(p, dict) and p.get("source") == BOOTSTRAP_INFO
+            ),
+            None,
+        )
+        self.bootstrap_info = info if isinstance(info, dict) else {}
+        features = self.bootstrap_info.get("features") or {}
+        if features.get("request") == REQUEST_TYPE and self.settings.fast_requests:
+            self._speaks_requests = await self._probe()
+        return reply
+
+    async def _probe(self) -> bool:
+        """Whether a ``kernelexec_request`` reaches the kernel and its reply comes back: a
+        gateway may drop message types it does not know (``allowed_message_types``)."""
+        channels = self._channels
+        limit = min(self.settings.probe_timeout, self.settings.bootstrap_timeout)
+        msg_id = await channels.send("shell", REQUEST_TYPE, {"kernelexec_probe": True})
+        try:
+            reply = await asyncio.wait_for(self._watch(channels.wait_reply(msg_id)), limit)
+        except asyncio.TimeoutError:
+            log.warning(
+                "gateway %s did not pass a %s to kernel %s within %g s (its "
+                "allowed_message_types?): using execute_request, which is slower",
+                self.settings.url,
+                REQUEST_TYPE,
+                self.kernel_id,
+                limit,
+            )
+            return False
+        return bool(reply.content.get("kernelexec_probe"))
+
+    async def _unanswered(self, what: str, limit: float, option: str) -> str:
+        """Why a kernel did not answer, as far as the gateway and the kernel said."""
+        try:
+            model = await self._rest.call("GET", f"/api/kernels/{self.kernel_id}", retries=1)
+            state = model.get("execution_state") if isinstance(model, dict) else None
+            gateway = f"the gateway reports the kernel {state!r}" if state else ""
+        except NotFound as exc:
+            gateway = f"the gateway no longer knows the kernel ({exc})"
+        except GatewayError as exc:
+            gateway = f"the gateway did not say why ({exc})"
+        info = self._channels.kernel_info
+        language = info.get("language_info") or {}
+        kernel = (
+            f"the kernel is {info.get('implementation', 'a kernel')} "
+            f"{info.get('implementation_version', '?')} on Python {language.get('version', '?')}"
+        )
+        return (
+            f"gateway kernel {self.kernel_id} did not answer {what} within {limit:g} s "
+            f"({'; '.join(p for p in (gateway, kernel) if p)}). The gateway's log has the "
+            f"kernel's own errors; kernelexec needs ipykernel >= 6.29 and jupyter_client >= "
+            f"6.1.12 in the kernel (docs/scale-out.md); raise {option} (gateway_url "
+            f"?{option}=, KERNELEXEC_GATEWAY_{option.upper()}) if the kernel is only slow"
+        )
 
     async def _blobs_from_kernel(self, msg_id: str, content: dict[str, Any]) -> dict[str, Any]:
         """Output blobs came as buffers of a comm_msg: write them to local blob files."""

@@ -145,10 +145,11 @@ class RestClient:
         if response.code == 404:
             raise NotFound(_reason(response))
         if response.code in (401, 403) and b"Resource Limit" not in (response.body or b""):
-            msg = (
-                f"gateway {self.settings.url} refused the request ({_reason(response)}); "
-                "check gateway_token (sent as 'Authorization: token ...')"
-            )
+            reason = _reason(response)
+            hint = "check gateway_token (sent as 'Authorization: token ...')"
+            if "KERNEL_USERNAME" in reason:  # Enterprise Gateway's unauthorized_users
+                hint = "set KERNEL_USERNAME in the bridge's environment to a user it allows"
+            msg = f"gateway {self.settings.url} refused the request ({reason}); {hint}"
             raise GatewayError(msg)
         if response.code in _RETRY_STATUS or response.code == 403:
             return _Problem(_reason(response), timed_out=response.code in (408, 504, 599))
