@@ -382,7 +382,8 @@ async def test_a_kernel_that_stops_answering_fails_the_bootstrap_in_bounded_time
         assert time.monotonic() - started < 2 + 5
         text = str(caught.value)
         assert "did not answer the kernelexec bootstrap within 2 s" in text, text
-        assert "the gateway reports the kernel" in text and "ipykernel" in text, text
+        assert "the gateway reports the kernel" in text, text
+        assert "the kernel reported ipython" in text and ", Python 3." in text, text
         assert "bootstrap_timeout" in text, text
         assert not handle.is_alive()
     finally:
@@ -552,6 +553,29 @@ def test_shipped_code_parses_as_python_3_9() -> None:
             pytest.fail(f"{name} is shipped into kernels but is not Python 3.9: {exc}")
     with pytest.raises(SyntaxError):  # the check can fail
         ast.parse("match x:\n    case 1:\n        pass\n", feature_version=(3, 9))
+
+
+def test_kernelexec_run_on_a_kernel_that_never_answers_ends(gateway_url: str) -> None:
+    """Issue 17's symptom: `kernelexec run --gateway-url` printed nothing and never returned.
+    Now it ends after the bootstrap timeout with the reason, and leaves no kernel."""
+    import subprocess
+    import sys
+
+    argv = [
+        sys.executable, "-m", "kernelexec", "run", "-c", "return msg",
+        "--gateway-url", f"{gateway_url}?kernel_name=mute", "--gateway-token", TOKEN,
+        "--gateway-bootstrap-timeout", "2",
+    ]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1, done
+    error = json.loads(done.stdout)["error"]
+    assert "did not answer the kernelexec bootstrap within 2 s" in error["message"], error
+    deadline = time.monotonic() + 15
+    while gateway_kernel_ids(gateway_url, TOKEN) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the gateway kills a kernel that ignores its shutdown_request
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
 def test_gateway_options_from_the_command_line() -> None:

@@ -408,8 +408,9 @@ class GatewayKernel(KernelHandle):
         info = self._channels.kernel_info
         language = info.get("language_info") or {}
         kernel = (
-            f"the kernel is {info.get('implementation', 'a kernel')} "
-            f"{info.get('implementation_version', '?')} on Python {language.get('version', '?')}"
+            f"the kernel reported {info.get('implementation', '?')} "
+            f"{info.get('implementation_version', '?')}, messaging protocol "
+            f"{info.get('protocol_version', '?')}, Python {language.get('version', '?')}"
         )
         return (
             f"gateway kernel {self.kernel_id} did not answer {what} within {limit:g} s "
