@@ -33,6 +33,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -76,7 +77,11 @@ _SCRIPT_OUTPUTS = ("result", "output_topic", "additional_data")
 _UNSET: Any = object()
 
 
-@dataclass(slots=True, eq=False)
+#: slots where the kernel's Python has them (3.10+); a gateway kernel may run Python 3.9
+_SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(eq=False, **_SLOTS)
 class Request:
     """One message being run: what its RESULT collects."""
 

@@ -548,11 +548,31 @@ def test_shipped_code_parses_as_python_3_9() -> None:
     assert "kernelexec/runtime.py" in files and "kernelexec/kernels/gateway/kernel_side.py" in files
     for name, source in files.items():
         try:
-            ast.parse(source, filename=name, feature_version=(3, 9))
+            tree = ast.parse(source, filename=name, feature_version=(3, 9))
         except SyntaxError as exc:
             pytest.fail(f"{name} is shipped into kernels but is not Python 3.9: {exc}")
-    with pytest.raises(SyntaxError):  # the check can fail
+        assert not _calls_newer_than_3_9(tree), f"{name}: {_calls_newer_than_3_9(tree)}"
+    with pytest.raises(SyntaxError):  # the checks can fail
         ast.parse("match x:\n    case 1:\n        pass\n", feature_version=(3, 9))
+    assert _calls_newer_than_3_9(ast.parse("@dataclass(slots=True)\nclass A: pass"))
+
+
+#: keyword arguments that Python 3.9 does not know, of calls the runtime might make
+_NEWER_KEYWORDS = {"dataclass": {"slots", "kw_only", "match_args"}, "zip": {"strict"}}
+
+
+def _calls_newer_than_3_9(tree: Any) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            newer = _NEWER_KEYWORDS.get(name, set())
+            found += [f"line {node.lineno}: {name}({k.arg}=...)" for k in node.keywords
+                      if k.arg in newer]  # fmt: skip
+    return found
 
 
 def test_kernelexec_run_on_a_kernel_that_never_answers_ends(gateway_url: str) -> None:
