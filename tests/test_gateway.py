@@ -457,6 +457,9 @@ async def test_legacy_websocket_protocol() -> None:
 
             handle.on_stdin = answer
             assert (await handle.execute(runtime_bootstrap_code(), {}))["status"] == "ok"
+            assert handle._speaks_requests  # kernelexec_request passes the legacy protocol too
+            answer = payload(await handle.request({"op": "nope"}))
+            assert "unknown kernelexec op 'nope'" in answer["error"]["message"]
             extra = {"op": "echo", "msg": {"payload": "é😀"}}
             code = ANSWER + "__answer(__parent()['content']['kernelexec'])"
             assert payload(await handle.execute(code, extra)) == extra
@@ -598,8 +601,12 @@ def test_kernelexec_run_on_a_kernel_that_never_answers_ends(gateway_url: str) ->
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-def test_gateway_options_from_the_command_line() -> None:
+def test_gateway_options_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from kernelexec.kernels.gateway.settings import with_options
+
+    assert GatewaySettings.from_url("http://h:1").bootstrap_timeout == 60.0
+    monkeypatch.setenv("KERNELEXEC_GATEWAY_BOOTSTRAP_TIMEOUT", "7")
+    assert GatewaySettings.from_url("http://h:1").bootstrap_timeout == 7.0
 
     url = with_options("http://h:1/gw?kernel_name=k&bootstrap_timeout=9", bootstrap_timeout=2.5)
     parsed = GatewaySettings.from_url(url)
