@@ -811,6 +811,28 @@ async def test_pool_setup_failure_is_one_clear_error(gateways: Gateways, flavour
 
 
 @needs_runtime
+async def test_pool_setup_that_runs_past_setup_timeout_fails_the_pool(gateway_url: str) -> None:
+    from kernelexec.config import PoolConfig
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    env = {"gateway_url": f"{gateway_url}?setup_timeout=1", "gateway_token": TOKEN}
+    setup = "import time\ntime.sleep(60)"
+    config = PoolConfig.from_dict("gw-slow", {"code": "return msg", "setup": setup, "env": env})
+    pool = make_pool(config, MemoryHooks())
+    started = time.monotonic()
+    try:
+        with pytest.raises(GatewayError, match=r"'setup' request within 1 s.*setup_timeout"):
+            await pool.start()
+        assert time.monotonic() - started < 15
+    finally:
+        await pool.close()
+    deadline = time.monotonic() + 15
+    while gateway_kernel_ids(gateway_url, TOKEN) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # a kernel busy in setup may need the gateway's kill
+    assert gateway_kernel_ids(gateway_url, TOKEN) == []
+
+
+@needs_runtime
 async def test_pool_close_runs_stop_code_and_deletes_the_kernels(
     gateway_url: str, tmp_path: Path
 ) -> None:
