@@ -112,11 +112,14 @@ class KernelexecGateway:
         # input blob files go; output blob files travel as buffers of one comm_msg
         self._ship(_shell().payload_manager.read_payload())
 
-    def _ship(self, items: list[Any]) -> None:
+    def _drop_inputs(self) -> None:
         for path in self.inputs:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self.inputs = []
+
+    def _ship(self, items: list[Any]) -> None:
+        self._drop_inputs()
         buffers: list[bytes] = []
         for item in items:
             if isinstance(item, dict) and item.get("source") == "kernelexec":
@@ -165,6 +168,8 @@ class KernelexecGateway:
             return _error_reply("KeyboardInterrupt", "interrupted")
         except Exception as exc:
             return _error_reply(type(exc).__name__, str(exc))
+        finally:
+            self._drop_inputs()  # input blob files go, whatever happened
 
     def wrap(self, runtime: Any) -> None:
         # events with blob refs carry the blobs as their own buffers
