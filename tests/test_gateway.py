@@ -612,6 +612,14 @@ def test_gateway_options_from_the_command_line(monkeypatch: pytest.MonkeyPatch) 
     parsed = GatewaySettings.from_url(url)
     assert parsed.bootstrap_timeout == 2.5 and parsed.kernel_name == "k"
     assert with_options("http://h:1", bootstrap_timeout=None) == "http://h:1"
+    import argparse
+
+    from kernelexec.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--gateway-url", "http://h:1", "--gateway-bootstrap-timeout", "3"])
+    assert GatewaySettings.from_url(str(serve._gateway_url(args))).bootstrap_timeout == 3.0
 
 
 @pytest.mark.timeout(180)
