@@ -61,15 +61,19 @@ _RUNTIME_DIRS: set[str] = set()
 
 
 def _make_runtime_dir() -> str:
-    """A private directory for one pool's kernel files; swept when its bridge is gone."""
+    """Root's directory for one pool's kernel files (the user's own is inside, made by the
+    wrapper); swept when its bridge is gone. Mode 0711: the user passes, cannot rename."""
     base = Path(os.environ.get(RUNTIME_DIR_VAR) or tempfile.gettempdir())
     for stale in base.glob("kernelexec-run-*-*"):
         match = re.fullmatch(r"kernelexec-run-(\d+)-\w+", stale.name)
-        if match and not stale.is_symlink() and not sandbox.pid_alive(int(match.group(1))):
-            shutil.rmtree(stale, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            mine = stale.lstat().st_uid == os.geteuid() and not stale.is_symlink()
+            if match and mine and not sandbox.pid_alive(int(match.group(1))):
+                shutil.rmtree(stale, ignore_errors=True)  # fd-based: follows no symlink
     if not _RUNTIME_DIRS:
         atexit.register(_remove_runtime_dirs)
     path = tempfile.mkdtemp(prefix=f"kernelexec-run-{os.getpid()}-", dir=base)
+    os.chmod(path, 0o711)  # fresh, root's, in a sticky or private directory
     _RUNTIME_DIRS.add(path)
     return path
 
@@ -146,6 +150,7 @@ async def _sandboxed_spec(
 ) -> LaunchSpec:
     if box.user:  # connection file copy and ipc sockets the kernel user can reach
         box.runtime_dir = _make_runtime_dir()
+        box.keep_env = tuple(extra_env)
     for note in box.notes:
         log.warning("%s", note)
         progress(note)
@@ -196,10 +201,10 @@ async def _preflight(
         sandbox.release_kernel(argv, proc.pid)
         raise
     why = sandbox.explain_death(argv, proc.pid)
-    if box.runtime_dir:
-        for name in ("probe.json", f"k{proc.pid}.json"):
+    if box.runtime_dir and box.user_dir:
+        for name in (probe_file, os.path.join(box.user_dir, f"k{proc.pid}.json")):
             with contextlib.suppress(OSError):
-                os.remove(os.path.join(box.runtime_dir, name))
+                os.remove(name)  # the last component only: a symlink is removed, not followed
     sandbox.remove_cgroup_dirs(box.cgroups)  # the wrapper makes them again for each kernel
     if proc.returncode != 0:
         raise _preflight_failed(box, python, cwd, proc.returncode, why, out)

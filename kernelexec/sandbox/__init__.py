@@ -39,16 +39,27 @@ from .plan import (
     plan_sandbox,
     release_kernel,
 )
-from .wrapper import EXIT_SANDBOX_FAILED, SandboxFailure, apply, main
+from .wrapper import (
+    ENV_ALLOWED,
+    ENV_ALLOWED_PREFIXES,
+    EXIT_SANDBOX_FAILED,
+    SandboxFailure,
+    allowed_environment,
+    apply,
+    main,
+)
 
 __all__ = [
     "CGROUP_ROOT_VAR",
+    "ENV_ALLOWED",
+    "ENV_ALLOWED_PREFIXES",
     "EXIT_SANDBOX_FAILED",
     "MIN_RLIMIT_AS",
     "WRAPPER_MODULE",
     "CgroupDir",
     "Sandbox",
     "SandboxFailure",
+    "allowed_environment",
     "apply",
     "check_user",
     "explain_death",
