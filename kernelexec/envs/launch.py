@@ -73,7 +73,11 @@ def _make_runtime_dir() -> str:
     if not _RUNTIME_DIRS:
         atexit.register(_remove_runtime_dirs)
     path = tempfile.mkdtemp(prefix=f"kernelexec-run-{os.getpid()}-", dir=base)
-    os.chmod(path, 0o711)  # fresh, root's, in a sticky or private directory
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o711)  # the wrapper checks it is root's and writable by root only
+    finally:
+        os.close(fd)
     _RUNTIME_DIRS.add(path)
     return path
 

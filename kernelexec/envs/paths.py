@@ -64,9 +64,12 @@ def node_workdir(node_id: str, workdir: str = "") -> Path:
 def remove_workdir(node_id: str, workdir: str = "") -> bool:
     """Delete a node's working directory (the node was removed from the flow). True if it was."""
     path = node_workdir(node_id, workdir)
+    if path.is_symlink():  # planted by the kernel user: remove the link, not what it names
+        path.unlink()
+        return True
     if not path.is_dir():
         return False
-    shutil.rmtree(path)
+    shutil.rmtree(path)  # fd-based: follows no symlink inside
     return True
 
 
