@@ -127,6 +127,8 @@ async def prepare_launch(
 async def _interpreter(env: EnvConfig, progress: Progress) -> tuple[str, dict[str, str], str]:
     """(python, extra environment variables, description) of the node's kernels."""
     python, extra_env, described = sys.executable, dict[str, str](), "bridge interpreter"
+    if "PYTHONPATH" in os.environ:  # how the bridge's interpreter may find kernelexec
+        extra_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if env.requirements:
         info = await ensure_env(env.python, env.requirements, progress)
         python = str(info.python_bin)
