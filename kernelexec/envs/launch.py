@@ -224,7 +224,8 @@ def _preflight_failed(
     if box.user and not why:
         hint = (
             f"; user {box.user!r} must be able to read the interpreter {python}, the "
-            f"environment directory ({ENV_DIR_VAR}) and the kernelexec package, and write "
+            f"environment directory ({ENV_DIR_VAR}) and the kernelexec package, pass through "
+            f"{os.path.dirname(box.runtime_dir or '')} ({RUNTIME_DIR_VAR}), and write "
             f"the working directory {cwd} ({WORK_DIR_VAR})"
         )
     msg = f"the kernel sandbox failed its start check (exit {code}): "
