@@ -11,7 +11,9 @@ Two halves (see docs/environments.md):
   in the kernel's process (same pid as the kernel: it ends with ``exec``): it makes a cgroup
   ``k<pid>`` under each ``--cgroup`` directory and moves itself in, applies rlimits, enters a
   new network namespace with only loopback up, hands the connection file to the kernel
-  user, drops to that user, then execs.
+  user (through fds: nothing by path in the user's directory), drops to that user (no
+  capabilities, an allow-listed environment), then execs. With a root bridge every fence
+  needs a user: a root kernel would leave it (docs/security.md, "Sandbox as root").
 
 Every module of this package imports the standard library only: the wrapper runs before any
 kernel code and must work with whatever interpreter the bridge runs.

@@ -161,8 +161,8 @@ def _runs_from(pid: int, directory: str) -> bool:
             args = fh.read().split(b"\0")
     except OSError:
         return False
-    prefix = os.fsencode(directory)
-    return pid_alive(pid) and any(arg.startswith(prefix) for arg in args)
+    own = os.fsencode(directory)
+    return pid_alive(pid) and any(a == own or a.startswith(own + b"/") for a in args)
 
 
 # --------------------------------------------------------------------------- planning
