@@ -442,14 +442,29 @@ def test_the_wrapper_refuses_fences_for_root_without_user() -> None:
     assert "--no-network as root need --user" in done.stderr
 
 
+def hierarchy_root(directory: Path) -> Path:
+    while (directory.parent / "cgroup.procs").exists():
+        directory = directory.parent
+    return directory
+
+
 @needs_cgroups
 async def test_a_user_kernel_cannot_leave_its_network_or_cgroup(
     workdir: str, kernel_factory: Any, fenced: dict[str, Any]
 ) -> None:
-    spec = await prepare({**fenced, "network": False, "memory_limit": "300M"}, workdir)
+    env = {**fenced, "network": False, "memory_limit": "300M", "cpu_limit": 1}
+    spec = await prepare(env, workdir)
     kernel = await kernel_factory(spec)
-    pid = kernel.handle.pid
-    memory = next(cg for cg in sandbox.kernel_cgroups(spec.argv) if cg.kind in ("v2", "memory"))
+    pid = kernel.handle.pid or 0
+    cgroups = sandbox.kernel_cgroups(spec.argv)
+    assert {cg.kind for cg in cgroups} >= {"cpu"} and len(cgroups) == 2
+    # its pool's directory, the kernelexec directory, the hierarchy's root
+    targets = [
+        str(directory / "cgroup.procs")
+        for cg in cgroups
+        for directory in (Path(cg.path), Path(cg.path).parent, hierarchy_root(Path(cg.path)))
+    ]
+    assert all(os.path.exists(t) for t in targets), targets
     code = (
         "import ctypes, os\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -460,8 +475,7 @@ async def test_a_user_kernel_cannot_leave_its_network_or_cgroup(
         "        tried.append(libc.setns(fd, 0x40000000) == 0 and 'entered' or 'refused')\n"
         "    except OSError as exc:\n"
         "        tried.append(exc.errno)\n"
-        f"for procs in ({str(Path(memory.path) / 'cgroup.procs')!r}, "
-        f"{str(Path(memory.path).parent / 'cgroup.procs')!r}):\n"
+        f"for procs in {targets!r}:\n"
         "    try:\n"
         "        open(procs, 'w').write(str(os.getpid())); tried.append('moved')\n"
         "    except OSError as exc:\n"
@@ -472,10 +486,12 @@ async def test_a_user_kernel_cannot_leave_its_network_or_cgroup(
     )
     reply, out = await kernel.run(code)
     assert reply["status"] == "ok", reply
-    assert out.strip() == "[13, 13, 13, 13] " + str(["0" * 16] * 5 + ["1"]), out
+    refused = [13] * (2 + len(targets))  # EACCES, every one
+    assert out.strip() == f"{refused} " + str(["0" * 16] * 5 + ["1"]), out
     own = Path(f"/proc/{pid}/ns/net").resolve()
     assert own != Path("/proc/self/ns/net").resolve()
-    assert str(pid) in (memory.kernel_dir(pid) / "cgroup.procs").read_text().split()
+    for cg in cgroups:
+        assert str(pid) in (cg.kernel_dir(pid) / "cgroup.procs").read_text().split()
 
 
 @needs_root
