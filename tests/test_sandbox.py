@@ -600,3 +600,34 @@ def test_allowed_environment_keeps_the_list_and_drops_the_rest() -> None:
         "HOME", "JPY_SESSION_NAME", "KERNELEXEC_BLOB_DIR", "LANG", "LC_CTYPE", "PATH",
         "PYTHONPATH", "TZ",
     ]  # fmt: skip
+
+
+@needs_root
+async def test_a_user_pool_starts_kernels_again_after_its_last_one_is_gone(
+    workdir: str, fenced: dict[str, Any], root_file: Path
+) -> None:
+    """The runtime directory goes with the pool's last kernel; the next kernel makes it again
+    (root's, 0711), as it makes its cgroup again. A symlink squatting its name meanwhile (in
+    sticky /tmp anyone may create one) is refused, neither followed nor cleaned through."""
+    spec = await prepare(fenced, workdir)
+    runtime_dir = spec.argv[spec.argv.index("--runtime-dir") + 1]
+    for _round in range(2):
+        kernel = LocalKernel(spec)
+        await kernel.start()
+        try:
+            assert (await kernel.execute("1 + 1", {}))["status"] == "ok"
+        finally:
+            await kernel.shutdown(now=True)
+        assert not os.path.exists(runtime_dir), "removed with the last kernel"
+    (root_file.parent / "kernel").mkdir()
+    (root_file.parent / "kernel" / "k4194001.json").write_text("root's too\n")
+    os.symlink(root_file.parent, runtime_dir)
+    try:
+        kernel = LocalKernel(spec)
+        with pytest.raises(KernelDiedError):
+            await kernel.start()
+        await kernel.shutdown(now=True)
+        assert (root_file.parent / "kernel" / "k4194001.json").read_text() == "root's too\n"
+        assert_untouched(root_file)
+    finally:
+        os.unlink(runtime_dir)

@@ -125,28 +125,33 @@ class Sandbox:
 def _clean_runtime_dir(directory: str) -> None:
     """Remove ``k<pid>*`` files of dead kernels; the whole directory when no kernel is left.
 
-    The kernel user owns ``directory/kernel``: its entries are removed relative to an fd
-    opened without following symlinks (unlink removes a planted symlink, not its target).
+    Only root's own directory (not a symlink, not one another user squatted) is cleaned. The
+    kernel user owns ``directory/kernel``: its entries are removed relative to an fd opened
+    without following symlinks (unlink removes a planted symlink, not its target).
     """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        holder = os.open(directory, flags)
+    except OSError:
+        return  # gone already, or a symlink: not ours to clean
     live = False
     try:
-        fd = os.open(
-            os.path.join(directory, USER_SUBDIR),
-            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-        )
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        try:
-            for name in os.listdir(fd):
-                match = re.match(r"k(\d+)", name)
-                if match and _runs_from(int(match.group(1)), directory):
-                    live = True
-                elif match:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=fd)
-        finally:
-            os.close(fd)
+        if os.fstat(holder).st_uid != os.geteuid():
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(USER_SUBDIR, flags, dir_fd=holder)
+            try:
+                for name in os.listdir(fd):
+                    match = re.match(r"k(\d+)", name)
+                    if match and _runs_from(int(match.group(1)), directory):
+                        live = True
+                    elif match:
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=fd)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(holder)
     if not live:
         shutil.rmtree(directory, ignore_errors=True)  # fd-based: does not follow symlinks
 

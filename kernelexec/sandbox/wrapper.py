@@ -178,10 +178,13 @@ def _open_dir(name: str, dir_fd: int | None = None) -> int:
 def _runtime_dirs(runtime_dir: str, uid: int, gid: int) -> tuple[int, str]:
     """(fd, path) of the kernel user's directory ``runtime_dir/kernel``, owned by it, 0700.
 
-    ``runtime_dir`` (the bridge made it) must be root's and writable by root only, so that
-    the user cannot rename or replace ``kernel``; everything inside is handled through fds.
+    ``runtime_dir`` must be root's and writable by root only, so that the user cannot
+    rename or replace ``kernel``; everything inside is handled through fds. It goes with the
+    pool's last kernel and is made again here (one squatted by another user is refused).
     """
     try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(runtime_dir, 0o711)
         holder = _open_dir(runtime_dir)
     except OSError as exc:
         msg = f"cannot open the runtime directory {runtime_dir}: {exc.strerror or exc}"
@@ -191,6 +194,7 @@ def _runtime_dirs(runtime_dir: str, uid: int, gid: int) -> tuple[int, str]:
         if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             msg = f"runtime directory {runtime_dir} must be root's and writable by root only"
             raise SandboxFailure(msg)
+        os.fchmod(holder, 0o711)  # whatever the umask: the user passes through
         with contextlib.suppress(FileExistsError):
             os.mkdir(USER_SUBDIR, 0o700, dir_fd=holder)
         own = _open_dir(USER_SUBDIR, dir_fd=holder)
