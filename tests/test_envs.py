@@ -537,3 +537,12 @@ def test_granting_a_blob_follows_no_symlink_and_no_hard_link(
     mine.write_bytes(b"x")
     envs.grant_to_kernel(env, str(mine))
     assert mine.stat().st_uid == pwd.getpwnam(test_user).pw_uid
+
+
+def test_removing_a_workdir_swapped_for_a_symlink_removes_the_link_only(
+    root_secret: Path, tmp_path: Path
+) -> None:
+    node = tmp_path / "node"
+    node.symlink_to(root_secret.parent)
+    assert envs.remove_workdir("node", str(node))
+    assert not node.is_symlink() and root_secret.read_text() == "root's secret\n"
