@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 
 from kernelexec import envs
 from kernelexec.config import EnvConfig, PoolConfig
-from kernelexec.errors import EnvironmentBuildError
+from kernelexec.errors import ConfigError, EnvironmentBuildError
 from kernelexec.kernels.base import LaunchSpec
 from kernelexec.kernels.local import LocalKernel
 
@@ -110,6 +111,29 @@ async def run_in_kernel(spec: LaunchSpec, code: str) -> str:
 def test_requirements_are_normalized() -> None:
     lines = ["  six  ", "# comment", "", "Tomli == 2.0.1   # pinned", "six", "numpy>=1"]
     assert envs.normalize_requirements(lines) == ("numpy>=1", "six", "Tomli == 2.0.1")
+
+
+@pytest.mark.parametrize(
+    "line", ["-r /etc/shadow", "--index-url x", "-e /path", "  -e .", "six --hash=sha256:ab"]
+)
+def test_installer_options_in_requirements_are_refused_naming_the_line(line: str) -> None:
+    """A line starting with '-' reached uv/pip (running as the bridge's user) as an option."""
+    wanted = rf"env\.requirements: the line '{re.escape(line.strip())}' carries an installer option"
+    with pytest.raises(ConfigError, match=wanted + r".*UV_INDEX_URL or PIP_INDEX_URL"):
+        envs.normalize_requirements(["six", line])
+
+
+async def test_installer_options_are_refused_before_any_build(env_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'-r /etc/shadow'"):
+        await envs.ensure_env(BASE_PYTHON, ["six", "-r /etc/shadow"], lambda _t: None)
+    assert not list(env_dir.glob(".build-*"))
+
+
+def test_url_fragments_are_kept_and_comments_dropped() -> None:
+    url = "pkg @ https://example.invalid/p.whl#sha256=abc"
+    assert envs.normalize_requirements([url, "six # pinned later", "#x", "a-b==1.0-1"]) == (
+        "a-b==1.0-1", url, "six",
+    )  # fmt: skip
 
 
 def test_key_depends_on_interpreter_and_requirements() -> None:
@@ -259,8 +283,6 @@ async def test_files_land_in_the_node_directory() -> None:
 # --------------------------------------------------------------------------- user
 
 
-
-
 @needs_registry
 async def test_user_option_runs_the_kernel_as_that_user(
     built: tuple[envs.EnvInfo, float, list[str]], workdir: str, test_user: str
@@ -375,7 +397,7 @@ async def test_pip_fallback_builds_the_same_environment(
 
 @needs_registry
 async def test_pool_in_isolated_managed_env_recovers_after_oom(
-    built: tuple[envs.EnvInfo, float, list[str]],
+    built: tuple[envs.EnvInfo, float, list[str]], workdir: str, test_user: str
 ) -> None:
     from kernelexec import sandbox
     from kernelexec.pool import MemoryHooks, make_pool
@@ -397,8 +419,10 @@ async def test_pool_in_isolated_managed_env_recovers_after_oom(
         "requirements": REQUIREMENTS,
         "memory_limit": "300M",
         "network": False,
+        "user": test_user,  # a root bridge's kernel is fenced in only as another user
     }
-    pool = make_pool(PoolConfig.from_dict("iso-pool", {"code": code, "env": env}), MemoryHooks())
+    config = PoolConfig.from_dict("iso-pool", {"code": code, "env": env, "workdir": workdir})
+    pool = make_pool(config, MemoryHooks())
     await pool.start()
     try:
         first = await pool.submit("r1", {"payload": 1})
@@ -410,7 +434,7 @@ async def test_pool_in_isolated_managed_env_recovers_after_oom(
         assert after["error"] is None and after["outputs"][0][0]["payload"] == ["six", "down"]
     finally:
         await pool.close()
-    assert envs.remove_workdir("iso-pool")
+    assert envs.remove_workdir("iso-pool", workdir)
 
 
 @needs_registry
@@ -435,3 +459,90 @@ async def test_a_pool_running_as_another_user_reads_the_messages_blob_files(
     finally:
         os.unlink(ref["path"])
         await pool.close()
+
+
+# --------------------------------------------------------------------------- files of the user
+
+
+@pytest.fixture
+def root_secret() -> Iterator[Path]:
+    """A root-only file (0600) in a root directory (0755)."""
+    directory = Path(tempfile.mkdtemp(prefix="kx-test-target-"))
+    directory.chmod(0o755)
+    secret = directory / "secret"
+    secret.write_text("root's secret\n")
+    secret.chmod(0o600)
+    yield secret
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def owner_and_mode(path: Path) -> tuple[int, int, int]:
+    info = path.lstat()
+    return info.st_uid, info.st_gid, info.st_mode & 0o7777
+
+
+def test_a_workdir_swapped_for_a_symlink_is_refused_not_chowned(
+    test_user: str, root_secret: Path
+) -> None:
+    """The kernel user owns the directory holding a node's workdir (an explicit workdir in
+    its home) and replaces the workdir with a symlink to a root directory: the next deploy
+    chowned that directory and its files to the user; now it refuses."""
+    entry = pwd.getpwnam(test_user)
+    parent = Path(tempfile.mkdtemp(prefix="kx-test-userdir-"))
+    try:
+        os.chown(parent, entry.pw_uid, entry.pw_gid)
+        node = parent / "node"
+        node.symlink_to(root_secret.parent)
+        os.lchown(node, entry.pw_uid, entry.pw_gid)
+        before = [owner_and_mode(p) for p in (root_secret, root_secret.parent)]
+        with pytest.raises(EnvironmentBuildError, match=r"cannot prepare the working directory"):
+            envs.paths.prepare_workdir(node, test_user)
+        assert [owner_and_mode(p) for p in (root_secret, root_secret.parent)] == before
+        assert root_secret.read_text() == "root's secret\n"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_workdir_is_handed_over_without_following_its_symlinks(
+    test_user: str, root_secret: Path, workdir: str
+) -> None:
+    entry = pwd.getpwnam(test_user)
+    node = Path(workdir)
+    (node / "sub").mkdir(parents=True)
+    (node / "sub" / "data").write_text("x")
+    (node / "sub" / "link").symlink_to(root_secret)
+    (node / "dirlink").symlink_to(root_secret.parent)
+    envs.paths.prepare_workdir(node, test_user)
+    assert owner_and_mode(node) == (entry.pw_uid, entry.pw_gid, 0o700)
+    for item in ("sub", "sub/data", "sub/link", "dirlink"):
+        assert (node / item).lstat().st_uid == entry.pw_uid, item
+    assert owner_and_mode(root_secret) == (0, 0, 0o600)
+    assert owner_and_mode(root_secret.parent)[:2] == (0, 0)
+
+
+def test_granting_a_blob_follows_no_symlink_and_no_hard_link(
+    test_user: str, root_secret: Path, tmp_path: Path
+) -> None:
+    env = EnvConfig.from_dict({"user": test_user})
+    planted = tmp_path / "kernelexec-blob-planted"
+    planted.symlink_to(root_secret)
+    with pytest.raises(OSError):
+        envs.grant_to_kernel(env, str(planted))
+    linked = tmp_path / "kernelexec-blob-linked"
+    os.link(root_secret, linked)
+    with pytest.raises(OSError):
+        envs.grant_to_kernel(env, str(linked))
+    assert owner_and_mode(root_secret) == (0, 0, 0o600)
+    mine = tmp_path / "kernelexec-blob-mine"
+    mine.write_bytes(b"x")
+    envs.grant_to_kernel(env, str(mine))
+    assert mine.stat().st_uid == pwd.getpwnam(test_user).pw_uid
+
+
+def test_removing_a_workdir_swapped_for_a_symlink_removes_the_link_only(
+    root_secret: Path, tmp_path: Path
+) -> None:
+    node = tmp_path / "node"
+    node.symlink_to(root_secret.parent)
+    assert envs.remove_workdir("node", str(node))
+    assert not node.is_symlink() and root_secret.read_text() == "root's secret\n"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +72,35 @@ def workdir() -> Iterator[str]:
     os.chmod(path, 0o755)
     yield os.path.join(path, "node")
     shutil.rmtree(path, ignore_errors=True)
+
+
+BASE_PYTHON = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else sys.executable
+
+
+@pytest.fixture(scope="module")
+def fenced(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """What a fenced env needs on a root bridge: env.user (a root kernel cannot be fenced in,
+    so prepare_launch refuses one) and an interpreter that user can read (a managed
+    environment in a directory open to it; the bridge's own may live under /root)."""
+    if not ROOT:
+        yield {}
+        return
+    user = request.getfixturevalue("test_user")
+    env_dir = tempfile.mkdtemp(prefix="kx-test-sbx-envs-")
+    os.chmod(env_dir, 0o755)
+    old = os.environ.get(envs.ENV_DIR_VAR)
+    os.environ[envs.ENV_DIR_VAR] = env_dir
+    try:
+        asyncio.run(envs.ensure_env(BASE_PYTHON, ["six"], lambda _text: None))
+        yield {"user": user, "python": BASE_PYTHON, "requirements": ["six"]}
+    except EnvironmentBuildError as exc:
+        pytest.skip(f"cannot build a managed environment here: {exc}")
+    finally:
+        if old is None:
+            os.environ.pop(envs.ENV_DIR_VAR, None)
+        else:
+            os.environ[envs.ENV_DIR_VAR] = old
+        shutil.rmtree(env_dir, ignore_errors=True)
 
 
 async def prepare(env: dict[str, Any], workdir: str, node_id: str = "sbx") -> LaunchSpec:
@@ -153,9 +184,9 @@ async def test_no_isolation_means_no_wrapper(workdir: str) -> None:
 
 @needs_cgroups
 async def test_memory_limit_kills_the_kernel_and_says_why(
-    workdir: str, kernel_factory: Any
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any]
 ) -> None:
-    spec = await prepare({"memory_limit": "200M"}, workdir)
+    spec = await prepare({**fenced, "memory_limit": "200M"}, workdir)
     assert spec.cleanup is not None and "memory 200M" in spec.description
     kernel = await kernel_factory(spec)
     pid = kernel.handle.pid
@@ -174,8 +205,10 @@ async def test_memory_limit_kills_the_kernel_and_says_why(
 
 
 @needs_cgroups
-async def test_ordinary_death_is_not_blamed_on_memory(workdir: str, kernel_factory: Any) -> None:
-    spec = await prepare({"memory_limit": "300M"}, workdir)
+async def test_ordinary_death_is_not_blamed_on_memory(
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any]
+) -> None:
+    spec = await prepare({**fenced, "memory_limit": "300M"}, workdir)
     kernel = await kernel_factory(spec)
     pid = kernel.handle.pid
     with pytest.raises(KernelDiedError) as died:
@@ -186,10 +219,10 @@ async def test_ordinary_death_is_not_blamed_on_memory(workdir: str, kernel_facto
 
 @needs_root
 async def test_memory_limit_without_cgroups_falls_back_to_rlimit_as(
-    workdir: str, kernel_factory: Any, monkeypatch: pytest.MonkeyPatch
+    workdir: str, kernel_factory: Any, monkeypatch: pytest.MonkeyPatch, fenced: dict[str, Any]
 ) -> None:
     without_cgroups(monkeypatch)
-    spec = await prepare({"memory_limit": "1500M"}, workdir)
+    spec = await prepare({**fenced, "memory_limit": "1500M"}, workdir)
     assert "--rlimit-as" in spec.argv and "RLIMIT_AS" in spec.description
     kernel = await kernel_factory(spec)
     reply, _ = await kernel.run("block = bytearray(2 * 2**30)")
@@ -198,25 +231,29 @@ async def test_memory_limit_without_cgroups_falls_back_to_rlimit_as(
 
 
 async def test_small_memory_limit_without_cgroups_is_refused(
-    workdir: str, monkeypatch: pytest.MonkeyPatch
+    workdir: str, monkeypatch: pytest.MonkeyPatch, fenced: dict[str, Any]
 ) -> None:
     without_cgroups(monkeypatch)
     with pytest.raises(EnvironmentBuildError, match=r"memory_limit=300M.*RLIMIT_AS.*1G"):
-        await prepare({"memory_limit": "300M"}, workdir)
+        await prepare({**fenced, "memory_limit": "300M"}, workdir)
 
 
 @needs_cgroups
-async def test_memory_limit_too_small_to_start_fails_at_deploy(workdir: str) -> None:
+async def test_memory_limit_too_small_to_start_fails_at_deploy(
+    workdir: str, fenced: dict[str, Any]
+) -> None:
     with pytest.raises(EnvironmentBuildError, match=r"memory limit.*8M"):
-        await prepare({"memory_limit": "8M"}, workdir)
+        await prepare({**fenced, "memory_limit": "8M"}, workdir)
 
 
 # --------------------------------------------------------------------------- cpu
 
 
 @needs_cgroups
-async def test_cpu_limit_caps_cpu_time(workdir: str, kernel_factory: Any) -> None:
-    spec = await prepare({"cpu_limit": 0.25}, workdir)
+async def test_cpu_limit_caps_cpu_time(
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any]
+) -> None:
+    spec = await prepare({**fenced, "cpu_limit": 0.25}, workdir)
     kernel = await kernel_factory(spec)
     code = (
         "import time\n"
@@ -231,11 +268,11 @@ async def test_cpu_limit_caps_cpu_time(workdir: str, kernel_factory: Any) -> Non
 
 
 async def test_cpu_limit_refused_without_cgroups(
-    workdir: str, monkeypatch: pytest.MonkeyPatch
+    workdir: str, monkeypatch: pytest.MonkeyPatch, fenced: dict[str, Any]
 ) -> None:
     without_cgroups(monkeypatch)
     with pytest.raises(EnvironmentBuildError, match=r"cpu_limit=0.5.*RLIMIT_CPU"):
-        await prepare({"cpu_limit": 0.5}, workdir)
+        await prepare({**fenced, "cpu_limit": 0.5}, workdir)
 
 
 # --------------------------------------------------------------------------- network
@@ -243,9 +280,9 @@ async def test_cpu_limit_refused_without_cgroups(
 
 @needs_root
 async def test_no_network_blocks_outside_but_kernel_answers(
-    workdir: str, kernel_factory: Any
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any]
 ) -> None:
-    spec = await prepare({"network": False}, workdir)
+    spec = await prepare({**fenced, "network": False}, workdir)
     assert spec.transport == "ipc" and "no network" in spec.description
     kernel = await kernel_factory(spec)
     # TEST-NET-1: never routable; inside the namespace there is no route at all.
@@ -274,8 +311,6 @@ async def test_no_network_blocks_outside_but_kernel_answers(
 # --------------------------------------------------------------------------- user
 
 
-
-
 @needs_root
 async def test_user_that_does_not_exist_fails_at_deploy(workdir: str) -> None:
     with pytest.raises(EnvironmentBuildError, match=r"no-such-user-kx.*useradd"):
@@ -299,11 +334,11 @@ def test_explain_death_ignores_unwrapped_commands() -> None:
     envs.release_kernel(spec, 12345)
 
 
-async def test_cleanup_is_safe_per_kernel(workdir: str) -> None:
+async def test_cleanup_is_safe_per_kernel(workdir: str, fenced: dict[str, Any]) -> None:
     """LocalKernel.shutdown calls spec.cleanup for each kernel: siblings must survive it."""
     if not (ROOT and HAS_CGROUPS):
         pytest.skip("needs writable cgroups")
-    spec = await prepare({"memory_limit": "300M"}, workdir)
+    spec = await prepare({**fenced, "memory_limit": "300M"}, workdir)
     first, second = LocalKernel(spec), LocalKernel(spec)
     await asyncio.gather(first.start(), second.start())
     try:
@@ -349,3 +384,250 @@ def test_unprivileged_wrapper_leaves_the_network_through_a_user_namespace() -> N
         pytest.skip(f"unprivileged user namespaces are disabled here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().split(None, 2) == ["65534", "101", "['lo']"]
+
+
+# --------------------------------------------------------------------------- sandbox as root
+# docs/security.md, "Sandbox as root": what code running as env.user, or a root kernel, tried.
+
+#: In a kernel: the directory of its connection file copy (the kernel user's own directory).
+USER_DIR = "import os, sys; user_dir = os.path.dirname(sys.argv[sys.argv.index('-f') + 1])\n"
+
+
+@pytest.fixture
+def root_file() -> Iterator[Path]:
+    """A root-only file (0600, known content) in a root directory the kernel user may enter."""
+    directory = Path(tempfile.mkdtemp(prefix="kx-test-target-"))
+    directory.chmod(0o755)
+    target = directory / "k4194000.json"  # named like a kernel file of a dead pid, too
+    target.write_text("root's secret\n")
+    target.chmod(0o600)
+    yield target
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def assert_untouched(target: Path) -> None:
+    info = target.lstat()
+    assert (info.st_uid, info.st_gid, oct(info.st_mode & 0o7777)) == (0, 0, "0o600")
+    assert target.read_text() == "root's secret\n"
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"network": False}, "env.network=false"),
+        ({"memory_limit": "300M"}, "env.memory_limit=300M"),
+        ({"cpu_limit": 0.5}, "env.cpu_limit=0.5"),
+    ],
+)
+async def test_a_root_kernel_cannot_be_fenced_in_so_deploy_refuses(
+    workdir: str, env: dict[str, Any], named: str
+) -> None:
+    """Without env.user a root bridge's kernel is root: it left its network namespace with
+    setns(/proc/<ppid>/ns/net) and its memory cgroup through cgroup.procs (even without
+    capabilities uid 0 may write root's 0644 files): such a fence is refused at deploy."""
+    with pytest.raises(EnvironmentBuildError, match=rf"{re.escape(named)}.*root.*env\.user"):
+        await prepare(env, workdir)
+
+
+@needs_root
+def test_the_wrapper_refuses_fences_for_root_without_user() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", sandbox.WRAPPER_MODULE, "--no-network", "--", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == sandbox.EXIT_SANDBOX_FAILED
+    assert "--no-network as root need --user" in done.stderr
+
+
+def hierarchy_root(directory: Path) -> Path:
+    while (directory.parent / "cgroup.procs").exists():
+        directory = directory.parent
+    return directory
+
+
+@needs_cgroups
+async def test_a_user_kernel_cannot_leave_its_network_or_cgroup(
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any]
+) -> None:
+    env = {**fenced, "network": False, "memory_limit": "300M", "cpu_limit": 1}
+    spec = await prepare(env, workdir)
+    kernel = await kernel_factory(spec)
+    pid = kernel.handle.pid or 0
+    cgroups = sandbox.kernel_cgroups(spec.argv)
+    assert {cg.kind for cg in cgroups} >= {"cpu"} and len(cgroups) == 2
+    # its pool's directory, the kernelexec directory, the hierarchy's root
+    targets = [
+        str(directory / "cgroup.procs")
+        for cg in cgroups
+        for directory in (Path(cg.path), Path(cg.path).parent, hierarchy_root(Path(cg.path)))
+    ]
+    assert all(os.path.exists(t) for t in targets), targets
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "tried = []\n"
+        "for ns in ('/proc/1/ns/net', f'/proc/{os.getppid()}/ns/net'):\n"
+        "    try:\n"
+        "        fd = os.open(ns, os.O_RDONLY)\n"
+        "        tried.append(libc.setns(fd, 0x40000000) == 0 and 'entered' or 'refused')\n"
+        "    except OSError as exc:\n"
+        "        tried.append(exc.errno)\n"
+        f"for procs in {targets!r}:\n"
+        "    try:\n"
+        "        open(procs, 'w').write(str(os.getpid())); tried.append('moved')\n"
+        "    except OSError as exc:\n"
+        "        tried.append(exc.errno)\n"
+        "status = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines())\n"
+        "print(tried, [status[k].strip() for k in "
+        "('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs')])\n"
+    )
+    reply, out = await kernel.run(code)
+    assert reply["status"] == "ok", reply
+    refused = [13] * (2 + len(targets))  # EACCES, every one
+    assert out.strip() == f"{refused} " + str(["0" * 16] * 5 + ["1"]), out
+    own = Path(f"/proc/{pid}/ns/net").resolve()
+    assert own != Path("/proc/self/ns/net").resolve()
+    for cg in cgroups:
+        assert str(pid) in (cg.kernel_dir(pid) / "cgroup.procs").read_text().split()
+
+
+@needs_root
+async def test_a_planted_symlink_for_the_next_connection_file_is_not_followed(
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any], root_file: Path
+) -> None:
+    """The kernel user plants k<pid>.json symlinks for the next pids and crashes its kernel:
+    the restart (root) once wrote and chowned the target; now it replaces the symlink.
+    (After pid_max, Linux goes on from 300.)"""
+    spec = await prepare(fenced, workdir)
+    kernel = await kernel_factory(spec)
+    code = USER_DIR + (
+        "last = int(open('/proc/sys/kernel/ns_last_pid').read())\n"
+        "top = int(open('/proc/sys/kernel/pid_max').read())\n"
+        "pids = [last + i if last + i < top else 300 + last + i - top for i in range(1, 3001)]\n"
+        "for pid in pids:\n"
+        f"    os.symlink({str(root_file)!r}, os.path.join(user_dir, f'k{{pid}}.json'))\n"
+        "print(user_dir, ','.join(map(str, pids)))"
+    )
+    reply, out = await kernel.run(code)
+    assert reply["status"] == "ok", reply
+    user_dir, planted = out.split()
+    with pytest.raises(KernelDiedError):
+        await kernel.run("import os; os._exit(1)")
+    await kernel.handle.restart()
+    new_pid = kernel.handle.pid or 0
+    assert str(new_pid) in planted.split(","), "the restart used a planted pid"
+    copy = Path(user_dir) / f"k{new_pid}.json"
+    assert copy.is_file() and not copy.is_symlink()
+    assert copy.stat().st_uid == pwd.getpwnam(fenced["user"]).pw_uid
+    assert await kernel.value("'restarted'") == "restarted"
+    assert_untouched(root_file)
+
+
+@needs_root
+async def test_the_kernel_user_cannot_swap_its_runtime_directory(
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any], root_file: Path
+) -> None:
+    """The user once owned the runtime directory's entry (in sticky /tmp): it renamed it and
+    put a symlink to a root directory there, so root's clean-up deleted k<pid> files in it.
+    Now root's directory holds the user's: neither can be renamed by the user."""
+    spec = await prepare(fenced, workdir)
+    kernel = await kernel_factory(spec)
+    code = USER_DIR + (
+        "tried = []\n"
+        "for victim in (user_dir, os.path.dirname(user_dir)):\n"
+        "    try:\n"
+        "        os.rename(victim, victim + '.moved')\n"
+        f"        os.symlink({str(root_file.parent)!r}, victim); tried.append('swapped')\n"
+        "    except OSError as exc:\n"
+        "        tried.append(exc.errno)\n"
+        "print(tried)"
+    )
+    reply, out = await kernel.run(code)
+    assert reply["status"] == "ok", reply
+    assert out.strip() in ("[13, 1]", "[13, 13]"), out  # EACCES; EPERM in a sticky /tmp
+    with pytest.raises(KernelDiedError):
+        await kernel.run("import os; os._exit(1)")
+    await kernel.handle.restart()
+    assert await kernel.value("'restarted'") == "restarted"
+    await kernel.handle.shutdown(now=True)
+    assert spec.cleanup is not None
+    spec.cleanup()
+    assert_untouched(root_file)
+
+
+@needs_root
+async def test_a_user_kernel_gets_an_allow_listed_environment(
+    workdir: str, kernel_factory: Any, fenced: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NODE_RED_CREDENTIAL_SECRET", "s3cret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+    monkeypatch.setenv("KERNELEXEC_TOKEN", "s3cret")
+    monkeypatch.setenv("KERNELEXEC_PREWARM", "1")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    spec = await prepare(fenced, workdir)
+    kernel = await kernel_factory(spec)
+    seen = await kernel.value("sorted(__import__('os').environ.items())")
+    names = {name for name, _ in eval(seen)}
+    assert "s3cret" not in seen, seen
+    assert {"PATH", "HOME", "LC_ALL", "KERNELEXEC_PREWARM", "PYTHONPATH"} <= names, names
+    allowed = set(sandbox.ENV_ALLOWED) | {"PYTHONPATH", "VIRTUAL_ENV"}
+    inherited = {n for n in names if n in os.environ}  # ipykernel sets PAGER, CLICOLOR...
+    leaked = {n for n in inherited if n not in allowed}
+    assert not {n for n in leaked if not n.startswith(sandbox.ENV_ALLOWED_PREFIXES)}, leaked
+
+
+def test_allowed_environment_keeps_the_list_and_drops_the_rest() -> None:
+    environ = {
+        "PATH": "/bin",
+        "HOME": "/root",
+        "LANG": "C",
+        "LC_CTYPE": "C",
+        "TZ": "UTC",
+        "JPY_SESSION_NAME": "x",
+        "KERNELEXEC_BLOB_DIR": "/dev/shm",
+        "KERNELEXEC_TOKEN": "t",
+        "KERNELEXEC_GATEWAY_TOKEN": "t",
+        "NODE_RED_CREDENTIAL_SECRET": "s",
+        "PYTHONPATH": "/lib",
+        "PYTHONSTARTUP": "/evil.py",
+        "LD_PRELOAD": "/evil.so",
+    }
+    kept = sandbox.allowed_environment(environ, keep=("PYTHONPATH",))
+    assert sorted(kept) == [
+        "HOME", "JPY_SESSION_NAME", "KERNELEXEC_BLOB_DIR", "LANG", "LC_CTYPE", "PATH",
+        "PYTHONPATH", "TZ",
+    ]  # fmt: skip
+
+
+@needs_root
+async def test_a_user_pool_starts_kernels_again_after_its_last_one_is_gone(
+    workdir: str, fenced: dict[str, Any], root_file: Path
+) -> None:
+    """The runtime directory goes with the pool's last kernel; the next kernel makes it again
+    (root's, 0711), as it makes its cgroup again. A symlink squatting its name meanwhile (in
+    sticky /tmp anyone may create one) is refused, neither followed nor cleaned through."""
+    spec = await prepare(fenced, workdir)
+    runtime_dir = spec.argv[spec.argv.index("--runtime-dir") + 1]
+    for _round in range(2):
+        kernel = LocalKernel(spec)
+        await kernel.start()
+        try:
+            assert (await kernel.execute("1 + 1", {}))["status"] == "ok"
+        finally:
+            await kernel.shutdown(now=True)
+        assert not os.path.exists(runtime_dir), "removed with the last kernel"
+    (root_file.parent / "kernel").mkdir()
+    (root_file.parent / "kernel" / "k4194001.json").write_text("root's too\n")
+    os.symlink(root_file.parent, runtime_dir)
+    try:
+        kernel = LocalKernel(spec)
+        with pytest.raises(KernelDiedError):
+            await kernel.start()
+        await kernel.shutdown(now=True)
+        assert (root_file.parent / "kernel" / "k4194001.json").read_text() == "root's too\n"
+        assert_untouched(root_file)
+    finally:
+        os.unlink(runtime_dir)

@@ -61,15 +61,23 @@ _RUNTIME_DIRS: set[str] = set()
 
 
 def _make_runtime_dir() -> str:
-    """A private directory for one pool's kernel files; swept when its bridge is gone."""
+    """Root's directory for one pool's kernel files (the user's own is inside, made by the
+    wrapper); swept when its bridge is gone. Mode 0711: the user passes, cannot rename."""
     base = Path(os.environ.get(RUNTIME_DIR_VAR) or tempfile.gettempdir())
     for stale in base.glob("kernelexec-run-*-*"):
         match = re.fullmatch(r"kernelexec-run-(\d+)-\w+", stale.name)
-        if match and not stale.is_symlink() and not sandbox.pid_alive(int(match.group(1))):
-            shutil.rmtree(stale, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            mine = stale.lstat().st_uid == os.geteuid() and not stale.is_symlink()
+            if match and mine and not sandbox.pid_alive(int(match.group(1))):
+                shutil.rmtree(stale, ignore_errors=True)  # fd-based: follows no symlink
     if not _RUNTIME_DIRS:
         atexit.register(_remove_runtime_dirs)
     path = tempfile.mkdtemp(prefix=f"kernelexec-run-{os.getpid()}-", dir=base)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o711)  # the wrapper checks it is root's and writable by root only
+    finally:
+        os.close(fd)
     _RUNTIME_DIRS.add(path)
     return path
 
@@ -119,6 +127,8 @@ async def prepare_launch(
 async def _interpreter(env: EnvConfig, progress: Progress) -> tuple[str, dict[str, str], str]:
     """(python, extra environment variables, description) of the node's kernels."""
     python, extra_env, described = sys.executable, dict[str, str](), "bridge interpreter"
+    if "PYTHONPATH" in os.environ:  # how the bridge's interpreter may find kernelexec
+        extra_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if env.requirements:
         info = await ensure_env(env.python, env.requirements, progress)
         python = str(info.python_bin)
@@ -146,6 +156,7 @@ async def _sandboxed_spec(
 ) -> LaunchSpec:
     if box.user:  # connection file copy and ipc sockets the kernel user can reach
         box.runtime_dir = _make_runtime_dir()
+        box.keep_env = tuple(extra_env)
     for note in box.notes:
         log.warning("%s", note)
         progress(note)
@@ -196,10 +207,10 @@ async def _preflight(
         sandbox.release_kernel(argv, proc.pid)
         raise
     why = sandbox.explain_death(argv, proc.pid)
-    if box.runtime_dir:
-        for name in ("probe.json", f"k{proc.pid}.json"):
+    if box.runtime_dir and box.user_dir:
+        for name in (probe_file, os.path.join(box.user_dir, f"k{proc.pid}.json")):
             with contextlib.suppress(OSError):
-                os.remove(os.path.join(box.runtime_dir, name))
+                os.remove(name)  # the last component only: a symlink is removed, not followed
     sandbox.remove_cgroup_dirs(box.cgroups)  # the wrapper makes them again for each kernel
     if proc.returncode != 0:
         raise _preflight_failed(box, python, cwd, proc.returncode, why, out)
@@ -213,7 +224,8 @@ def _preflight_failed(
     if box.user and not why:
         hint = (
             f"; user {box.user!r} must be able to read the interpreter {python}, the "
-            f"environment directory ({ENV_DIR_VAR}) and the kernelexec package, and write "
+            f"environment directory ({ENV_DIR_VAR}) and the kernelexec package, pass through "
+            f"{os.path.dirname(box.runtime_dir or '')} ({RUNTIME_DIR_VAR}), and write "
             f"the working directory {cwd} ({WORK_DIR_VAR})"
         )
     msg = f"the kernel sandbox failed its start check (exit {code}): "

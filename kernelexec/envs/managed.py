@@ -14,13 +14,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EnvironmentBuildError
+from ..errors import ConfigError, EnvironmentBuildError
 from .installer import InstallProgress, install
 from .interpreter import IPYKERNEL_REQUIREMENT, Interpreter, inspect_interpreter
 from .paths import env_root
@@ -43,9 +44,38 @@ MARKER = "kernelexec-env.json"
 ENV_FORMAT = 1
 
 
+#: A comment as pip reads one: ``#`` at the start of a line or after whitespace; a ``#``
+#: inside a URL (``pkg @ https://host/p.whl#sha256=...``) is a fragment and stays.
+_COMMENT = re.compile(r"(^|\s+)#.*$")
+#: An option word: at the start of a line, or after whitespace (``numpy --hash=...``).
+_OPTION = re.compile(r"(^|\s)-")
+
+
+def requirement_line(line: str) -> str:
+    """One requirement line without its comment and extra spaces ("" for none).
+
+    Raises ConfigError for a line carrying an installer option (``-r FILE``, ``-e PATH``,
+    ``--index-url URL``, ``--hash ...``): it would reach uv/pip, running as the bridge's user,
+    as an option rather than a package.
+    """
+    text = " ".join(_COMMENT.sub("", line).split())
+    if _OPTION.search(text):
+        msg = (
+            f"env.requirements: the line {text!r} carries an installer option; list packages "
+            "only, one per line (`name`, `name==1.2`, `name @ https://host/name.whl#sha256=...`). "
+            "For another package index set UV_INDEX_URL or PIP_INDEX_URL in the bridge's "
+            "environment; for a pinned file use its URL with a #sha256= fragment"
+        )
+        raise ConfigError(msg)
+    return text
+
+
 def normalize_requirements(requirements: Sequence[str]) -> tuple[str, ...]:
-    """Strip, drop blanks and comments, collapse spaces, dedupe, sort (case-insensitive)."""
-    cleaned = {" ".join(line.split("#", 1)[0].split()) for line in requirements}
+    """Strip, drop blanks and comments, collapse spaces, dedupe, sort (case-insensitive).
+
+    Refuses installer options (:func:`requirement_line`); keeps URL fragments.
+    """
+    cleaned = {requirement_line(line) for line in requirements}
     return tuple(sorted((line for line in cleaned if line), key=str.lower))
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from ..config import EnvConfig
@@ -63,26 +64,44 @@ def node_workdir(node_id: str, workdir: str = "") -> Path:
 def remove_workdir(node_id: str, workdir: str = "") -> bool:
     """Delete a node's working directory (the node was removed from the flow). True if it was."""
     path = node_workdir(node_id, workdir)
+    if path.is_symlink():  # planted by the kernel user: remove the link, not what it names
+        path.unlink()
+        return True
     if not path.is_dir():
         return False
-    shutil.rmtree(path)
+    shutil.rmtree(path)  # fd-based: follows no symlink inside
     return True
 
 
 def grant_to_kernel(env: EnvConfig, path: str) -> None:
     """Make a file the bridge wrote (an input blob) readable by the kernel user of ``env``.
 
-    No-op unless ``env.user`` is set; the bridge must then be root, so chown succeeds.
+    No-op unless ``env.user`` is set; the bridge must then be root, so fchown succeeds. Only
+    a regular file of the bridge's own, with one link, reached without following a symlink,
+    is handed over (through the fd that checked it); anything else raises OSError.
     """
-    if env.user:
-        import pwd
+    if not env.user:
+        return
+    import pwd
 
-        entry = pwd.getpwnam(env.user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+    entry = pwd.getpwnam(env.user)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+            msg = f"not a file of the bridge's own with one link: {path}"
+            raise PermissionError(msg)
+        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+    finally:
+        os.close(fd)
 
 
 def prepare_workdir(path: Path, user: str | None) -> None:
-    """Create the node's working directory; owned by ``user`` (0700) when one is set."""
+    """Create the node's working directory; owned by ``user`` (0700) when one is set.
+
+    The directory (and what is in it) may already be the kernel user's: everything after
+    the mkdir goes through fds, never following a symlink the user may have planted.
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
         if user:
@@ -90,20 +109,28 @@ def prepare_workdir(path: Path, user: str | None) -> None:
 
             entry = pwd.getpwnam(user)
             _chown_tree(path, entry.pw_uid, entry.pw_gid)
-            path.chmod(0o700)
     except (OSError, KeyError) as exc:
         msg = f"cannot prepare the working directory {path}: {exc}"
         raise EnvironmentBuildError(msg) from None
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    """The node's directory belongs to its kernel user, files made earlier as another included."""
-    for top, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            item = os.path.join(top, name)
-            if os.lstat(item).st_uid != uid:
-                os.chown(item, uid, gid, follow_symlinks=False)
-    os.chown(path, uid, gid)
+    """The node's directory belongs to its kernel user, files made earlier as another included.
+
+    ``os.fwalk`` opens each directory relative to its parent's fd without following
+    symlinks; each entry is chowned relative to that fd (``lchown`` for a symlink itself).
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(path, flags)
+    try:
+        for _root, dirs, files, dir_fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            for name in [*dirs, *files]:
+                if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid != uid:
+                    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.fchown(top, uid, gid)
+        os.fchmod(top, 0o700)
+    finally:
+        os.close(top)
 
 
 def package_link() -> Path:

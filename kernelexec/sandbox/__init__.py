@@ -11,7 +11,9 @@ Two halves (see docs/environments.md):
   in the kernel's process (same pid as the kernel: it ends with ``exec``): it makes a cgroup
   ``k<pid>`` under each ``--cgroup`` directory and moves itself in, applies rlimits, enters a
   new network namespace with only loopback up, hands the connection file to the kernel
-  user, drops to that user, then execs.
+  user (through fds: nothing by path in the user's directory), drops to that user (no
+  capabilities, an allow-listed environment), then execs. With a root bridge every fence
+  needs a user: a root kernel would leave it (docs/security.md, "Sandbox as root").
 
 Every module of this package imports the standard library only: the wrapper runs before any
 kernel code and must work with whatever interpreter the bridge runs.
@@ -39,16 +41,27 @@ from .plan import (
     plan_sandbox,
     release_kernel,
 )
-from .wrapper import EXIT_SANDBOX_FAILED, SandboxFailure, apply, main
+from .wrapper import (
+    ENV_ALLOWED,
+    ENV_ALLOWED_PREFIXES,
+    EXIT_SANDBOX_FAILED,
+    SandboxFailure,
+    allowed_environment,
+    apply,
+    main,
+)
 
 __all__ = [
     "CGROUP_ROOT_VAR",
+    "ENV_ALLOWED",
+    "ENV_ALLOWED_PREFIXES",
     "EXIT_SANDBOX_FAILED",
     "MIN_RLIMIT_AS",
     "WRAPPER_MODULE",
     "CgroupDir",
     "Sandbox",
     "SandboxFailure",
+    "allowed_environment",
     "apply",
     "check_user",
     "explain_death",

@@ -27,6 +27,7 @@ from .cgroups import (
     remove_cgroup_dirs,
     remove_kernel_cgroup,
 )
+from .wrapper import USER_SUBDIR
 
 __all__ = [
     "MIN_RLIMIT_AS",
@@ -72,6 +73,8 @@ class Sandbox:
     network: bool = True
     user: str | None = None
     runtime_dir: str | None = None
+    #: Variables the environment sets (PYTHONPATH, VIRTUAL_ENV, PATH) that a user kernel keeps.
+    keep_env: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -94,7 +97,14 @@ class Sandbox:
             opts += ["--user", self.user, "--connection-file", "{connection_file}"]
             if self.runtime_dir:
                 opts += ["--runtime-dir", self.runtime_dir]
+            for name in self.keep_env:
+                opts += ["--keep-env", name]
         return opts
+
+    @property
+    def user_dir(self) -> str | None:
+        """The kernel user's directory (made by the wrapper) inside root's runtime directory."""
+        return os.path.join(self.runtime_dir, USER_SUBDIR) if self.runtime_dir else None
 
     def wrap(self, argv: Sequence[str], python: str | None = None) -> tuple[str, ...]:
         """``argv`` run through the wrapper (``python``: an interpreter that has kernelexec)."""
@@ -109,21 +119,55 @@ class Sandbox:
         pool's directories go with the last kernel. Best effort."""
         remove_cgroup_dirs(self.cgroups, only_dead=True)
         if self.runtime_dir:
-            _clean_runtime_dir(Path(self.runtime_dir))
+            _clean_runtime_dir(self.runtime_dir)
 
 
-def _clean_runtime_dir(directory: Path) -> None:
-    """Remove ``k<pid>*`` files of dead kernels; the whole directory when no kernel is left."""
+def _clean_runtime_dir(directory: str) -> None:
+    """Remove ``k<pid>*`` files of dead kernels; the whole directory when no kernel is left.
+
+    Only root's own directory (not a symlink, not one another user squatted) is cleaned. The
+    kernel user owns ``directory/kernel``: its entries are removed relative to an fd opened
+    without following symlinks (unlink removes a planted symlink, not its target).
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        holder = os.open(directory, flags)
+    except OSError:
+        return  # gone already, or a symlink: not ours to clean
     live = False
-    for item in directory.glob("k*") if directory.is_dir() else []:
-        match = re.match(r"k(\d+)", item.name)
-        if match and pid_alive(int(match.group(1))):
-            live = True
-        elif match:
-            with contextlib.suppress(OSError):
-                item.unlink()
+    try:
+        if os.fstat(holder).st_uid != os.geteuid():
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(USER_SUBDIR, flags, dir_fd=holder)
+            try:
+                for name in os.listdir(fd):
+                    match = re.match(r"k(\d+)", name)
+                    if match and _runs_from(int(match.group(1)), directory):
+                        live = True
+                    elif match:
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=fd)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(holder)
     if not live:
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)  # fd-based: does not follow symlinks
+
+
+def _runs_from(pid: int, directory: str) -> bool:
+    """Whether ``pid`` is a kernel (or wrapper) of the pool whose runtime dir is ``directory``.
+
+    Not merely alive: the kernel user may name entries after any running pid.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            args = fh.read().split(b"\0")
+    except OSError:
+        return False
+    own = os.fsencode(directory)
+    return pid_alive(pid) and any(a == own or a.startswith(own + b"/") for a in args)
 
 
 # --------------------------------------------------------------------------- planning
@@ -153,6 +197,8 @@ def plan_sandbox(
             raise ConfigError(msg) from None
     if user:
         check_user(user)
+    else:
+        _refuse_root_fences(memory_limit, cpu_limit, network)
     if not network:
         _check_netns()
     if box.memory or cpu_limit:
@@ -190,6 +236,34 @@ def _plan_cgroups(
             f"memory_limit={memory_limit} applied as RLIMIT_AS (address space, per process) "
             f"because {why}"
         )
+
+
+def _refuse_root_fences(memory_limit: str | None, cpu_limit: float | None, network: bool) -> None:
+    """A root kernel (a root bridge, no env.user) cannot be fenced in: refuse, do not pretend.
+
+    Dropping capabilities is not enough: uid 0 keeps owner access to root's files, so it can
+    still write its pid to another cgroup's cgroup.procs (root's, mode 0644) and rewrite
+    /etc/crontab or the like to run code outside the network namespace (docs/security.md).
+    """
+    from ..errors import EnvironmentBuildError
+
+    asked = [
+        f"memory_limit={memory_limit}" if memory_limit else "",
+        f"cpu_limit={cpu_limit}" if cpu_limit else "",
+        "network=false" if not network else "",
+    ]
+    asked = [a for a in asked if a]
+    if os.geteuid() != 0 or not asked:
+        return
+    msg = (
+        f"env.{', env.'.join(asked)}: the bridge runs as root and, without env.user, its "
+        "kernels would too; code running as root can leave its cgroup and re-enter the "
+        "host's network (even without capabilities, uid 0 may write root's cgroup and "
+        "system files), so this isolation would not hold. Set env.user to an unprivileged "
+        "account (e.g. `useradd --system --no-create-home nodered-kernels`), or run the "
+        "bridge as an unprivileged user"
+    )
+    raise EnvironmentBuildError(msg)
 
 
 def check_user(user: str) -> None:

@@ -3,7 +3,10 @@
 It runs in the kernel's process (same pid as the kernel: it ends with ``exec``): it makes a
 cgroup ``k<pid>`` under each ``--cgroup`` directory and moves itself in, applies rlimits,
 enters a new network namespace with only loopback up, hands the connection file to the
-kernel user, drops to that user, then execs.
+kernel user, drops to that user (no capabilities, no_new_privs, an allow-listed environment),
+then execs. As root, it refuses every fence without ``--user``: root leaves them at will.
+Whatever root writes in the kernel user's directory goes through fds (O_EXCL, O_NOFOLLOW,
+fchown), never by path.
 
 The wrapper imports the standard library only: it runs before any kernel code and must work
 with whatever interpreter the bridge runs.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import resource
@@ -24,12 +28,25 @@ from pathlib import Path
 
 from .cgroups import CgroupDir, enable_v2_controllers, mkdir_retry, remove_kernel_cgroup
 
-__all__ = ["EXIT_SANDBOX_FAILED", "SandboxFailure", "apply", "main"]
+__all__ = [
+    "ENV_ALLOWED",
+    "ENV_ALLOWED_PREFIXES",
+    "EXIT_SANDBOX_FAILED",
+    "USER_SUBDIR",
+    "SandboxFailure",
+    "allowed_environment",
+    "apply",
+    "drop_capabilities",
+    "main",
+]
 
 CPU_PERIOD_US = 100_000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -96,8 +113,8 @@ def _libc_unshare(flags: int) -> None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(ctypes.c_int(flags)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _loopback_up() -> None:
@@ -130,12 +147,93 @@ def _leave_network() -> None:
 
 # --------------------------------------------------------------------------- user
 
+#: Name of the kernel user's directory inside the pool's runtime directory (which root keeps).
+USER_SUBDIR = "kernel"
+#: Variables a ``--user`` kernel keeps from the bridge's environment (see docs/environments.md).
+ENV_ALLOWED = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM"}
+    | {"PYDEVD_DISABLE_FILE_VALIDATION"}
+)
+ENV_ALLOWED_PREFIXES = ("LC_", "KERNELEXEC_", "JPY_")
+#: ...except names holding one of these words (the bridge's tokens and the like).
+ENV_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "KEY")
 
-def _relocate(connection_file: str, runtime_dir: str, uid: int, gid: int) -> str:
+
+def allowed_environment(environ: dict[str, str], keep: Sequence[str] = ()) -> dict[str, str]:
+    """The variables a ``--user`` kernel gets: the allow-list, plus ``keep`` (set by the env)."""
+    kept = {}
+    for name, value in environ.items():
+        listed = name in ENV_ALLOWED or name.startswith(ENV_ALLOWED_PREFIXES)
+        if name in keep or (listed and not any(w in name.upper() for w in ENV_SECRET_WORDS)):
+            kept[name] = value
+    return kept
+
+
+def _open_dir(name: str, dir_fd: int | None = None) -> int:
+    """An fd on directory ``name`` (never through a symlink at the last component)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def _runtime_dirs(runtime_dir: str, uid: int, gid: int) -> tuple[int, str]:
+    """(fd, path) of the kernel user's directory ``runtime_dir/kernel``, owned by it, 0700.
+
+    ``runtime_dir`` must be root's and writable by root only, so that the user cannot
+    rename or replace ``kernel``; everything inside is handled through fds. It goes with the
+    pool's last kernel and is made again here (one squatted by another user is refused).
+    """
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(runtime_dir, 0o711)
+        holder = _open_dir(runtime_dir)
+    except OSError as exc:
+        msg = f"cannot open the runtime directory {runtime_dir}: {exc.strerror or exc}"
+        raise SandboxFailure(msg) from None
+    try:
+        info = os.fstat(holder)
+        if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            msg = f"runtime directory {runtime_dir} must be root's and writable by root only"
+            raise SandboxFailure(msg)
+        os.fchmod(holder, 0o711)  # whatever the umask: the user passes through
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(USER_SUBDIR, 0o700, dir_fd=holder)
+        own = _open_dir(USER_SUBDIR, dir_fd=holder)
+    finally:
+        os.close(holder)
+    info = os.fstat(own)
+    if info.st_uid not in (0, uid):
+        os.close(own)
+        msg = f"{runtime_dir}/{USER_SUBDIR} belongs to uid {info.st_uid}, not the kernel user"
+        raise SandboxFailure(msg)
+    os.fchown(own, uid, gid)
+    os.fchmod(own, 0o700)
+    return own, os.path.join(runtime_dir, USER_SUBDIR)
+
+
+def _create_private(name: str, dir_fd: int, data: bytes, uid: int, gid: int) -> None:
+    """Write a new file ``name`` in the user's directory (O_EXCL, O_NOFOLLOW), then fchown it.
+
+    A leftover entry (file or planted symlink) is unlinked, never written through.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        os.unlink(name, dir_fd=dir_fd)  # removes the entry itself, a symlink included
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def _relocate(connection_file: str, user_dir: tuple[int, str], uid: int, gid: int) -> str:
     """Copy the connection file where the kernel user can read it; returns the copy's path.
 
-    For ipc, the sockets move into ``runtime_dir`` too (the bridge's runtime directory is
-    private to its user): the paths the bridge connects to become symlinks to them.
+    For ipc, the sockets move into the user's directory too (the bridge's runtime directory
+    is private to its user): the paths the bridge connects to become symlinks to them.
     """
     try:
         with open(connection_file, encoding="utf-8") as fh:
@@ -143,36 +241,42 @@ def _relocate(connection_file: str, runtime_dir: str, uid: int, gid: int) -> str
     except (OSError, ValueError) as exc:
         msg = f"cannot read the connection file {connection_file}: {exc}"
         raise SandboxFailure(msg) from None
-    prefix = os.path.join(runtime_dir, f"k{os.getpid()}")
+    dir_fd, dir_path = user_dir
+    name = f"k{os.getpid()}"
     if info.get("transport") == "ipc":
-        old_ip, info["ip"] = info["ip"], f"{prefix}-ipc"
-        for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
-            link = f"{old_ip}-{info[name]}"
+        old_ip, info["ip"] = info["ip"], os.path.join(dir_path, f"{name}-ipc")
+        for port in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+            link = f"{old_ip}-{info[port]}"  # in the bridge's own private directory
             if os.path.lexists(link):
                 os.unlink(link)
-            os.symlink(f"{info['ip']}-{info[name]}", link)
-    copy = f"{prefix}.json"
-    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(info, fh)
-    os.chown(copy, uid, gid)
-    return copy
+            os.symlink(f"{info['ip']}-{info[port]}", link)
+    _create_private(f"{name}.json", dir_fd, json.dumps(info).encode(), uid, gid)
+    return os.path.join(dir_path, f"{name}.json")
 
 
-def _own_runtime_dir(path: str, uid: int, gid: int) -> None:
-    """Make ``path`` a 0700 directory of the kernel user; refuse one a third party made."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (0, uid):
-        msg = f"runtime directory {path} is not a directory of root or the kernel user"
-        raise SandboxFailure(msg)
-    os.chown(path, uid, gid)
-    os.chmod(path, 0o700)
+def drop_capabilities() -> None:
+    """Empty the bounding and ambient sets (setuid empties the rest), so nothing regains them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        last = 63
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    for cap in range(last + 1):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+            msg = f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}"
+            raise SandboxFailure(msg)
 
 
-def _become(user: str, runtime_dir: str | None, connection_file: str | None) -> str | None:
-    """Switch to ``user`` for good; returns the connection file path the kernel must use."""
+def _become(
+    user: str, runtime_dir: str | None, connection_file: str | None, keep_env: Sequence[str]
+) -> str | None:
+    """Switch to ``user`` for good; returns the connection file path the kernel must use.
+
+    Root's steps in the user's directory go through fds (:func:`_runtime_dirs`); then the
+    capability sets are emptied, the ids switched, no_new_privs set, and the environment cut
+    down to :func:`allowed_environment`.
+    """
     import pwd
 
     try:
@@ -181,11 +285,16 @@ def _become(user: str, runtime_dir: str | None, connection_file: str | None) -> 
         msg = f"no such user {user!r}"
         raise SandboxFailure(msg) from None
     uid, gid = entry.pw_uid, entry.pw_gid
+    user_dir = None
     try:
         if runtime_dir:
-            _own_runtime_dir(runtime_dir, uid, gid)
-            if connection_file:
-                connection_file = _relocate(connection_file, runtime_dir, uid, gid)
+            fd, user_dir = _runtime_dirs(runtime_dir, uid, gid)
+            try:
+                if connection_file:
+                    connection_file = _relocate(connection_file, (fd, user_dir), uid, gid)
+            finally:
+                os.close(fd)
+        drop_capabilities()
         os.initgroups(user, gid)
         os.setgid(gid)
         os.setuid(uid)
@@ -193,9 +302,11 @@ def _become(user: str, runtime_dir: str | None, connection_file: str | None) -> 
         msg = f"cannot switch to user {user!r}: {exc.strerror or exc}"
         raise SandboxFailure(msg) from None
     home = entry.pw_dir
-    if not (os.path.isdir(home) and os.access(home, os.W_OK)) and runtime_dir:
-        home = runtime_dir  # IPython and friends want a writable home (system users have none)
-    os.environ.update(HOME=home, USER=user, LOGNAME=user)
+    if not (os.path.isdir(home) and os.access(home, os.W_OK)) and user_dir:
+        home = user_dir  # IPython and friends want a writable home (system users have none)
+    kept = allowed_environment(dict(os.environ), keep_env)
+    os.environ.clear()
+    os.environ.update(kept, HOME=home, USER=user, LOGNAME=user)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     cwd = os.getcwd()
@@ -220,13 +331,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-network", action="store_true")
     parser.add_argument("--user")
     parser.add_argument("--connection-file", help="the kernel's, relocated for --user")
-    parser.add_argument("--runtime-dir", help="directory given to --user for kernel files")
+    parser.add_argument("--runtime-dir", help="root's directory holding the --user's one")
+    parser.add_argument(
+        "--keep-env", action="append", default=[], help="a variable --user keeps (repeatable)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
 
 
+def _refuse_root_without_user(args: argparse.Namespace) -> None:
+    """As root, a fence without --user does not hold (root leaves cgroups and namespaces)."""
+    fences = [
+        name
+        for name, on in (
+            ("--cgroup", args.cgroup),
+            ("--rlimit-as", args.rlimit_as),
+            ("--no-network", args.no_network),
+        )
+        if on
+    ]
+    if fences and os.geteuid() == 0 and not args.user:
+        msg = (
+            f"{', '.join(fences)} as root need --user: a root kernel can leave its cgroup, "
+            "raise its rlimits and re-enter the host network (docs/security.md)"
+        )
+        raise SandboxFailure(msg)
+
+
 def apply(args: argparse.Namespace, command: list[str]) -> list[str]:
     """Apply every option to this process (root-only steps first); the command to exec."""
+    _refuse_root_without_user(args)
     for cg in args.cgroup:
         _join_cgroup(cg, args.memory, args.cpu)
     if args.rlimit_as:
@@ -234,7 +368,7 @@ def apply(args: argparse.Namespace, command: list[str]) -> list[str]:
     if args.no_network:
         _leave_network()
     if args.user:
-        moved = _become(args.user, args.runtime_dir, args.connection_file)
+        moved = _become(args.user, args.runtime_dir, args.connection_file, args.keep_env)
         if moved and args.connection_file:
             command = [moved if arg == args.connection_file else arg for arg in command]
     return command

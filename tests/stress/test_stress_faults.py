@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -208,7 +210,33 @@ return msg
     await works(client, "fk")
 
 
-async def test_code_that_fills_memory_under_a_memory_limit(bridge: StressBridge) -> None:
+@pytest.fixture
+def memory_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The env option of a memory-limited node. A root bridge fences kernels in only as
+    another user (docs/environments.md), who needs an interpreter and directories it can
+    reach: a managed environment and a working directory under a 0755 directory, set here in
+    the environment the bridge fixture (requested after this one) starts from, and the
+    runtime directory."""
+    if os.geteuid() != 0:
+        yield {"memory_limit": "300M"}
+        return
+    user = request.getfixturevalue("test_user")
+    shared = Path(tempfile.mkdtemp(prefix="kx-stress-fenced-"))
+    shared.chmod(0o755)
+    for name, var in (("envs", "KERNELEXEC_ENV_DIR"), ("work", "KERNELEXEC_WORK_DIR")):
+        (shared / name).mkdir(mode=0o755)
+        monkeypatch.setenv(var, str(shared / name))
+    runtime = Path(bridge_env()["KERNELEXEC_RUNTIME_DIR"])  # holds the pools' runtime dirs
+    runtime.chmod(0o711)  # the user passes through to its own (the bridge file stays 0600)
+    python = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else "python3"
+    yield {"memory_limit": "300M", "user": user, "python": python, "requirements": ["six"]}
+    runtime.chmod(0o700)
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+async def test_code_that_fills_memory_under_a_memory_limit(
+    memory_env: dict[str, Any], bridge: StressBridge
+) -> None:
     """env.memory_limit (cgroup, else RLIMIT_AS): a clear error, the node works again."""
     code = (
         "if msg['payload'] == 'fill':\n"
@@ -218,7 +246,7 @@ async def test_code_that_fills_memory_under_a_memory_limit(bridge: StressBridge)
         "return msg\n"
     )
     client = await bridge.connect()
-    state = await client.configure("mem", code=code, env={"memory_limit": "300M"})
+    state = await client.configure("mem", code=code, env=memory_env)
     if state["state"] == "error" and state["error"]["code"] == "ENV_FAILED":
         pytest.skip(f"no memory limit on this host: {state['error']['message']}")
     assert state["state"] == "ready", state
