@@ -54,6 +54,13 @@ log = logging.getLogger("kernelexec.server")
 _BEFORE_HELLO = frozenset({"hello", "ping"})
 
 
+def _seconds(value: Any) -> float:
+    """A non-negative number of seconds from a request field (anything else: 0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return min(float(value), 86400.0)
+    return 0.0
+
+
 class Session:
     """One connection's protocol state."""
 
@@ -262,7 +269,7 @@ class Session:
         ctx_id = f"c{next(self._ctx_ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._contexts[ctx_id] = future
-        self.send({
+        frame = {
             "type": "context_request",
             "node_id": node_id,
             "ctx_id": ctx_id,
@@ -270,8 +277,14 @@ class Session:
             "op": request.get("op"),
             "key": request.get("key"),
             "value": request.get("value"),
-        })  # fmt: skip
+        }
+        for name in ("store", "timeout"):  # optional (protocol 1.2)
+            if request.get(name) is not None:
+                frame[name] = request[name]
+        self.send(frame)
         timeout = self.bridge.options.context_timeout
+        if request.get("op") == "linkcall":  # Node-RED answers within the call's own timeout
+            timeout += _seconds(request.get("timeout"))
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
