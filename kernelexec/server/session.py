@@ -54,6 +54,16 @@ log = logging.getLogger("kernelexec.server")
 _BEFORE_HELLO = frozenset({"hello", "ping"})
 
 
+def _describe_request(request: dict[str, Any]) -> str:
+    """What a context request asks, for error messages."""
+    op, key = request.get("op"), request.get("key")
+    if op == "env":
+        return f"env.get({key!r})"
+    if op == "linkcall":
+        return f"link call to {key!r}"
+    return f"{op} {request.get('scope')} context key {key!r}"
+
+
 def _seconds(value: Any) -> float:
     """A non-negative number of seconds from a request field (anything else: 0)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
@@ -263,7 +273,7 @@ class Session:
 
     async def ask_context(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """PoolHooks.on_context: ask Node-RED, wait for context_reply (with a deadline)."""
-        what = f"{request.get('op')} {request.get('scope')} context key {request.get('key')!r}"
+        what = _describe_request(request)
         if self.ended is not None:
             return {"value": None, "error": f"cannot {what}: {self.ended}"}
         ctx_id = f"c{next(self._ctx_ids)}"
