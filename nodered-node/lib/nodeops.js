@@ -14,8 +14,14 @@ function init(red) {
     RED = red;
 }
 
+// kernelexec's own secrets are never answered, whatever Node-RED's environment holds
+const HIDDEN = /^KERNELEXEC_(GATEWAY_)?TOKEN$/;
+
 /** env.get(name): the node's group, flow, global and process environment, NR_* built-ins. */
 function envGet(node, name) {
+    if (typeof name !== "string" || HIDDEN.test(name)) {
+        return null;
+    }
     const value = RED && RED.util && RED.util.getSetting ? RED.util.getSetting(node, name) : process.env[name];
     return codec.encodeInline(value, "env." + name);
 }

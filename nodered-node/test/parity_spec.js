@@ -169,7 +169,7 @@ describe("function-node parity (real Node-RED " + S.NODE_RED_VERSION + ", real b
     it("reads env.get live: process variables set after deploy, flow and group variables, NR_* built-ins", async function () {
         delete process.env.KX_PARITY_LATE;
         const code = [
-            "names = ['KX_PARITY_LATE', 'FLOW_VAR', 'GROUP_VAR', 'NR_NODE_ID', 'NR_NODE_NAME', 'NR_NODE_PATH',",
+            "names = ['KX_PARITY_LATE', 'KERNELEXEC_TOKEN', 'FLOW_VAR', 'GROUP_VAR', 'NR_NODE_ID', 'NR_NODE_NAME', 'NR_NODE_PATH',",
             "         'NR_FLOW_ID', 'NR_FLOW_NAME', 'NR_GROUP_ID', 'NR_GROUP_NAME']",
             "msg['payload'] = {n: env.get(n) for n in names}",
             "msg['payload']['missing'] = env.get('KX_PARITY_NOT_SET', 'dflt')",
@@ -187,19 +187,22 @@ describe("function-node parity (real Node-RED " + S.NODE_RED_VERSION + ", real b
         n1.receive({ payload: 1 });
         const [before] = await first;
         assert.deepStrictEqual(before.payload, {
-            KX_PARITY_LATE: null, FLOW_VAR: "from the flow", GROUP_VAR: 42,
+            KX_PARITY_LATE: null, KERNELEXEC_TOKEN: null, FLOW_VAR: "from the flow", GROUP_VAR: 42,
             NR_NODE_ID: "n1", NR_NODE_NAME: "reader", NR_NODE_PATH: "tab1/n1",
             NR_FLOW_ID: "tab1", NR_FLOW_NAME: "Parity flow", NR_GROUP_ID: "g1", NR_GROUP_NAME: "Parity group",
             missing: "dflt", path: "tab1/n1",
         });
         process.env.KX_PARITY_LATE = "set after deploy";
+        process.env.KERNELEXEC_TOKEN = "not for user code";   // kernelexec's secrets are never answered
         try {
             const second = S.messages(helper.getNode("out"), 1);
             n1.receive({ payload: 2 });
             const [after] = await second;
             assert.strictEqual(after.payload.KX_PARITY_LATE, "set after deploy");
+            assert.strictEqual(after.payload.KERNELEXEC_TOKEN, null);
         } finally {
             delete process.env.KX_PARITY_LATE;
+            delete process.env.KERNELEXEC_TOKEN;
         }
     });
 
