@@ -132,6 +132,16 @@ describe("function-node parity (real Node-RED " + S.NODE_RED_VERSION + ", real b
         });
     });
 
+    it("asks Node-RED the same way from a cold-mode node (a forked process per message)", async function () {
+        const code = "return {'payload': [env.get('NR_FLOW_ID'), node.linkcall_sync('echo', {'payload': 3})['payload'], flow.get(['a', 'b'])]}";
+        const msg = await runOnce([N.kernelexecNode, N.linkNode], S.tab([
+            py("n1", code, { mode: "cold" }), { id: "out", type: "helper" },
+            { id: "li", type: "link in", name: "echo", links: [], wires: [["lo"]] },
+            { id: "lo", type: "link out", mode: "return", links: [], wires: [] },
+        ]));
+        assert.deepStrictEqual(msg.payload, ["tab1", 3, [null, null]]);
+    });
+
     it("logs node.trace() at Node-RED's trace level", async function () {
         await S.load(N.kernelexecNode, S.tab([py("n1", "node.trace('fine detail')\nnode.debug('detail')\nreturn msg"), { id: "out", type: "helper" }]));
         const n1 = helper.getNode("n1");
