@@ -4,6 +4,10 @@ that carry it. The same through a real Node-RED: nodered-node/test/parity_spec.j
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +161,32 @@ def test_linkcall_sends_no_target_or_msg_it_cannot_send(
     calls = [(r["key"], r["value"]) for r in answers.requests if r["op"] == "linkcall"]
     assert calls == [(None, {}), ("x", None)]  # Node-RED refuses them with its own messages
 
+
+
+def test_without_node_red_env_stores_and_linkcall_answer_sensibly(tmp_path: Path) -> None:
+    """``kernelexec run`` (a real kernel, no Node-RED): MemoryHooks answer env from the
+    environment, keep named stores apart, and refuse link calls with a reason."""
+    code = (
+        "context.set(['a', 'b'], [1, 2], store='file')\n"
+        "try:\n    node.linkcall_sync('x', {})\n    link = None\n"
+        "except Exception as exc:\n    link = str(exc)\n"
+        "return {'payload': [env.get('KX_PARITY_RUN'), context.get(['a', 'b'], store='file'),"
+        " context.get('a'), link]}"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelexec", "run", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "KX_PARITY_RUN": "here"},
+        cwd=tmp_path,
+    )
+    body = json.loads(proc.stdout)
+    assert body["error"] is None, body["error"]
+    assert body["outputs"][0][0]["payload"] == [
+        "here",
+        [1, 2],
+        None,
+        "link calls need Node-RED (no Node-RED here)",
+    ]
