@@ -11,11 +11,12 @@ Standard library only: this module runs inside the kernel.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .convert import Encoder, from_json
@@ -30,6 +31,8 @@ __all__ = [
     "ContextStore",
     "Env",
     "KernelChannel",
+    "LinkCallError",
+    "LinkCallTimeout",
     "LocalChannel",
     "MemoryContext",
     "Node",
@@ -41,7 +44,7 @@ COMM_ID = "kernelexec-events"
 _TOPIC = b"comm-" + COMM_ID.encode()
 LEVELS = {
     "debug": "debug",
-    "trace": "debug",
+    "trace": "trace",
     "info": "info",
     "log": "info",
     "warn": "warn",
@@ -53,6 +56,18 @@ LEVELS = {
 
 class ContextAccessError(RuntimeError):
     """A context get/set/keys was refused or could not be answered."""
+
+
+class LinkCallError(RuntimeError):
+    """node.linkcall failed: Node-RED's own message (no such target, several, bad msg)."""
+
+
+class LinkCallTimeout(LinkCallError, TimeoutError):
+    """node.linkcall got no answer from a ``link out`` (return mode) within its timeout."""
+
+
+#: What a link call waits for by default, in seconds (the function node's 5000 ms).
+LINKCALL_TIMEOUT = 5.0
 
 
 class Channel(Protocol):
@@ -93,28 +108,50 @@ class KernelChannel:
 
 
 class MemoryContext:
-    """Context stores kept in this process (values stored as JSON, like the real ones)."""
+    """Context stores kept in this process (values stored as JSON, like the real ones).
+
+    Named stores are separate dicts (None is the default store); ``env`` reads os.environ;
+    a ``linkcall`` is refused (it needs Node-RED's flows).
+    """
 
     def __init__(self) -> None:
         self.scopes: dict[str, dict[str, str]] = {"node": {}, "flow": {}, "global": {}}
         self._lock = threading.Lock()
 
     def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
-        store = self.scopes.setdefault(str(request.get("scope")), {})
         op, key = request.get("op"), request.get("key")
+        if op == "env":
+            return {"value": os.environ.get(str(key)), "error": None}
+        if op == "linkcall":
+            return {"value": None, "error": "link calls need Node-RED (this node runs without it)"}
+        name = str(request.get("scope"))
+        if request.get("store"):
+            name += ":" + str(request["store"])
+        store = self.scopes.setdefault(name, {})
         with self._lock:
             if op == "get":
-                text = store.get(str(key))
-                return {"value": None if text is None else json.loads(text), "error": None}
+                return {"value": self._get(store, key), "error": None}
             if op == "set":
-                if request.get("value") is None:
-                    store.pop(str(key), None)
-                else:
-                    store[str(key)] = json.dumps(request.get("value"))
+                self._set(store, key, request.get("value"))
                 return {"value": None, "error": None}
             if op == "keys":
                 return {"value": sorted(store), "error": None}
         return {"value": None, "error": f"unknown context op {op!r}"}
+
+    @staticmethod
+    def _get(store: dict[str, str], key: Any) -> Any:
+        keys = key if isinstance(key, list) else [key]
+        values = [None if store.get(str(k)) is None else json.loads(store[str(k)]) for k in keys]
+        return values if isinstance(key, list) else values[0]
+
+    @staticmethod
+    def _set(store: dict[str, str], key: Any, value: Any) -> None:
+        pairs = zip(key, value, strict=True) if isinstance(key, list) else [(key, value)]
+        for k, v in pairs:
+            if v is None:
+                store.pop(str(k), None)
+            else:
+                store[str(k)] = json.dumps(v)
 
 
 class LocalChannel:
@@ -232,7 +269,48 @@ class Node:
     def debug(self, text: Any) -> None:
         self._runtime.emit_log(self._req(), "debug", text)
 
-    trace = debug
+    def trace(self, text: Any) -> None:
+        """Log at Node-RED's trace level (shown only when settings.js logs trace)."""
+        self._runtime.emit_log(self._req(), "trace", text)
+
+    @property
+    def path(self) -> str:
+        """Node-RED's path of this node (``flow/node``, subflow instances included)."""
+        return str(self._runtime.env.get("NR_NODE_PATH") or "")
+
+    async def linkcall(
+        self, target: str, msg: dict[str, Any], timeout: float = LINKCALL_TIMEOUT
+    ) -> dict[str, Any]:
+        """``await node.linkcall("name or id", msg)``: send ``msg`` (a copy) to a ``link in``
+        node and wait for the message its ``link out`` (return mode) sends back.
+
+        Raises LinkCallError (no such target, several with that name, msg not a dict) or
+        LinkCallTimeout (TimeoutError) after ``timeout`` seconds, with Node-RED's messages.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.linkcall_sync, target, msg, timeout)
+
+    def linkcall_sync(
+        self, target: str, msg: dict[str, Any], timeout: float = LINKCALL_TIMEOUT
+    ) -> dict[str, Any]:
+        """node.linkcall for code that is not async: blocks until the answer comes."""
+        encoded = None
+        if isinstance(msg, dict):
+            encoded = Encoder(use_blobs=False).encode(msg, "linkcall msg")
+        request = {
+            "kernelexec": "context",
+            "scope": None,
+            "op": "linkcall",
+            "key": target if isinstance(target, str) else None,
+            "value": encoded,
+            "timeout": float(timeout),
+        }
+        reply = self._runtime.channel.context(request)
+        error = reply.get("error")
+        if error:
+            raise (LinkCallTimeout if error == "timeout" else LinkCallError)(str(error))
+        answer: dict[str, Any] = from_json(reply.get("value"), f"the answer of link {target!r}")
+        return answer
 
     def error(self, text: Any, msg: Any = None) -> None:
         """Log an error; with ``msg`` the message fails (Catch nodes see it)."""
@@ -242,8 +320,15 @@ class Node:
         return f"<node {self.id} {self.name!r} outputs={self.outputs}>"
 
 
+Key = str | Sequence[str]
+
+
 class ContextStore:
-    """``context`` (node), ``flow`` and ``global_``: Node-RED context, through a channel."""
+    """``context`` (node), ``flow`` and ``global_``: Node-RED context, through a channel.
+
+    Like the function node's: ``store`` names one of settings.js ``contextStorage`` (None:
+    the default one), and ``get``/``set`` take a list of keys (with a list of values).
+    """
 
     __slots__ = ("_runtime", "scope")
 
@@ -251,7 +336,17 @@ class ContextStore:
         self._runtime = runtime
         self.scope = scope
 
-    def _ask(self, op: str, key: str | None, value: Any = None) -> Any:
+    @property
+    def flow(self) -> ContextStore:
+        """The flow context (the function node's ``context.flow``)."""
+        return self._runtime.flow
+
+    @property
+    def global_(self) -> ContextStore:
+        """The global context (the function node's ``context.global``)."""
+        return self._runtime.global_
+
+    def _ask(self, op: str, key: Any, value: Any = None, store: str | None = None) -> Any:
         request = {
             "kernelexec": "context",
             "scope": self.scope,
@@ -259,29 +354,66 @@ class ContextStore:
             "key": key,
             "value": value,
         }
+        if store is not None:
+            request["store"] = str(store)
         reply = self._runtime.channel.context(request)
         if reply.get("error"):
-            message = f"{self.scope} context {op} {key!r} failed: {reply['error']}"
+            where = f" in store {store!r}" if store is not None else ""
+            message = f"{self.scope} context {op} {key!r}{where} failed: {reply['error']}"
             raise ContextAccessError(message)
         return reply.get("value")
 
-    def get(self, key: str, default: Any = None) -> Any:
-        value = from_json(self._ask("get", str(key)), f"{self.scope}.get({key!r})")
-        return default if value is None else value
+    def get(self, key: Key, default: Any = None, store: str | None = None) -> Any:
+        """The value of ``key`` (``default`` when unset); a list of keys gives a list."""
+        if isinstance(key, str):
+            value = from_json(self._ask("get", key, store=store), f"{self.scope}.get({key!r})")
+            return default if value is None else value
+        keys = _key_list(key, f"{self.scope}.get")
+        values = list(self._ask("get", keys, store=store) or [])
+        values += [None] * (len(keys) - len(values))
+        decoded = [
+            from_json(v, f"{self.scope}.get({k!r})") for k, v in zip(keys, values, strict=False)
+        ]
+        return [default if v is None else v for v in decoded]
 
-    def set(self, key: str, value: Any) -> None:
-        encoded = Encoder(use_blobs=False).encode(value, f"{self.scope}.set({key!r})")
-        self._ask("set", str(key), encoded)
+    def set(self, key: Key, value: Any, store: str | None = None) -> None:
+        """Set ``key`` (None deletes it), or several: ``set(["a", "b"], [1, 2])``."""
+        encoder = Encoder(use_blobs=False)
+        if isinstance(key, str):
+            self._ask("set", key, encoder.encode(value, f"{self.scope}.set({key!r})"), store)
+            return
+        keys = _key_list(key, f"{self.scope}.set")
+        if not isinstance(value, (list, tuple)) or len(value) > len(keys):
+            message = (
+                f"{self.scope}.set({keys!r}, ...) needs a list of at most {len(keys)} values, "
+                f"one per key, not {type(value).__name__}"
+            )
+            raise TypeError(message)
+        values = [*value, *([None] * (len(keys) - len(value)))]
+        encoded = [
+            encoder.encode(v, f"{self.scope}.set({k!r})") for k, v in zip(keys, values, strict=True)
+        ]
+        self._ask("set", keys, encoded, store)
 
-    def keys(self) -> list[str]:
-        return list(self._ask("keys", None) or [])
+    def keys(self, store: str | None = None) -> list[str]:
+        """The keys set in this context (in ``store``)."""
+        return list(self._ask("keys", None, store=store) or [])
 
     def __repr__(self) -> str:
         return f"<{self.scope} context>"
 
 
+def _key_list(key: Any, where: str) -> list[str]:
+    if isinstance(key, (list, tuple)) and key and all(isinstance(k, str) for k in key):
+        return list(key)
+    message = f"{where}: a key is a string or a non-empty list of strings, not {key!r}"
+    raise TypeError(message)
+
+
 class Env:
-    """``env.get(name)``: environment variables, plus NR_NODE_ID and NR_NODE_NAME."""
+    """``env.get(name)``: read when called, as Node-RED's ``env.get`` reads it: the node's
+    group, flow and global environment variables, the process environment of Node-RED, and
+    NR_NODE_ID, NR_NODE_NAME, NR_NODE_PATH, NR_FLOW_ID, NR_FLOW_NAME, NR_GROUP_ID, ..."""
 
     __slots__ = ("_runtime",)
 
@@ -289,11 +421,17 @@ class Env:
         self._runtime = runtime
 
     def get(self, name: str, default: Any = None) -> Any:
-        if name == "NR_NODE_ID":
+        if name == "NR_NODE_ID":  # known here: no need to ask
             return self._runtime.node_id
         if name == "NR_NODE_NAME":
             return self._runtime.node_name
-        return os.environ.get(name, default)
+        request = {"kernelexec": "context", "scope": None, "op": "env", "key": str(name)}
+        reply = self._runtime.channel.context(request)
+        if reply.get("error"):
+            message = f"env.get({name!r}) failed: {reply['error']}"
+            raise ContextAccessError(message)
+        value = from_json(reply.get("value"), f"env.get({name!r})")
+        return default if value is None else value
 
 
 # ------------------------------------------------------------------ script helpers

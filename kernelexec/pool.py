@@ -18,6 +18,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -82,12 +83,22 @@ class MemoryHooks:
 
     async def on_context(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]:
         scope = request.get("scope", "node")
-        store = self.stores[f"{scope}:{node_id}" if scope == "node" else scope]
         op, key = request.get("op"), request.get("key")
+        if op == "env":
+            return {"value": os.environ.get(str(key)), "error": None}
+        if op == "linkcall":
+            return {"value": None, "error": "link calls need Node-RED (no Node-RED here)"}
+        name = f"{scope}:{node_id}" if scope == "node" else str(scope)
+        store = self.stores[f"{name}@{request['store']}" if request.get("store") else name]
+        keys = key if isinstance(key, list) else [key]
         if op == "get":
-            return {"value": store.get(str(key)), "error": None}
+            values = [store.get(str(k)) for k in keys]
+            return {"value": values if isinstance(key, list) else values[0], "error": None}
         if op == "set":
-            store[str(key)] = request.get("value")
+            value = request.get("value")
+            values = value if isinstance(key, list) and isinstance(value, list) else [value]
+            for k, v in zip(keys, values, strict=False):
+                store[str(k)] = v
             return {"value": None, "error": None}
         if op == "keys":
             return {"value": sorted(store), "error": None}

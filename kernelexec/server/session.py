@@ -54,6 +54,23 @@ log = logging.getLogger("kernelexec.server")
 _BEFORE_HELLO = frozenset({"hello", "ping"})
 
 
+def _describe_request(request: dict[str, Any]) -> str:
+    """What a context request asks, for error messages."""
+    op, key = request.get("op"), request.get("key")
+    if op == "env":
+        return f"env.get({key!r})"
+    if op == "linkcall":
+        return f"link call to {key!r}"
+    return f"{op} {request.get('scope')} context key {key!r}"
+
+
+def _seconds(value: Any) -> float:
+    """A non-negative number of seconds from a request field (anything else: 0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return min(float(value), 86400.0)
+    return 0.0
+
+
 class Session:
     """One connection's protocol state."""
 
@@ -256,13 +273,13 @@ class Session:
 
     async def ask_context(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """PoolHooks.on_context: ask Node-RED, wait for context_reply (with a deadline)."""
-        what = f"{request.get('op')} {request.get('scope')} context key {request.get('key')!r}"
+        what = _describe_request(request)
         if self.ended is not None:
             return {"value": None, "error": f"cannot {what}: {self.ended}"}
         ctx_id = f"c{next(self._ctx_ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._contexts[ctx_id] = future
-        self.send({
+        frame = {
             "type": "context_request",
             "node_id": node_id,
             "ctx_id": ctx_id,
@@ -270,8 +287,14 @@ class Session:
             "op": request.get("op"),
             "key": request.get("key"),
             "value": request.get("value"),
-        })  # fmt: skip
+        }
+        for name in ("store", "timeout"):  # optional (protocol 1.2)
+            if request.get(name) is not None:
+                frame[name] = request[name]
+        self.send(frame)
         timeout = self.bridge.options.context_timeout
+        if request.get("op") == "linkcall":  # Node-RED answers within the call's own timeout
+            timeout += _seconds(request.get("timeout"))
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:

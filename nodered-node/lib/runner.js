@@ -10,6 +10,7 @@ const codec = require("./codec");
 const { t } = require("./i18n");
 const { PoolStatus } = require("./status");
 const { contextOp } = require("./context");
+const nodeops = require("./nodeops");
 
 const CLOSE_WAIT_MS = 6000;   // with the bridge's stop below, within Node-RED's 15 s close timeout
 const KEPT_LINGER_MS = 10000;   // late node.send() of a finished message still gets msg.res back
@@ -27,6 +28,15 @@ function toError(error, fallbackCode) {
     }
     err.stack = (error && error.traceback) || `${err.name}: ${err.message}`;
     return err;
+}
+
+/**
+ * What done(err) gets for a failed message: node.error("text", msg) and node.done("text") in
+ * Python (error type NodeError) give the text itself, as in the function node, so that a Catch
+ * node reads msg.error.message === "text"; exceptions give an Error (see toError).
+ */
+function doneError(error) {
+    return error && error.type === "NodeError" && typeof error.message === "string" ? error.message : toError(error);
 }
 
 function closedError() {
@@ -54,6 +64,7 @@ class Runner {
         this.deliveries = 0;   // deliveries waiting in the chain (reading blob files)
         this.kept = new Map();   // _msgid -> {props, active, timer}: what stayed on the JS side
         this.status = new PoolStatus(node, config.mode);
+        this.links = new nodeops.LinkCalls(node);
     }
 
     start() {
@@ -151,9 +162,9 @@ class Runner {
         }
         const complete = () => {
             if (frame.error) {
-                this.finish(req, toError(frame.error));
+                this.finish(req, doneError(frame.error));
             } else if (frame.done !== false || req.doneFrame) {
-                this.finish(req, req.doneFrame && req.doneFrame.error ? toError(req.doneFrame.error) : null);
+                this.finish(req, req.doneFrame && req.doneFrame.error ? doneError(req.doneFrame.error) : null);
             }
         };
         // after the request's earlier send frames (deliveries keep the order)
@@ -188,13 +199,13 @@ class Runner {
         const req = this.inflight.get(frame.req_id);
         if (!req) {
             if (frame.error) {
-                this.node.error(toError(frame.error));   // node.error(text, msg) after the message ended
+                this.node.error(doneError(frame.error));   // node.error(text, msg) after the message ended
             }
             return;
         }
         req.doneFrame = frame;
         if (req.result) {
-            this.delivery.then(() => this.finish(req, frame.error ? toError(frame.error) : null));
+            this.delivery.then(() => this.finish(req, frame.error ? doneError(frame.error) : null));
         }
     }
 
@@ -229,6 +240,11 @@ class Runner {
         const reply = (value, error) => this.bridge && this.bridge.send({
             type: "context_reply", ctx_id: frame.ctx_id, value: value === undefined ? null : value, error: error || null,
         });
+        if (frame.op === "env" || frame.op === "linkcall") {
+            const answer = frame.op === "env" ? Promise.resolve().then(() => nodeops.envGet(this.node, frame.key)) : this.links.call(frame);
+            answer.then((value) => reply(value, null), (err) => reply(null, err.message || String(err)));
+            return;
+        }
         let store;
         try {
             const ctx = this.node.context();
@@ -373,7 +389,7 @@ class Runner {
         }
     }
 
-    /** Python's node.log/warn/error/debug and log(): to the Node-RED log (warn/error also to the debug sidebar). */
+    /** Python's node.log/warn/error/debug/trace and log(): to the Node-RED log (warn/error also to the debug sidebar). */
     logs(entries) {
         for (const entry of entries || []) {
             const text = entry.text;
@@ -383,6 +399,8 @@ class Runner {
                 this.node.warn(text);
             } else if (entry.level === "debug") {
                 this.node.debug(text);
+            } else if (entry.level === "trace") {
+                this.node.trace(text);
             } else {
                 this.node.log(text);
             }
@@ -444,6 +462,7 @@ class Runner {
         this.closing = { resolve };
         const err = closedError();
         this.failWaiting(err);
+        this.links.close(err);
         if (this.bridge && this.bridge.send({ type: "close", node_id: this.id, removed: removed === true })) {
             const timer = setTimeout(resolve, CLOSE_WAIT_MS);
             await closed;

@@ -3,6 +3,7 @@
 "use strict";
 const bridges = require("../lib/bridge");
 const i18n = require("../lib/i18n");
+const nodeops = require("../lib/nodeops");
 const protocol = require("../lib/protocol");
 const { Runner } = require("../lib/runner");
 
@@ -19,8 +20,13 @@ function seconds(value) {
     return Number.isFinite(n) && n > 0 ? n : 0;
 }
 
-/** The node's properties (named like the function node's) as a protocol pool configuration. */
-function poolConfig(n, envNode) {
+/**
+ * The node's properties (named like the function node's) as a protocol pool configuration.
+ * A node without a timeout property gets settings.js functionTimeout (seconds), as a new
+ * function node does; a timeout of 0 stays "no limit".
+ */
+function poolConfig(n, envNode, settings) {
+    const timeout = n.timeout === undefined || n.timeout === "" ? settings && settings.functionTimeout : n.timeout;
     return {
         name: n.name || "",
         code: typeof n.func === "string" ? n.func : FIELDS.code.default,
@@ -29,7 +35,7 @@ function poolConfig(n, envNode) {
         outputs: integer(n.outputs, "outputs"),
         mode: n.mode === "cold" ? "cold" : "hot",
         workers: integer(n.workers, "workers"),
-        timeout: seconds(n.timeout),
+        timeout: seconds(timeout),
         queue_limit: integer(n.queueLimit, "queue_limit"),
         keep_order: n.keepOrder === true || n.keepOrder === "true",
         env: envNode ? envNode.envConfig() : {},
@@ -39,6 +45,7 @@ function poolConfig(n, envNode) {
 
 module.exports = function (RED) {
     i18n.init(RED);
+    nodeops.init(RED);
     bridges.setLogger(RED.log);
 
     function KernelexecEnvNode(n) {
@@ -94,7 +101,7 @@ module.exports = function (RED) {
         if (!bridge.url && !bridge.python) {
             bridge.python = RED.settings.kernelexecPython;   // settings.js; else KERNELEXEC_PYTHON, else python3
         }
-        const runner = new Runner(node, poolConfig(n, envNode), {
+        const runner = new Runner(node, poolConfig(n, envNode, RED.settings), {
             bridge,
             stdoutToMsg: n.stdoutToMsg === true || n.stdoutToMsg === "true",
         });

@@ -62,8 +62,10 @@ function prepareUserDir(userDir, options) {
  */
 async function startNodeRed(options) {
     // express is Node-RED's own dependency: resolve it from there, not as one of ours.
-    const express = require(require.resolve("express", { paths: [path.dirname(require.resolve("node-red"))] }));
-    const RED = require("node-red");
+    // KERNELEXEC_NODE_RED=5: the node-red-5 devDependency (Node-RED 5.0.x), as the tests use it
+    const runtime = process.env.KERNELEXEC_NODE_RED === "5" ? "node-red-5" : "node-red";
+    const express = require(require.resolve("express", { paths: [path.dirname(require.resolve(runtime))] }));
+    const RED = require(runtime);
     prepareUserDir(options.userDir, options);
     const app = express();
     const server = http.createServer(app);

@@ -159,7 +159,8 @@ describe("editor in a real browser", function () {
             const status = document.querySelector("#e2e0python000001 .red-ui-flow-node-status-label");
             return status && /busy/.test(status.textContent);
         }, null, { timeout: 60000 });
-        await page.click("#red-ui-tab-debug-link-button");
+        // the action, not the sidebar's tab button: Node-RED 5 redesigned the sidebar
+        await page.evaluate(() => RED.actions.invoke("core:show-debug-tab"));
         await page.locator("#e2e0inject000001 .red-ui-flow-node-button-button").click();
         const message = page.locator(".red-ui-debug-msg-payload", { hasText: "says 42" });
         await message.first().waitFor({ timeout: 30000 });

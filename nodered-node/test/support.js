@@ -10,14 +10,27 @@ const VENV_PYTHON = path.join(__dirname, "..", "..", ".venv", "bin", "python");
 if (!process.env.KERNELEXEC_PYTHON && fs.existsSync(VENV_PYTHON)) {
     process.env.KERNELEXEC_PYTHON = VENV_PYTHON;
 }
-helper.init(require.resolve("node-red"));
+// KERNELEXEC_NODE_RED=5 runs the specs on Node-RED 5.0.x (the node-red-5 devDependency, an npm
+// alias), anything else on the node-red devDependency (4.1.x).
+const RUNTIME = process.env.KERNELEXEC_NODE_RED === "5" ? "node-red-5" : "node-red";
+const RUNTIME_DIR = path.dirname(require.resolve(RUNTIME + "/package.json"));
+helper.init(require.resolve(RUNTIME));
 
-const NODES = path.join(path.dirname(require.resolve("node-red/package.json")), "..", "@node-red", "nodes", "core");
+/** @node-red/* of the chosen runtime: nested in node-red-5, hoisted next to node-red. */
+function nodeRedPackage(name) {
+    const nested = path.join(RUNTIME_DIR, "node_modules", "@node-red", name);
+    return fs.existsSync(nested) ? nested : path.join(RUNTIME_DIR, "..", "@node-red", name);
+}
+
+const NODES = path.join(nodeRedPackage("nodes"), "core");
+const NODE_RED_VERSION = require(path.join(RUNTIME_DIR, "package.json")).version;
 const kernelexecNode = require("../nodes/kernelexec.js");
 const catchNode = require(path.join(NODES, "common", "25-catch.js"));
 const completeNode = require(path.join(NODES, "common", "24-complete.js"));
 const statusNode = require(path.join(NODES, "common", "25-status.js"));
 const httpInNode = require(path.join(NODES, "network", "21-httpin.js"));
+const linkNode = require(path.join(NODES, "common", "60-link.js"));
+const functionNode = require(path.join(NODES, "function", "10-function.js"));
 
 let loaded = false;
 
@@ -32,6 +45,21 @@ async function unload() {
         loaded = false;
         await helper.unload();
     }
+}
+
+/**
+ * Give the loaded runtime the context stores of settings.js `contextStorage` (after load():
+ * helper.load() starts the runtime with the default memory store). Resolves with restore(),
+ * which closes them again.
+ */
+async function contextStores(contextStorage) {
+    const context = helper._context;
+    context.init({ contextStorage });
+    await context.load();
+    return async () => {
+        await context.clean({ allNodes: {} });
+        await context.close();
+    };
 }
 
 /** A flow on one tab: every node gets z. */
@@ -158,7 +186,11 @@ function check(done, fn) {
 
 module.exports = {
     helper,
-    nodes: { kernelexecNode, catchNode, completeNode, statusNode, httpInNode },
+    NODES,
+    NODE_RED_VERSION,
+    nodeRedPackage,
+    nodes: { kernelexecNode, catchNode, completeNode, statusNode, httpInNode, linkNode, functionNode },
+    contextStores,
     tab,
     load,
     unload,
