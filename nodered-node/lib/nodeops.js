@@ -17,13 +17,28 @@ function init(red) {
 // kernelexec's own secrets are never answered, whatever Node-RED's environment holds
 const HIDDEN = /^KERNELEXEC_(GATEWAY_)?TOKEN$/;
 
-/** env.get(name): the node's group, flow, global and process environment, NR_* built-ins. */
-function envGet(node, name) {
+/**
+ * env.get(name): the node's group, flow, global and process environment, NR_* built-ins.
+ *
+ * A node whose environment runs its code as another user (`user`) runs code that is not
+ * trusted with the host: it gets what the flow editor set (group, flow and global env, the
+ * NR_* built-ins), never a variable of Node-RED's own process (NODE_RED_CREDENTIAL_SECRET and
+ * the like). A flow variable that shadows a process variable with the very same value is
+ * then not answered either (docs/security.md).
+ */
+function envGet(node, name, { sandboxed = false } = {}) {
     if (typeof name !== "string" || HIDDEN.test(name)) {
         return null;
     }
     const value = RED && RED.util && RED.util.getSetting ? RED.util.getSetting(node, name) : process.env[name];
+    if (sandboxed && fromProcess(name, value)) {
+        return null;
+    }
     return codec.encodeInline(value, "env." + name);
+}
+
+function fromProcess(name, value) {
+    return !name.startsWith("NR_") && Object.prototype.hasOwnProperty.call(process.env, name) && value === process.env[name];
 }
 
 /** The `link in` node a link call goes to, by id or by name; Node-RED's errors otherwise. */

@@ -241,7 +241,7 @@ class Runner {
             type: "context_reply", ctx_id: frame.ctx_id, value: value === undefined ? null : value, error: error || null,
         });
         if (frame.op === "env" || frame.op === "linkcall") {
-            const answer = frame.op === "env" ? Promise.resolve().then(() => nodeops.envGet(this.node, frame.key)) : this.links.call(frame);
+            const answer = frame.op === "env" ? Promise.resolve().then(() => nodeops.envGet(this.node, frame.key, { sandboxed: Boolean(this.config.env && this.config.env.user) })) : this.links.call(frame);
             answer.then((value) => reply(value, null), (err) => reply(null, err.message || String(err)));
             return;
         }

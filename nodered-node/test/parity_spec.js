@@ -210,7 +210,15 @@ describe("function-node parity (real Node-RED " + S.NODE_RED_VERSION + ", real b
             const [after] = await second;
             assert.strictEqual(after.payload.KX_PARITY_LATE, "set after deploy");
             assert.strictEqual(after.payload.KERNELEXEC_TOKEN, null);
+            // code run as another user (env `user`) gets what the flow sets, not Node-RED's process env
+            const nodeops = require("../lib/nodeops");
+            process.env.FLOW_VAR = "the process's";
+            assert.strictEqual(nodeops.envGet(n1, "KX_PARITY_LATE", { sandboxed: true }), null);
+            assert.strictEqual(nodeops.envGet(n1, "FLOW_VAR", { sandboxed: true }), "from the flow");
+            assert.strictEqual(nodeops.envGet(n1, "NR_NODE_ID", { sandboxed: true }), "n1");
+            assert.strictEqual(nodeops.envGet(n1, "KX_PARITY_LATE"), "set after deploy");
         } finally {
+            delete process.env.FLOW_VAR;
             delete process.env.KX_PARITY_LATE;
             delete process.env.KERNELEXEC_TOKEN;
         }
