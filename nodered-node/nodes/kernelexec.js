@@ -4,6 +4,7 @@
 const bridges = require("../lib/bridge");
 const i18n = require("../lib/i18n");
 const protocol = require("../lib/protocol");
+const pythonSetup = require("../lib/python_setup");
 const { Runner } = require("../lib/runner");
 
 const FIELDS = protocol.CONFIG_FIELDS;
@@ -40,6 +41,7 @@ function poolConfig(n, envNode) {
 module.exports = function (RED) {
     i18n.init(RED);
     bridges.setLogger(RED.log);
+    pythonSetup.configure({ userDir: RED.settings.userDir, log: RED.log });
 
     function KernelexecEnvNode(n) {
         RED.nodes.createNode(this, n);
