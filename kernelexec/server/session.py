@@ -75,6 +75,7 @@ class Session:
             "context_reply": self._on_context_reply,
             "close": self._on_close,
             "list_kernels": self._on_list_kernels,
+            "inspect": self._on_inspect,
             "ping": self._on_ping,
         }
 
@@ -265,6 +266,19 @@ class Session:
             if node_id is None or entry.node_id == node_id:
                 kernels.extend({"node_id": entry.node_id, **k} for k in entry.pool.kernels())
         self.send({"type": "kernels", "kernels": kernels})
+
+    def _on_inspect(self, frame: dict[str, Any]) -> None:
+        from .editor import inspect
+
+        entry = self._own_entry(frame)
+
+        async def answer() -> None:
+            try:
+                self.send(await inspect(entry, frame))
+            except FrameError as exc:
+                self.send(exc.to_frame())
+
+        self._spawn(answer())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
