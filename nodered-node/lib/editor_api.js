@@ -233,6 +233,9 @@ async function envState(RED, id) {
     const python = options.python || process.env.KERNELEXEC_PYTHON;
     if (!python) {
         const managed = pythonSetup.state();
+        if (bridge && bridge.ready && !pythonSetup.isManaged(bridge.python)) {   // python3 had kernelexec
+            return { kind: "path", state: "ready", reason: null, python: bridge.python, bridge: live };
+        }
         return { kind: "managed", state: managed.state, reason: managed.reason, python: managed.python, dir: managed.dir, bridge: live };
     }
     const version = await pythonSetup.kernelexecVersion(python);

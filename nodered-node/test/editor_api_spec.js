@@ -8,7 +8,11 @@ const assert = require("assert");
 const S = require("./support");
 const { helper } = S;
 
-const FLOW = S.tab([{ id: "n1", type: "kernelexec", func: "return msg", outputs: 1, wires: [[]] }]);
+const FLOW = [
+    { id: "tab1", type: "tab" },
+    { id: "e1", type: "kernelexec-env", python: process.env.KERNELEXEC_PYTHON },
+    { id: "n1", type: "kernelexec", z: "tab1", func: "return msg", outputs: 1, wires: [[]] },
+];
 
 function post(path, body) {
     return helper.request().post(path).send(body).expect(200).then((res) => res.body);
@@ -82,5 +86,19 @@ describe("editor endpoints: Run, completion, environment view", function () {
         answer = await post("/kernelexec/complete", Object.assign({ op: "inspect", code: "np.arange(3)", cursor: 9 }, body));
         assert.ok(answer.reply.found, JSON.stringify(answer));
         assert.match(answer.reply.data["text/plain"], /arange/);
+    });
+
+    it("shows an environment node's state and installed packages; refuses what it cannot do", async function () {
+        const state = (await helper.request().get("/kernelexec/envs/e1").expect(200)).body;
+        assert.strictEqual(state.kind, "configured");
+        assert.strictEqual(state.state, "ready", JSON.stringify(state));
+        assert.strictEqual(state.python, process.env.KERNELEXEC_PYTHON);
+        const list = (await helper.request().get("/kernelexec/envs/e1/packages").expect(200)).body;
+        assert.strictEqual(list.error, null);
+        const names = new Map(list.packages.map((p) => [p.name.toLowerCase(), p.version]));
+        assert.strictEqual(names.get("kernelexec"), require("../package.json").version);
+        assert.ok(names.has("ipykernel") && names.has("numpy"), JSON.stringify(list.packages.slice(0, 5)));
+        await helper.request().get("/kernelexec/envs/nosuchenv").expect(404);
+        await helper.request().post("/kernelexec/envs/e1/rebuild").expect(409);
     });
 });
