@@ -128,6 +128,59 @@ describe("python_setup: errors that say what to do, nothing half-built", functio
     });
 });
 
+describe("python_setup: one build for several processes at once (uv)", function () {
+    this.timeout(300000);
+    const UV = path.join(__dirname, "..", "..", ".venv", "bin", "uv");
+    let tmp;
+
+    before(function () {
+        if (!REAL_PYTHON || !fs.existsSync(UV)) {
+            this.skip();   // needs a plain python3 and uv (from the dev extras)
+        }
+        tmp = fs.mkdtempSync(path.join(os.tmpdir(), "kx-lock-"));
+        fs.mkdirSync(path.join(tmp, "bin"));
+        fs.symlinkSync(REAL_PYTHON, path.join(tmp, "bin", "python3"));
+        fs.symlinkSync(UV, path.join(tmp, "bin", "uv"));
+    });
+
+    after(function () {
+        if (tmp) {
+            fs.rmSync(tmp, { recursive: true, force: true });
+        }
+    });
+
+    /** A Node-RED-like process resolving its Python on the shared user directory. */
+    function resolveIn(userDir) {
+        const code = `const ps = require(${JSON.stringify(require.resolve("../lib/python_setup"))});
+const say = (level) => (text) => process.stdout.write(level + " " + text + "\\n");
+ps.configure({ userDir: ${JSON.stringify(userDir)}, log: { debug() {}, info: say("info"), warn: say("warn"), error: say("error") } });
+ps.resolve(say("status")).then((p) => process.stdout.write("python " + p + "\\n"), (e) => { process.stdout.write("failed " + e.message + "\\n"); process.exitCode = 1; });`;
+        return new Promise((resolve) => {
+            const child = require("child_process").spawn(process.execPath, ["-e", code], {
+                env: Object.assign({}, process.env, { PATH: path.join(tmp, "bin") }), stdio: ["ignore", "pipe", "inherit"],
+            });
+            let out = "";
+            child.stdout.on("data", (c) => { out += c; });
+            child.on("close", (status) => resolve({ status, out }));
+        });
+    }
+
+    it("builds once for two processes deploying at once; the renamed environment runs kernelexec", async function () {
+        const userDir = path.join(tmp, "user");
+        const [a, b] = await Promise.all([resolveIn(userDir), resolveIn(userDir)]);
+        assert.strictEqual(a.status, 0, a.out);
+        assert.strictEqual(b.status, 0, b.out);
+        const builds = (a.out + b.out).match(/building the Python environment/g) || [];
+        assert.strictEqual(builds.length, 1, a.out + b.out);
+        const python = path.join(userDir, "kernelexec-python", VERSION, "bin", "python");
+        assert.ok(a.out.includes("python " + python) && b.out.includes("python " + python), a.out + b.out);
+        assert.match(a.out + b.out, /status setting up Python: installing \d+ packages/);
+        const version = spawnSync(python, ["-c", "import importlib.metadata as m, kernelexec.server; print(m.version('kernelexec'))"], { encoding: "utf8" });
+        assert.strictEqual(version.stdout.trim(), VERSION, version.stderr);
+        assert.deepStrictEqual(fs.readdirSync(path.join(userDir, "kernelexec-python")), [VERSION]);
+    });
+});
+
 describe("the handshake's version check", function () {
     this.timeout(60000);
     let tmp;
