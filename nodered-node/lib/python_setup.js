@@ -295,10 +295,13 @@ function sweepLeftovers() {
     }
 }
 
-/** Build the managed environment unless it is there; resolves its python. */
-async function ensureManaged(progress) {
+/**
+ * Build the managed environment unless it is there (`force`: build a new one anyway, swapped in
+ * when it works); resolves its python.
+ */
+async function ensureManaged(progress, force) {
     const target = envDir();
-    if (isReady(target)) {
+    if (!force && isReady(target)) {
         return envPython(target);
     }
     if (!builds.has(target)) {
@@ -309,7 +312,7 @@ async function ensureManaged(progress) {
             const unlock = await lock(envRoot(), progress);
             try {
                 sweepLeftovers();
-                if (isReady(target)) {
+                if (!force && isReady(target)) {
                     return envPython(target);   // another process built it meanwhile
                 }
                 const tmp = fs.mkdtempSync(path.join(envRoot(), `.build-${VERSION}-`));
@@ -376,15 +379,16 @@ function state() {
     return { state: isReady(target) ? "ready" : "absent", reason: null, python: isReady(target) ? envPython(target) : null, dir: target };
 }
 
-/** Rebuild the managed environment now (editor's rebuild button). */
+/**
+ * Rebuild the managed environment now (editor's rebuild button): the new one replaces the old
+ * one only when it works; bridges already running keep theirs until the next deploy.
+ */
 async function rebuild(progress) {
     const target = envDir();
     if (builds.has(target)) {
         return builds.get(target);
     }
-    discard(target);
-    states.delete(target);
-    return ensureManaged(progress || (() => {}));
+    return ensureManaged(progress || (() => {}), true);
 }
 
 module.exports = {
