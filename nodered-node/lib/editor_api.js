@@ -131,7 +131,7 @@ async function run(RED, body) {
 
 // ---- completion / hover: one pool per node and setup, kept while the dialog is used -------
 
-const helpers = new Map();   // key -> {scratch, ready, timer, nodeId, used}
+const helpers = new Map();   // key -> {scratch, ready, timer, nodeId, setup, used}
 
 function dropHelper(key) {
     const helper = helpers.get(key);
@@ -144,11 +144,14 @@ function dropHelper(key) {
 
 function helperFor(RED, body) {
     const nodeId = String(body.node || "");
-    const key = crypto.createHash("sha256").update(JSON.stringify([nodeId, body.env || "", body.setup || ""])).digest("hex");
+    const setup = typeof body.setup === "string" ? body.setup : "";
+    const key = crypto.createHash("sha256").update(JSON.stringify([nodeId, body.env || "", setup])).digest("hex");
     let helper = helpers.get(key);
     if (!helper) {
-        for (const [other, h] of helpers) {   // the same node with another setup: that pool goes
-            if (h.nodeId === nodeId) {
+        // the same node's editor with another setup: that pool goes (the Setup editor's own
+        // pool, without setup, stays beside the On Message editor's)
+        for (const [other, h] of helpers) {
+            if (h.nodeId === nodeId && Boolean(h.setup) === Boolean(setup)) {
                 dropHelper(other);
             }
         }
@@ -157,8 +160,10 @@ function helperFor(RED, body) {
         }
         const { bridge, config } = poolFor(RED, body, "return msg", 0);
         const scratch = new Scratch(bridge, config);
-        helper = { scratch, ready: scratch.start(), timer: null, nodeId, used: 0 };
-        helper.ready.catch(() => dropHelper(key));
+        helper = { scratch, ready: scratch.start(), timer: null, nodeId, setup, used: 0 };
+        // a setup that fails (half typed) fails every request until it changes: no new kernel
+        // per keystroke
+        helper.ready.catch(() => scratch.close());
         helpers.set(key, helper);
     }
     helper.used = Date.now();

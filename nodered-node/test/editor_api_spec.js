@@ -88,6 +88,17 @@ describe("editor endpoints: Run, completion, environment view", function () {
         assert.match(answer.reply.data["text/plain"], /arange/);
     });
 
+    it("answers completion with the setup's error while the setup fails, from one pool", async function () {
+        const body = { node: "n2", setup: "import no_such_module_kx", op: "complete", code: "x", cursor: 1 };
+        const first = await post("/kernelexec/complete", body);
+        assert.strictEqual(first.error.where, "setup");
+        assert.match(first.error.message, /no_such_module_kx/);
+        const clients = S.bridgeProcesses().length;
+        const second = await post("/kernelexec/complete", body);
+        assert.match(second.error.message, /no_such_module_kx/);
+        assert.ok(S.bridgeProcesses().length <= clients, "a new kernel for the same failing setup");
+    });
+
     it("shows an environment node's state and installed packages; refuses what it cannot do", async function () {
         const state = (await helper.request().get("/kernelexec/envs/e1").expect(200)).body;
         assert.strictEqual(state.kind, "configured");
