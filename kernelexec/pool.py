@@ -532,6 +532,17 @@ class Pool:
             if w.kernel.connection_file and w.state in (WorkerState.READY, WorkerState.BUSY)
         ]
 
+    async def ask_kernel(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        """A Jupyter shell request (complete_request, inspect_request) to an idle kernel of
+        this pool, else a busy one (its reply then waits for the message: the editor's pool
+        runs none); for the editor's completion and hover (bridge frame ``inspect``)."""
+        ready = [w for w in self.workers if w.state in (WorkerState.READY, WorkerState.BUSY)]
+        if not ready:
+            msg = f"node {self.config.node_id} has no running kernel to ask (state {self.state})"
+            raise PoolClosedError(msg)
+        ready.sort(key=lambda w: w.state != WorkerState.READY)
+        return await ready[0].kernel.shell_request(msg_type, content)
+
     async def update_code(self, code: str) -> None:
         """New message code for every worker; hot kernels keep their setup state."""
         self.config = self.config.replace(code=code)

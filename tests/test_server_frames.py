@@ -81,6 +81,23 @@ async def test_major_version_mismatch_is_refused_and_closed(server: Server) -> N
     client.close()
 
 
+async def test_a_node_red_package_of_another_version_is_named_in_a_warning(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours = server.bridge.server.partition("/")[2]
+    for client_name in (f"node-red-kernelexec/{ours}", "node-red-kernelexec/9.9.9"):
+        client = await Client.connect(server.port, hello=False)
+        await client.send(type="hello", protocol_version=PROTOCOL_VERSION, client=client_name)
+        assert (await client.next(lambda f: True))["type"] == "welcome"
+        client.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if "Node-RED package is version" in w] == [
+        f"The Node-RED package is version 9.9.9 but this bridge runs kernelexec {ours}: install "
+        "the kernelexec bundled with the Node-RED package (the node does it for the environment "
+        "it manages)"
+    ]
+
+
 async def test_minor_version_difference_is_welcome(server: Server) -> None:
     client = await Client.connect(server.port, hello=False)
     major = PROTOCOL_VERSION.split(".")[0]

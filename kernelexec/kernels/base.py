@@ -99,6 +99,12 @@ class KernelHandle(ABC):
         instead: same content and reply shape, without IPython's cell machinery."""
         return await self.execute(HANDLE_CODE, op)
 
+    async def shell_request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        """Send one plain Jupyter shell request (complete_request, inspect_request) and return
+        its reply content (Pool.ask_kernel, for the editor). NotImplementedError: cannot."""
+        msg = f"{type(self).__name__} does not send {msg_type} (editor help needs a local kernel)"
+        raise NotImplementedError(msg)
+
     @abstractmethod
     def is_alive(self) -> bool:
         """Whether the kernel process still runs (cheap: called on every failure)."""

@@ -200,6 +200,15 @@ class LocalKernel(KernelHandle):
         content: dict[str, Any] = reply["content"]
         return content
 
+    async def shell_request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        channels = self._require_channels()
+        msg = channels.session.msg(msg_type, content)
+        future = self._expect(msg["header"]["msg_id"])
+        await channels.send(channels.shell, msg)
+        reply = await self._await_reply(future, None)
+        content_out: dict[str, Any] = reply["content"]
+        return content_out
+
     def _expect(self, msg_id: str) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if self._death is not None and self._death.done():  # no reply will ever come

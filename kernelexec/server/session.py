@@ -92,6 +92,7 @@ class Session:
             "context_reply": self._on_context_reply,
             "close": self._on_close,
             "list_kernels": self._on_list_kernels,
+            "inspect": self._on_inspect,
             "ping": self._on_ping,
         }
 
@@ -182,6 +183,7 @@ class Session:
             return
         self.greeted = True
         log.info("Connection from %.80s, protocol %.20s", frame["client"], version)
+        self._check_client_version(str(frame["client"]))
         self.flush()
         self.send({
             "type": "welcome",
@@ -192,6 +194,24 @@ class Session:
         })  # fmt: skip
         self.flush()  # the welcome goes alone: the client learns from it that arrays may come
         self._outbox.batch = batching(version)
+
+    def _check_client_version(self, client: str) -> None:
+        """The Node-RED package and this bridge come in pairs: say so when they differ.
+
+        The node decides what to do (it rebuilds the environment it manages, or reports what
+        to install); the bridge keeps serving, so that the node's error can reach the user.
+        """
+        name, _, theirs = client.partition("/")
+        ours = self.bridge.server.partition("/")[2]
+        if name != "node-red-kernelexec" or not theirs or theirs == ours or ours.startswith("0+"):
+            return
+        log.warning(
+            "The Node-RED package is version %.40s but this bridge runs kernelexec %s: "
+            "install the kernelexec bundled with the Node-RED package (the node does it for "
+            "the environment it manages)",
+            theirs,
+            ours,
+        )
 
     def _on_ping(self, frame: dict[str, Any]) -> None:
         self.send({"type": "pong", "id": frame["id"]})
@@ -263,6 +283,19 @@ class Session:
             if node_id is None or entry.node_id == node_id:
                 kernels.extend({"node_id": entry.node_id, **k} for k in entry.pool.kernels())
         self.send({"type": "kernels", "kernels": kernels})
+
+    def _on_inspect(self, frame: dict[str, Any]) -> None:
+        from .editor import inspect
+
+        entry = self._own_entry(frame)
+
+        async def answer() -> None:
+            try:
+                self.send(await inspect(entry, frame))
+            except FrameError as exc:
+                self.send(exc.to_frame())
+
+        self._spawn(answer())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -25,6 +25,7 @@ const readline = require("readline");
 const WebSocket = require("ws");
 const codec = require("./codec");
 const protocol = require("./protocol");
+const pythonSetup = require("./python_setup");
 const { t } = require("./i18n");
 
 const READY_TIMEOUT_MS = 60000;
@@ -33,7 +34,8 @@ const EXIT_WAIT_MS = 1000;
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
 const STDERR_TAIL = 16384;
 const REQUIRED_MODULES = /No module named '?([A-Za-z0-9_.]+)'?/;
-const CLIENT_NAME = "node-red-kernelexec/" + require("../package.json").version;
+const VERSION = require("../package.json").version;
+const CLIENT_NAME = "node-red-kernelexec/" + VERSION;
 // Queued frames that make the bridge write at once (the bridge starts on them while the rest of
 // a burst is encoded), and the size (JSON characters) of an array or of a frame that goes alone.
 // A character is at most 3 UTF-8 bytes: arrays stay far below the protocol's max_frame_bytes.
@@ -77,6 +79,7 @@ class Bridge {
     constructor(options) {
         this.key = options.key;
         this.python = options.python;
+        this.auto = options.auto === true;   // no configured Python: python_setup finds or builds one
         this.url = options.url;
         this.token = options.token || crypto.randomBytes(24).toString("hex");
         this.clients = new Map();
@@ -123,9 +126,30 @@ class Bridge {
         const generation = ++this.generation;
         if (this.url) {
             this.connect(this.url, generation);
+        } else if (this.auto) {
+            this.resolvePython(generation);
         } else {
             this.spawnProcess(generation);
         }
+    }
+
+    /** No configured Python: python3 when it has this version of kernelexec, else the managed environment. */
+    resolvePython(generation) {
+        const progress = (text) => {
+            if (this.generation === generation) {
+                for (const client of Array.from(this.clients.values())) {
+                    if (client.bridgeProgress) {
+                        client.bridgeProgress(text);
+                    }
+                }
+            }
+        };
+        pythonSetup.resolve(progress).then((python) => {
+            if (this.generation === generation && this.state === "starting") {
+                this.python = python;
+                this.spawnProcess(generation);
+            }
+        }, (err) => this.fail(generation, err));
     }
 
     spawnProcess(generation) {
@@ -192,7 +216,7 @@ class Bridge {
         const tail = (child.stderrTail || "").trim();
         const missing = REQUIRED_MODULES.exec(tail);
         if (missing) {
-            const hint = t("kernelexec.hint.installKernelexec", { python: this.python });
+            const hint = t("kernelexec.hint.installKernelexec", { python: this.python, package: pythonSetup.packageHint() });
             return bridgeError("BRIDGE_FAILED", t("kernelexec.error.missingModule", { python: this.python, module: missing[1] }) + " " + hint, hint);
         }
         const last = tail.split("\n").slice(-3).join(" | ");
@@ -366,6 +390,9 @@ class Bridge {
             this.killChild();
             return;
         }
+        if (!this.sameVersion(frame, generation)) {
+            return;
+        }
         this.welcome = frame;
         this.batching = protocol.atLeast(frame.protocol_version, protocol.BATCH_VERSION);
         this.state = "ready";
@@ -375,6 +402,33 @@ class Bridge {
         for (const client of Array.from(this.clients.values())) {
             client.bridgeUp(this);
         }
+    }
+
+    /**
+     * The bridge's kernelexec version (welcome.server "kernelexec/X") must be this package's:
+     * the managed environment is rebuilt, a configured Python gets an error saying what to do,
+     * a remote bridge a warning.
+     */
+    sameVersion(frame, generation) {
+        const m = /^kernelexec\/(\S+)$/.exec(String(frame.server || ""));
+        const theirs = m ? m[1] : null;
+        if (!theirs || theirs === VERSION || theirs.startsWith("0+")) {
+            return true;
+        }
+        if (this.url) {
+            log.warn(t("kernelexec.setup.error.versionMismatch", { python: this.url, theirs, ours: VERSION }));
+            return true;
+        }
+        const rebuild = this.auto && pythonSetup.invalidate(this.python);
+        if (rebuild) {
+            log.warn(t("kernelexec.setup.error.rebuilding", { theirs, ours: VERSION }));
+            this.failures = 0;   // rebuild now, not after a backoff
+        }
+        const hint = t("kernelexec.setup.hint.match", { python: this.python, package: pythonSetup.packageHint() });
+        const err = bridgeError("VERSION_MISMATCH", t("kernelexec.setup.error.versionMismatch", { python: this.python, theirs, ours: VERSION }) + " " + hint, hint);
+        err.final = !rebuild;   // the same Python would answer the same: wait for the next deploy
+        this.fail(generation, err);
+        return false;
     }
 
     /** Send a frame; false when there is no connection (the caller fails the message). */
@@ -509,7 +563,7 @@ class Bridge {
     }
 
     scheduleRestart() {
-        if (this.clients.size === 0 || this.stopping) {
+        if (this.clients.size === 0 || this.stopping || (this.lastError && this.lastError.final)) {
             return;
         }
         const delay = BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)];
@@ -565,7 +619,10 @@ function bridgeOptions(options) {
     if (url) {
         return { key: "url:" + url, url, token: options.token || "" };
     }
-    const python = (options && options.python) || process.env.KERNELEXEC_PYTHON || "python3";
+    const python = (options && options.python) || process.env.KERNELEXEC_PYTHON;
+    if (!python) {
+        return { key: "auto", python: null, auto: true };
+    }
     return { key: "python:" + python, python };
 }
 

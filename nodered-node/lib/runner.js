@@ -84,6 +84,13 @@ class Runner {
         bridge.send({ type: "configure", node_id: this.id, config: this.config });
     }
 
+    /** The bridge is setting up its Python (python_setup): show what it does. */
+    bridgeProgress(text) {
+        if (!this.closing) {
+            this.status.progress(text);
+        }
+    }
+
     bridgeDown(err) {
         this.failAll(err);
         if (this.closing) {

@@ -20,6 +20,11 @@ class PoolStatus {
         this.show({ fill: "yellow", shape: "ring", text: t("kernelexec.status.starting", { mode: this.mode }) }, true);
     }
 
+    /** Setting up Python (lib/python_setup.js), e.g. "setting up Python: installing 9 packages…". */
+    progress(text) {
+        this.show({ fill: "yellow", shape: "ring", text: truncate(text) }, true);
+    }
+
     error(text) {
         this.show({ fill: "red", shape: "ring", text: truncate(text) }, true);
     }

@@ -5,6 +5,8 @@ const bridges = require("../lib/bridge");
 const i18n = require("../lib/i18n");
 const nodeops = require("../lib/nodeops");
 const protocol = require("../lib/protocol");
+const pythonSetup = require("../lib/python_setup");
+const editorApi = require("../lib/editor_api");
 const { Runner } = require("../lib/runner");
 
 const FIELDS = protocol.CONFIG_FIELDS;
@@ -47,6 +49,8 @@ module.exports = function (RED) {
     i18n.init(RED);
     nodeops.init(RED);
     bridges.setLogger(RED.log);
+    pythonSetup.configure({ userDir: RED.settings.userDir, log: RED.log });
+    editorApi.register(RED);
 
     function KernelexecEnvNode(n) {
         RED.nodes.createNode(this, n);

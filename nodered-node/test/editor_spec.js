@@ -22,6 +22,7 @@ const FLOW = [
     { id: "e2e0inject000001", type: "inject", name: "go", props: [{ p: "payload" }], payload: "21", payloadType: "num", repeat: "", once: false, x: 140, y: 100, wires: [["e2e0python000001"]] },
     { id: "e2e0python000001", type: "kernelexec", name: "", func: "return msg", initialize: "", finalize: "", outputs: 1, timeout: 0, mode: "hot", workers: 1, queueLimit: 1000, keepOrder: false, stdoutToMsg: false, env: "", x: 320, y: 100, wires: [["e2e0debug0000001"]] },
     { id: "e2e0debug0000001", type: "debug", name: "", active: true, tosidebar: true, console: false, complete: "payload", targetType: "msg", x: 500, y: 100, wires: [] },
+    { id: "e2e0env000000001", type: "kernelexec-env", name: "test venv", python: process.env.KERNELEXEC_PYTHON || "" },
 ];
 const CODE = "import sys\nmsg['payload'] = f\"python {sys.version_info[0]} says {msg['payload'] * 2}\"\nreturn msg";
 
@@ -123,7 +124,7 @@ describe("editor in a real browser", function () {
         await pythonNode.locator(".red-ui-flow-node").dblclick();
         await page.waitForSelector("#node-input-func-editor .monaco-editor", { timeout: 15000 });
         const tabs = await page.locator("#kernelexec-tabs li").allInnerTexts();
-        assert.deepStrictEqual(tabs.map((s) => s.trim()), ["Settings", "Setup", "On Message", "On Stop"]);
+        assert.deepStrictEqual(tabs.map((s) => s.trim()), ["Settings", "Setup", "On Message", "On Stop", "Try it"]);
         const language = await page.evaluate(() => {
             const model = monaco.editor.getModels().find((m) => m.getValue() === "return msg");
             return model && model.getLanguageId();
@@ -178,5 +179,103 @@ describe("editor in a real browser", function () {
             assert.ok(text.includes(part), `help mentions ${part}`);
         }
         await page.screenshot({ path: path.join(ARTIFACTS, "help.png") });
+    });
+
+    // ---- the dialog runs the code, completes names, shows environments -----------------------
+
+    /** Open the python node's dialog; `models` finds its Monaco models by editor id. */
+    async function openPythonDialog() {
+        await page.locator("#e2e0python000001 .red-ui-flow-node").dblclick();
+        await page.waitForSelector("#node-input-func-editor .monaco-editor", { timeout: 15000 });
+    }
+
+    function setModel(editorId, value) {
+        return page.evaluate(([id, text]) => {
+            const element = document.querySelector("#" + id + " .monaco-editor");
+            const editor = monaco.editor.getEditors().find((e) => e.getContainerDomNode().contains(element) || e.getDomNode() === element);
+            editor.getModel().setValue(text);
+        }, [editorId, value]);
+    }
+
+    async function closeDialog() {
+        await page.click("#node-dialog-cancel");
+        await page.waitForSelector("#node-input-func-editor", { state: "detached", timeout: 10000 });
+    }
+
+    /** Click a tab of the dialog until its content shows (a click during the tray's layout can be lost). */
+    async function showTab(name) {
+        for (let attempt = 0; ; attempt++) {
+            await page.click(`#red-ui-tab-kernelexec-tab-${name} a`);
+            try {
+                await page.waitForSelector(`#kernelexec-tab-${name}`, { state: "visible", timeout: 2000 });
+                return;
+            } catch (err) {
+                if (attempt === 4) {
+                    throw err;
+                }
+            }
+        }
+    }
+
+    async function run() {
+        await showTab("try");
+        await page.click("#kernelexec-run");
+        await page.waitForFunction(() => !document.querySelector("#kernelexec-run").disabled && document.querySelector("#kernelexec-run-result").children.length > 0, null, { timeout: 90000 });
+    }
+
+    it("runs the dialog's code on the sample message with the Run button, without deploying", async function () {
+        await openPythonDialog();
+        await setModel("node-input-setup-editor", "factor = 3");
+        await setModel("node-input-func-editor", "print('got', msg['payload'])\nnode.warn('careful')\nreturn {'payload': msg['payload'] * factor}");
+        await showTab("try");
+        await page.waitForSelector("#node-input-sample-editor .monaco-editor", { timeout: 10000 });
+        await setModel("node-input-sample-editor", '{"payload": 14}');
+        await run();
+        const port = await page.locator(".kernelexec-run-port[data-port='1'] pre").innerText();
+        assert.deepStrictEqual(JSON.parse(port).payload, 42);
+        assert.match(await page.locator(".kernelexec-run-log").innerText(), /careful/);
+        assert.match(await page.locator(".kernelexec-run-stdout").innerText(), /got 14/);
+        await page.screenshot({ path: path.join(ARTIFACTS, "run.png") });
+
+        // break the code: the error names the user's line
+        await showTab("body");
+        await setModel("node-input-func-editor", "x = 1\ny = x / 0\nreturn msg");
+        await run();
+        const error = page.locator(".kernelexec-run-error");
+        assert.match(await error.innerText(), /ZeroDivisionError: division by zero \(line 2\)/);
+        assert.strictEqual(await error.getAttribute("data-line"), "2");
+        await page.screenshot({ path: path.join(ARTIFACTS, "run-error.png") });
+        await closeDialog();
+    });
+
+    it("completes np. with numpy's names when the setup imports numpy, and the pick lands in the code", async function () {
+        await openPythonDialog();
+        await setModel("node-input-setup-editor", "import numpy as np");
+        await showTab("body");
+        await setModel("node-input-func-editor", "");
+        await page.click("#node-input-func-editor .monaco-editor .view-lines");
+        await page.keyboard.type("x = np.arang");
+        const row = page.locator(".suggest-widget .monaco-list-row", { hasText: "arange" });
+        await row.first().waitFor({ timeout: 90000 });
+        await page.screenshot({ path: path.join(ARTIFACTS, "completion.png") });
+        await page.keyboard.press("Enter");
+        const value = await page.evaluate(() => {
+            const element = document.querySelector("#node-input-func-editor .monaco-editor");
+            return monaco.editor.getEditors().find((e) => e.getContainerDomNode().contains(element) || e.getDomNode() === element).getModel().getValue();
+        });
+        assert.strictEqual(value, "x = np.arange");
+        await closeDialog();
+    });
+
+    it("shows an environment's state and installed packages in its dialog", async function () {
+        await page.evaluate(() => RED.editor.editConfig("", "kernelexec-env", "e2e0env000000001"));
+        await page.waitForSelector("#kernelexec-env-state[data-state='ready']", { timeout: 30000 });
+        const row = page.locator("#kernelexec-env-packages tr", { hasText: "ipykernel" });
+        await row.first().waitFor({ timeout: 90000 });
+        assert.match(await row.first().innerText(), /ipykernel\s+\d+\.\d+/);
+        const kernelexec = await page.locator("#kernelexec-env-packages tr", { hasText: /^kernelexec/ }).first().innerText();
+        assert.match(kernelexec, new RegExp(require("../package.json").version.replace(/\./g, "\\.")));
+        await page.screenshot({ path: path.join(ARTIFACTS, "env-packages.png") });
+        await page.click("#node-config-dialog-cancel");
     });
 });

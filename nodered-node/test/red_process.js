@@ -1,0 +1,66 @@
+// Node-RED as a user runs it: red.js in its own process, on a user directory of the test's
+// making (palette_spec.js, editor_auth_spec.js), plus a small HTTP client for its admin API.
+"use strict";
+const http = require("http");
+const path = require("path");
+const { spawn } = require("child_process");
+
+const RED_JS = require.resolve("node-red/red.js");
+
+function request(port, method, urlPath, body, headers) {
+    return new Promise((resolve, reject) => {
+        const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
+        const req = http.request({ host: "127.0.0.1", port, method, path: urlPath, headers: Object.assign(
+            data ? { "content-type": "application/json", "content-length": data.length } : {}, headers || {}) }, (res) => {
+            let text = "";
+            res.on("data", (c) => { text += c; });
+            res.on("end", () => (res.statusCode < 300 ? resolve(text)
+                : reject(Object.assign(new Error(`${method} ${urlPath}: ${res.statusCode} ${text}`), { status: res.statusCode }))));
+        });
+        req.on("error", reject);
+        req.end(data);
+    });
+}
+
+/** Node-RED in its own process; `wait(re)` resolves when its output matches. */
+function startNodeRed(userDir, env) {
+    const child = spawn(process.execPath, [RED_JS, "--port", "0", "--userDir", userDir, "--settings", path.join(userDir, "settings.js")], {
+        env, cwd: userDir, stdio: ["ignore", "pipe", "pipe"],
+    });
+    const red = { child, output: "", waiters: [] };
+    const onData = (chunk) => {
+        red.output += chunk;
+        red.waiters = red.waiters.filter((w) => {
+            const m = w.re.exec(red.output.slice(w.from));
+            if (m) {
+                clearTimeout(w.timer);
+                w.resolve(m);
+            }
+            return !m;
+        });
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("exit", (code) => red.waiters.forEach((w) => w.reject(new Error(`Node-RED exited (${code}):\n${red.output}`))));
+    red.wait = (re, ms, from) => new Promise((resolve, reject) => {
+        const m = re.exec(red.output.slice(from || 0));
+        if (m) {
+            resolve(m);
+            return;
+        }
+        const w = { re, from: from || 0, resolve, reject, timer: setTimeout(() => reject(new Error(`no ${re} within ${ms} ms:\n${red.output}`)), ms) };
+        red.waiters.push(w);
+    });
+    red.stop = () => new Promise((resolve) => {
+        if (child.exitCode !== null) {
+            resolve();
+            return;
+        }
+        child.once("exit", resolve);
+        child.kill("SIGINT");
+        setTimeout(() => child.kill("SIGKILL"), 30000).unref();
+    });
+    return red;
+}
+
+module.exports = { request, startNodeRed };
