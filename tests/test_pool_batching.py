@@ -170,3 +170,37 @@ async def test_send_bookkeeping_stays_bounded_after_failed_batches(tmp_path: Any
         assert ok["error"] is None and ok["outputs"] == [[{"payload": 1}]]
     finally:
         await pool.close()
+
+
+async def test_an_interrupted_message_fails_and_the_rest_of_its_batch_runs_again(
+    tmp_path: Any,
+) -> None:
+    """The worker's backstop interrupts a message that ignored its timeout: that message
+    fails with TIMEOUT, the ones queued behind it in the same batch run (once) instead of
+    failing unrun."""
+    ran = tmp_path / "ran.txt"
+    code = (
+        "import time\n"
+        f"with open({str(ran)!r}, 'a') as log:\n"
+        "    log.write(f\"{msg['payload']}\\n\")\n"
+        "if msg['payload'] == 2:\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    except BaseException as exc:  # outlives its own timeout, not the interrupt\n"
+        "        if isinstance(exc, KeyboardInterrupt):\n"
+        "            raise\n"
+        "        time.sleep(60)\n"
+        "return msg\n"
+    )
+    pool = await started(code, timeout=0.3)
+    try:
+        sizes = record_batches(pool)
+        results = await asyncio.gather(*(pool.submit(f"i{i}", {"payload": i}) for i in range(5)))
+        assert sizes[0] == 5
+        assert results[2]["error"]["code"] == "TIMEOUT"
+        for i in (0, 1, 3, 4):
+            assert results[i]["error"] is None, (i, results[i]["error"])
+            assert results[i]["outputs"] == [[{"payload": i}]]
+        assert sorted(ran.read_text().split()) == [str(i) for i in range(5)]
+    finally:
+        await pool.close()

@@ -275,6 +275,26 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.strictEqual((await got)[0].payload, "alive");
     });
 
+    it("in a burst, fails only the message that killed its kernel; the others get their results once", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            { id: "src", type: "helper", wires: [["n1"]] },
+            py("n1", "import os\nif msg['payload'] == 10:\n    os._exit(1)\nreturn msg"),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const got = S.messages(helper.getNode("out"), 49, 60000);
+        const caught = S.messages(helper.getNode("caught"), 1, 60000);
+        for (let i = 0; i < 50; i++) {
+            helper.getNode("src").send({ payload: i });
+        }
+        const [err] = await caught;
+        assert.strictEqual(err.payload, 10);
+        assert.strictEqual(err.error.code, "KERNEL_DIED");
+        assert.match(err.error.message, /while this message was running/);
+        const payloads = (await got).map((m) => m.payload).sort((a, b) => a - b);
+        assert.deepStrictEqual(payloads, Array.from({ length: 50 }, (_, i) => i).filter((i) => i !== 10));
+    });
+
     it("fails a message it cannot take in (100k levels deep, a throwing getter) through a Catch node, and goes on", async function () {
         await load([N.kernelexecNode, N.catchNode], [
             { id: "src", type: "helper", wires: [["n1"]] },
