@@ -244,7 +244,10 @@ class Runtime:
         self.user_ns.update(
             node=self.node, context=self.context, flow=self.flow, global_=self.global_, env=self.env
         )
-        return self.set_code(str(info.get("code", "return msg")))
+        answer = self.set_code(str(info.get("code", "return msg")))
+        if self.shell is not None:  # the worker streams results only when this is true
+            answer["result_pipe"] = self._results is not None
+        return answer
 
     def prefork(self) -> dict[str, Any]:
         """Cold mode: fork the next message's child now, while the node is idle."""

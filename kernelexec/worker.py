@@ -125,8 +125,10 @@ class Worker:
         if pipe is not None:
             pipe.reset()
             node["result_fd"] = pipe.write_fd
-        await self._op({"op": "init", "node": node}, error_cls=None)
-        self._pipe_fd = pipe.write_fd if pipe is not None else -1
+        self._pipe_fd = -1
+        answer = await self._op({"op": "init", "node": node}, error_cls=None)
+        if pipe is not None and answer.get("result_pipe") is True:  # the runtime holds it
+            self._pipe_fd = pipe.write_fd
         if self.config.setup.strip():
             await self._op({"op": "setup", "code": self.config.setup}, error_cls=SetupError)
 
