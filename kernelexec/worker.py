@@ -259,7 +259,8 @@ class Worker:
             if result is not None:
                 results.append(result)
             elif running:
-                results.append(_failed(job.req_id, _while_running(error)))
+                behind = len(jobs) - len(results) - 1
+                results.append(_failed(job.req_id, _while_running(error, behind)))
                 running = False
             else:
                 results.append(None)
@@ -398,14 +399,18 @@ def _missing(req_id: str) -> dict[str, Any]:
     return _failed(req_id, KernelexecError(f"the kernel returned no result for {req_id}"))
 
 
-def _while_running(error: KernelexecError) -> KernelexecError:
-    """The error of the one message that was running when the batch broke off."""
+def _while_running(error: KernelexecError, behind: int) -> KernelexecError:
+    """The error of the one message that was running when the batch broke off; ``behind``
+    messages of its batch had not started (they run again)."""
     if isinstance(error, KernelDiedError):
         text = error.message.replace(" while running the message", "")
-        return KernelDiedError(
-            f"{text}, while this message was running (the messages queued behind it in the "
-            "same batch ran again on a fresh kernel)"
+        rerun = (
+            f" ({behind} message{'s' if behind != 1 else ''} queued behind it in the same "
+            "batch did not start and run on a fresh kernel)"
+            if behind
+            else ""
         )
+        return KernelDiedError(f"{text}, while this message was running{rerun}")
     return error
 
 
