@@ -92,6 +92,7 @@ async def _crash_burst(tmp_path: Any, crash: set[int], count: int, **fields: Any
     """A burst in which the messages ``crash`` kill their kernel: each of those fails (it was
     running), every other gets its own result, and every message's code ran exactly once."""
     ran = tmp_path / "ran.txt"
+    running = "before giving a result" if fields.get("mode") == "cold" else "while this message was"
     pool = await started(CRASH_CODE.format(path=str(ran), crash=crash), **fields)
     try:
         sizes = record_batches(pool)
@@ -102,13 +103,13 @@ async def _crash_burst(tmp_path: Any, crash: set[int], count: int, **fields: Any
         for i, result in enumerate(results):
             if i in crash:
                 assert result["error"]["code"] == "KERNEL_DIED", result
-                assert "while this message was running" in result["error"]["message"]
+                assert running in result["error"]["message"]
             else:
                 assert result["error"] is None, (i, result["error"])
                 assert result["outputs"] == [[{"payload": i}]]
         lines = collections.Counter(ran.read_text().split())
         assert lines == collections.Counter(str(i) for i in range(count))  # exactly once each
-        assert pool.stats().restarts == len(crash)
+        assert pool.stats().restarts == (len(crash) if fields.get("mode") != "cold" else 0)
     finally:
         await pool.close()
 
@@ -123,6 +124,11 @@ async def test_two_kernel_deaths_in_one_batch_fail_only_those_two(tmp_path: Any)
 
 async def test_a_kernel_death_in_a_batch_of_two_workers(tmp_path: Any) -> None:
     await _crash_burst(tmp_path, {7, 150}, 300, workers=2)
+
+
+async def test_cold_mode_fails_only_the_message_whose_process_died(tmp_path: Any) -> None:
+    """Cold mode: the message's forked process dies, the kernel lives on (no restart)."""
+    await _crash_burst(tmp_path, {3, 12}, 30, mode="cold")
 
 
 async def _until(condition: Any, what: str, limit: float = 30.0) -> None:
