@@ -245,7 +245,7 @@ class Runtime:
             node=self.node, context=self.context, flow=self.flow, global_=self.global_, env=self.env
         )
         answer = self.set_code(str(info.get("code", "return msg")))
-        if self.shell is not None:  # the worker streams results only when this is true
+        if self.shell is not None and "result_fd" in info:  # the worker streams only if true
             answer["result_pipe"] = self._results is not None
         return answer
 
