@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .config import PoolConfig
 from .errors import (
+    KernelDiedError,
     KernelexecError,
     PoolClosedError,
     QueueFullError,
@@ -47,6 +48,10 @@ MAX_TIMED_BATCH = 32
 #: The cap until a batch has shown how long the code takes: one idle worker must not take a
 #: whole queue of slow messages while the others are about to be free.
 FIRST_BATCH = 32
+#: How often a message goes back to the queue unstarted because its batch's kernel died or
+#: was interrupted before it, before it fails (each time another message of the batch was
+#: running and failed, so this bounds a storm, it is not reached in normal operation).
+MAX_RERUNS = 3
 #: No batch holds more than about this much measured execution time (seconds): slow code
 #: goes in small batches, so its results keep flowing instead of arriving in lumps.
 BATCH_SECONDS = 0.05
@@ -401,18 +406,29 @@ class Pool:
                 results = await worker.run(jobs)
             finally:
                 del self._running[worker]
-            self._measure(results)
-            by_id = {result.get("req_id"): result for result in results}
-            for job in jobs:
-                result = by_id.get(job.req_id)
-                if result is None:
-                    missing = KernelexecError(f"the kernel returned no result for {job.req_id}")
-                    self._resolve(job, {}, missing)
-                else:
-                    self._resolve(job, result, None)
+            self._measure([result for result in results if result is not None])
+            self._answer(jobs, results)
             self._wakeup.set()
             if self.fork_ahead and not self._queue:
                 await self._prefork_when_idle(worker)
+
+    def _answer(self, jobs: list[Job], results: list[dict[str, Any] | None]) -> None:
+        """Resolve each job with its RESULT; a job that never started (None: its kernel died
+        or was interrupted before it) goes back to the front of the queue, in order, at
+        most MAX_RERUNS times."""
+        again: list[Job] = []
+        for job, result in zip(jobs, results, strict=True):
+            if job.future.done():  # answered meanwhile (the pool closed)
+                continue
+            if result is not None:
+                self._resolve(job, result, None)
+            elif job.reruns >= MAX_RERUNS or self.state == "closed":
+                self._resolve(job, {}, _not_run(job, self.state == "closed"))
+            else:
+                job.reruns += 1
+                job.started = 0.0
+                again.append(job)
+        self._queue.extendleft(reversed(again))
 
     async def _prefork_when_idle(self, worker: Worker) -> None:
         """Cold mode: once no message came for IDLE_BEFORE_PREFORK, fork the next child.
@@ -567,6 +583,15 @@ class Pool:
                 "detail": detail,
             },
         )
+
+
+def _not_run(job: Job, closed: bool) -> KernelexecError:
+    if closed:
+        return PoolClosedError("the node was closed before this message could run again")
+    return KernelDiedError(
+        f"not run: its kernel died or was interrupted {job.reruns + 1} times before this "
+        "message started (an earlier message of each batch kept ending it)"
+    )
 
 
 def _as_kernelexec_error(exc: BaseException) -> KernelexecError:

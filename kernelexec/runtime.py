@@ -60,6 +60,7 @@ from .nodeapi import (
     normalize_outputs,
     script_helpers,
 )
+from .resultpipe import ResultWriter
 from .wrapping import (
     CompiledCode,
     compile_node_code,
@@ -202,6 +203,8 @@ class Runtime:
         self.pid = os.getpid()
         self.compiled: CompiledCode | None = None
         self._func: Callable[..., Any] | None = None
+        self._results: ResultWriter | None = None
+        self._ran = 0  # messages of the current batch whose code was started
         self._lock = threading.RLock()
         self._active: Request | None = None
         self._interrupted = False
@@ -234,12 +237,17 @@ class Runtime:
         self.workdir = str(info.get("workdir") or self.workdir)
         self.blob_dir = info.get("blob_dir") or None
         self.fork = bool(info.get("fork", False))
+        if self.shell is not None:  # a kernel: RESULTs go down the bridge's pipe (resultpipe)
+            self._results = ResultWriter.adopt(info.get("result_fd"))
         if self.shell is not None and os.path.isdir(self.workdir):
             os.chdir(self.workdir)
         self.user_ns.update(
             node=self.node, context=self.context, flow=self.flow, global_=self.global_, env=self.env
         )
-        return self.set_code(str(info.get("code", "return msg")))
+        answer = self.set_code(str(info.get("code", "return msg")))
+        if self.shell is not None and "result_fd" in info:  # the worker streams only if true
+            answer["result_pipe"] = self._results is not None
+        return answer
 
     def prefork(self) -> dict[str, Any]:
         """Cold mode: fork the next message's child now, while the node is idle."""
@@ -297,7 +305,7 @@ class Runtime:
         op = request.get("op")
         try:
             if op == "run":
-                return {"results": self.run_batch(request.get("batch") or [])}
+                return self._run_op(request)
             if op == "init":
                 return self.init(request.get("node") or {})
             if op == "code":
@@ -337,18 +345,40 @@ class Runtime:
         self.handle()
 
     # ------------------------------------------------------------------- messages
-    def run_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def run_batch(
+        self, batch: list[dict[str, Any]], stream: ResultWriter | None = None
+    ) -> list[dict[str, Any]]:
         """RESULTs for [{req_id, msg, timeout}] in order; after an interrupt, the rest
-        fail with TIMEOUT without running."""
+        fail with TIMEOUT without running. With ``stream`` each RESULT goes down the pipe
+        as it is complete instead (none is returned), and after an interrupt the batch ends:
+        the bridge runs the rest again (kernelexec/resultpipe.py)."""
         self._interrupted = False
+        self._ran = 0
         results = []
+        if stream is not None and batch:
+            stream.batch(batch[0].get("req_id"))
         for item in batch:
             req_id, timeout = item.get("req_id"), float(item.get("timeout") or 0)
+            if self._interrupted and stream is not None:
+                break
             if self._interrupted:
                 results.append(self._interrupted_result(req_id))
+                continue
+            self._ran += 1
+            result = self.run_message(item.get("msg"), req_id, timeout)
+            if stream is not None:
+                stream.result(result)
             else:
-                results.append(self.run_message(item.get("msg"), req_id, timeout))
+                results.append(result)
         return results
+
+    def _run_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        stream = self._results if request.get("stream") else None
+        batch = request.get("batch") or []
+        results = self.run_batch(batch, stream)
+        if stream is None:
+            return {"results": results, "streamed": False}
+        return {"results": [], "streamed": True, "ran": self._ran}
 
     def run_message(
         self, msg: Any, req_id: str | None = None, timeout: float = 0.0

@@ -20,11 +20,13 @@ from typing import Any
 from .config import PoolConfig
 from .errors import (
     ExecutionTimeout,
+    KernelDiedError,
     KernelexecError,
     SetupError,
     error_from_dict,
 )
 from .kernels.base import HANDLE_CODE, KernelHandle
+from .resultpipe import ResultPipe
 
 __all__ = ["BOOTSTRAP_CODE", "HANDLE_CODE", "Job", "Worker", "WorkerState", "failed_result"]
 
@@ -63,6 +65,8 @@ class Job:
     future: asyncio.Future[dict[str, Any]]
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
+    #: How often it went back to the queue unstarted (its batch's kernel died before it).
+    reruns: int = 0
 
 
 class Worker:
@@ -89,6 +93,10 @@ class Worker:
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         self._sent_seen: dict[str, int] = {}
         self._sent_waiters: dict[str, tuple[int, asyncio.Future[None]]] = {}
+        #: The req_ids of the batch running now: only their send events are counted.
+        self._batch_ids: set[str] = set()
+        #: The result pipe fd the runtime in the kernel adopted (sent in the init op).
+        self._pipe_fd = -1
         kernel.on_event = self._on_kernel_event
 
     @property
@@ -112,7 +120,15 @@ class Worker:
         if reply.get("status") != "ok":
             text = f"could not load the kernelexec runtime in the kernel: {_reply_error(reply)}"
             raise KernelexecError(text)
-        await self._op({"op": "init", "node": self._node_info()}, error_cls=None)
+        node = self._node_info()
+        pipe = self.kernel.result_pipe
+        if pipe is not None:
+            pipe.reset()
+            node["result_fd"] = pipe.write_fd
+        self._pipe_fd = -1
+        answer = await self._op({"op": "init", "node": node}, error_cls=None)
+        if pipe is not None and answer.get("result_pipe") is True:  # the runtime holds it
+            self._pipe_fd = pipe.write_fd
         if self.config.setup.strip():
             await self._op({"op": "setup", "code": self.config.setup}, error_cls=SetupError)
 
@@ -186,8 +202,10 @@ class Worker:
             await self.kernel.shutdown(now=not self.kernel.is_alive())
 
     # -- messages ---------------------------------------------------------------------
-    async def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        """Run a batch; returns one RESULT per job, in order. Never raises for a job."""
+    async def run(self, jobs: list[Job]) -> list[dict[str, Any] | None]:
+        """Run a batch; one RESULT per job, in order, or None for a job whose code never
+        started (the kernel died or was interrupted before it): the pool runs that one
+        again. Never raises for a job; a job whose code started never comes back None."""
         self.state = WorkerState.BUSY
         now = time.perf_counter()
         for job in jobs:
@@ -195,21 +213,67 @@ class Worker:
         batch = [
             {"req_id": job.req_id, "msg": job.msg, "timeout": self.config.timeout} for job in jobs
         ]
+        request: dict[str, Any] = {"op": "run", "batch": batch}
+        pipe = self._result_pipe()
+        if pipe is not None:
+            pipe.begin([job.req_id for job in jobs])
+            request["stream"] = True
+        self._batch_ids = {job.req_id for job in jobs}
+        results: list[dict[str, Any] | None]
         try:
-            data = await self._run_with_backstop({"op": "run", "batch": batch}, len(jobs))
-            results: list[dict[str, Any]] = data["results"]
-            await self._wait_for_sends(results)
+            data = await self._run_with_backstop(request, len(jobs))
+            results = _collected(jobs, data, pipe)
+            await self._wait_for_sends([r for r in results if r is not None])
         except KernelexecError as error:
-            results = [_failed(job.req_id, error) for job in jobs]
+            results = self._accounted(jobs, error, pipe)
+            await self._wait_for_sends([r for r in results if r is not None and not r["error"]])
             await self._recover(error)
         except Exception as exc:  # a bug must fail the batch, not end the pool's loop silently
             log.exception("Kernel %s: running a batch failed", self.name)
             bug = KernelexecError(f"the bridge could not run this message: {exc!r}")
             results = [_failed(job.req_id, bug) for job in jobs]
         finally:
+            self._forget_batch(pipe)
             if self.state is WorkerState.BUSY:
                 self.state = WorkerState.READY
         return results
+
+    def _result_pipe(self) -> ResultPipe | None:
+        pipe = self.kernel.result_pipe
+        return pipe if pipe is not None and self._pipe_fd == pipe.write_fd else None
+
+    def _accounted(
+        self, jobs: list[Job], error: KernelexecError, pipe: ResultPipe | None
+    ) -> list[dict[str, Any] | None]:
+        """After a dead, stuck or interrupted kernel: what the pipe says ran keeps its
+        RESULT, the message that was running fails with ``error``, the rest run again.
+        Without a pipe (gateway kernels) nobody knows which ran: all fail."""
+        if pipe is None:
+            return [_failed(job.req_id, _unaccounted(error, len(jobs))) for job in jobs]
+        pipe.drain()  # everything the kernel wrote before it died is in the pipe now
+        pipe.reset()  # a frame cut short by the interrupt or the death must not stay
+        results: list[dict[str, Any] | None] = []
+        running = pipe.batch_started
+        for job in jobs:
+            result = pipe.results.get(job.req_id)
+            if result is not None:
+                results.append(result)
+            elif running:
+                behind = len(jobs) - len(results) - 1
+                results.append(_failed(job.req_id, _while_running(error, behind)))
+                running = False
+            else:
+                results.append(None)
+        return results
+
+    def _forget_batch(self, pipe: ResultPipe | None) -> None:
+        """Every way out of a batch drops its bookkeeping (send counts, waiters, frames)."""
+        for req_id in self._batch_ids:
+            self._sent_seen.pop(req_id, None)
+            self._sent_waiters.pop(req_id, None)
+        self._batch_ids = set()
+        if pipe is not None:
+            pipe.end()
 
     async def _run_with_backstop(self, request: dict[str, Any], count: int) -> dict[str, Any]:
         if self.config.timeout <= 0:  # no backstop: no task to watch either
@@ -265,6 +329,8 @@ class Worker:
             self.on_event(event)
 
     def _count_send(self, req_id: str) -> None:
+        if req_id not in self._batch_ids:  # a late event of a batch that is over: no entry
+            return
         seen = self._sent_seen.get(req_id, 0) + 1
         self._sent_seen[req_id] = seen
         waiter = self._sent_waiters.get(req_id)
@@ -307,6 +373,56 @@ def _payload(reply: dict[str, Any]) -> dict[str, Any]:
 
 def _reply_error(reply: dict[str, Any]) -> str:
     return f"{reply.get('ename', '?')}: {reply.get('evalue', '')}"
+
+
+def _collected(
+    jobs: list[Job], data: dict[str, Any], pipe: ResultPipe | None
+) -> list[dict[str, Any] | None]:
+    """The RESULTs of a batch the kernel answered: from the pipe when it streamed them (a
+    job without one was not started: the runtime ended the batch after an interrupt)."""
+    if not data.get("streamed") or pipe is None:
+        answered: list[dict[str, Any]] = data["results"]
+        by_id = {result.get("req_id"): result for result in answered}
+        return [by_id.get(job.req_id) or _missing(job.req_id) for job in jobs]
+    pipe.drain()  # the kernel wrote every RESULT before it replied
+    ran = int(data.get("ran", len(jobs)))
+    results: list[dict[str, Any] | None] = []
+    for index, job in enumerate(jobs):
+        result = pipe.results.get(job.req_id)
+        if result is None and index < ran:  # started: it must not run again
+            result = _missing(job.req_id)
+        results.append(result)
+    return results
+
+
+def _missing(req_id: str) -> dict[str, Any]:
+    return _failed(req_id, KernelexecError(f"the kernel returned no result for {req_id}"))
+
+
+def _while_running(error: KernelexecError, behind: int) -> KernelexecError:
+    """The error of the one message that was running when the batch broke off; ``behind``
+    messages of its batch had not started (they run again)."""
+    if isinstance(error, KernelDiedError):
+        text = error.message.replace(" while running the message", "")
+        rerun = (
+            f" ({behind} message{'s' if behind != 1 else ''} queued behind it in the same "
+            "batch did not start and run on a fresh kernel)"
+            if behind
+            else ""
+        )
+        return KernelDiedError(f"{text}, while this message was running{rerun}")
+    return error
+
+
+def _unaccounted(error: KernelexecError, count: int) -> KernelexecError:
+    """Without a result pipe: every message of the batch fails, and the text says why."""
+    if isinstance(error, KernelDiedError) and count > 1:
+        text = error.message.replace(" while running the message", "")
+        return KernelDiedError(
+            f"{text} during a batch of {count} messages; this kernel does not report which "
+            "had started, so none was run again (this one may not have run)"
+        )
+    return error
 
 
 def _failed(req_id: str, error: KernelexecError) -> dict[str, Any]:

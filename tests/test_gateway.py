@@ -852,3 +852,16 @@ async def test_pool_close_runs_stop_code_and_deletes_the_kernels(
     await pool.close()
     assert marker.read_text() == "bye"
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
+
+
+async def test_a_blob_parcel_for_an_unknown_request_is_dropped() -> None:
+    """Output blobs (a comm_msg with buffers) for a msg_id no execute waits for are not kept
+    (they were, forever: a kernel could fill the bridge's memory)."""
+    from kernelexec.kernels.gateway.blob_transfer import BLOBS_COMM_ID
+    from kernelexec.kernels.gateway.wire import Message
+
+    handle = GatewayKernel(GatewaySettings.from_url(f"http://127.0.0.1:{free_port()}", TOKEN))
+    for i in range(100):
+        content = {"comm_id": BLOBS_COMM_ID, "data": {"msg_id": f"nobody-asked-{i}"}}
+        handle._on_iopub(Message("iopub", {"msg_type": "comm_msg"}, {}, content, [b"x" * 1000]))
+    assert handle._blob_parcels == {}

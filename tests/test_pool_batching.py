@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 import pytest
@@ -73,5 +74,139 @@ async def test_slow_code_goes_in_small_batches() -> None:
         # ~20 ms a message: a batch holds about BATCH_SECONDS of work, not MAX_BATCH messages
         limit = int(pool_module.BATCH_SECONDS / 0.02) + 1
         assert sizes and max(sizes) <= limit, sizes
+    finally:
+        await pool.close()
+
+
+CRASH_CODE = """
+import os
+with open({path!r}, "a") as log:
+    log.write(f"{{msg['payload']}}\\n")
+if msg["payload"] in {crash!r}:
+    os._exit(1)
+return msg
+"""
+
+
+async def _crash_burst(tmp_path: Any, crash: set[int], count: int, **fields: Any) -> None:
+    """A burst in which the messages ``crash`` kill their kernel: each of those fails (it was
+    running), every other gets its own result, and every message's code ran exactly once."""
+    ran = tmp_path / "ran.txt"
+    running = "before giving a result" if fields.get("mode") == "cold" else "while this message was"
+    pool = await started(CRASH_CODE.format(path=str(ran), crash=crash), **fields)
+    try:
+        sizes = record_batches(pool)
+        results = await asyncio.gather(
+            *(pool.submit(f"c{i}", {"payload": i}) for i in range(count))
+        )
+        assert max(sizes) > 1  # the crashes happened inside batches
+        for i, result in enumerate(results):
+            if i in crash:
+                assert result["error"]["code"] == "KERNEL_DIED", result
+                assert running in result["error"]["message"]
+            else:
+                assert result["error"] is None, (i, result["error"])
+                assert result["outputs"] == [[{"payload": i}]]
+        lines = collections.Counter(ran.read_text().split())
+        assert lines == collections.Counter(str(i) for i in range(count))  # exactly once each
+        assert pool.stats().restarts == (len(crash) if fields.get("mode") != "cold" else 0)
+    finally:
+        await pool.close()
+
+
+async def test_a_message_that_kills_its_kernel_fails_alone(tmp_path: Any) -> None:
+    await _crash_burst(tmp_path, {10}, 100)
+
+
+async def test_two_kernel_deaths_in_one_batch_fail_only_those_two(tmp_path: Any) -> None:
+    await _crash_burst(tmp_path, {5, 20}, 60)
+
+
+async def test_a_kernel_death_in_a_batch_of_two_workers(tmp_path: Any) -> None:
+    await _crash_burst(tmp_path, {7, 150}, 300, workers=2)
+
+
+async def test_cold_mode_fails_only_the_message_whose_process_died(tmp_path: Any) -> None:
+    """Cold mode: the message's forked process dies, the kernel lives on (no restart)."""
+    await _crash_burst(tmp_path, {3, 12}, 30, mode="cold")
+
+
+async def _until(condition: Any, what: str, limit: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"waited {limit} s for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_send_bookkeeping_stays_bounded_after_failed_batches(tmp_path: Any) -> None:
+    """A message that sent, then killed its kernel, leaves no entry in the worker's send
+    counts (they grew by one per failed batch); a late send event of a finished request
+    adds none either."""
+    go = tmp_path / "go"
+    code = (
+        "import os, time\n"
+        "node.send({'payload': 'early'})\n"
+        "if msg['payload'] == 'die':\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.005)\n"
+        f"    os.remove({str(go)!r})\n"
+        "    os._exit(1)\n"
+        "return msg\n"
+    )
+    hooks = MemoryHooks()
+    pool = make_pool(PoolConfig.from_dict("bounded", {"code": code}), hooks)
+    await pool.start()
+    try:
+        for round_ in range(3):
+            sends = sum(1 for _, event in hooks.events if event.get("type") == "send")
+            result = asyncio.ensure_future(pool.submit(f"die{round_}", {"payload": "die"}))
+            await _until(
+                lambda sends=sends: (
+                    sum(1 for _, e in hooks.events if e.get("type") == "send") > sends
+                ),
+                "the send event of the dying message",
+            )
+            go.write_text("")
+            assert (await result)["error"]["code"] == "KERNEL_DIED"
+        worker = pool.workers[0]
+        for i in range(1000):  # late events of requests that are over
+            worker._on_kernel_event({"type": "send", "req_id": f"late{i}", "outputs": []}, [])
+        assert worker._sent_seen == {} and worker._sent_waiters == {}
+        ok = await pool.submit("after", {"payload": 1})
+        assert ok["error"] is None and ok["outputs"] == [[{"payload": 1}]]
+    finally:
+        await pool.close()
+
+
+async def test_an_interrupted_message_fails_and_the_rest_of_its_batch_runs_again(
+    tmp_path: Any,
+) -> None:
+    """The worker's backstop interrupts a message that ignored its timeout: that message
+    fails with TIMEOUT, the ones queued behind it in the same batch run (once) instead of
+    failing unrun."""
+    ran = tmp_path / "ran.txt"
+    code = (
+        "import time\n"
+        f"with open({str(ran)!r}, 'a') as log:\n"
+        "    log.write(f\"{msg['payload']}\\n\")\n"
+        "if msg['payload'] == 2:\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    except BaseException as exc:  # outlives its own timeout, not the interrupt\n"
+        "        if isinstance(exc, KeyboardInterrupt):\n"
+        "            raise\n"
+        "        time.sleep(60)\n"
+        "return msg\n"
+    )
+    pool = await started(code, timeout=0.3)
+    try:
+        sizes = record_batches(pool)
+        results = await asyncio.gather(*(pool.submit(f"i{i}", {"payload": i}) for i in range(5)))
+        assert sizes[0] == 5
+        assert results[2]["error"]["code"] == "TIMEOUT"
+        for i in (0, 1, 3, 4):
+            assert results[i]["error"] is None, (i, results[i]["error"])
+            assert results[i]["outputs"] == [[{"payload": i}]]
+        assert sorted(ran.read_text().split()) == [str(i) for i in range(5)]
     finally:
         await pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from kernelexec.server import Server
+from kernelexec.server.hosts import HostPolicy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -28,8 +30,64 @@ async def test_healthz_needs_no_token_and_is_small_json(server: Server) -> None:
     response = await http_get(server.port, "/healthz")
     assert response.code == 200
     body = json.loads(response.body)
-    assert body["status"] == "ok" and body["pools"] == 0
+    assert body["status"] == "ok" and body["protocol_version"]
     assert TOKEN not in response.body.decode()
+
+
+async def test_healthz_shows_no_pid_without_the_token(server: Server) -> None:
+    """Nothing that identifies the bridge process without the token; pid and counts with it."""
+    anonymous = json.loads((await http_get(server.port, "/healthz")).body)
+    assert set(anonymous) == {"status", "protocol_version"}
+    assert str(os.getpid()) not in json.dumps(anonymous)
+    wrong = json.loads((await http_get(server.port, "/healthz", {"Authorization": "token x"})).body)
+    assert "pid" not in wrong
+    auth = {"Authorization": f"token {TOKEN}"}
+    known = json.loads((await http_get(server.port, "/healthz", auth)).body)
+    assert known["pid"] == os.getpid() and known["pools"] == 0
+
+
+def _host_cases(port: int) -> list[tuple[str, bool]]:
+    return [
+        (f"evil.example:{port}", False),
+        ("evil.example", False),
+        (f"127.0.0.1.evil.example:{port}", False),
+        (f"localhost.:{port}", False),
+        (f"127.0.0.1:{port + 1}", False),
+        ("", False),
+        (f"127.0.0.1:{port}", True),
+        (f"localhost:{port}", True),
+        (f"LOCALHOST:{port}", True),
+        (f"[::1]:{port}", True),
+        ("127.0.0.1", True),
+    ]
+
+
+async def test_endpoints_refuse_a_foreign_host_header(server: Server) -> None:
+    """DNS rebinding: /healthz, /metrics and /ws answer only the bridge's own address."""
+    auth = {"Authorization": f"token {TOKEN}"}
+    for host, allowed in _host_cases(server.port):
+        headers = {**auth, "Host": host}
+        health = await http_get(server.port, "/healthz", headers)
+        metrics = await http_get(server.port, "/metrics", headers)
+        ws = await ws_status(server, ws_url(server.port, TOKEN), {"Host": host})
+        if allowed:
+            assert (health.code, metrics.code, ws) == (200, 200, 101), host
+        else:
+            assert (health.code, metrics.code, ws) == (403, 403, 403), host
+            assert "Host header" in json.loads(health.body)["message"]
+            assert b"pid" not in health.body
+
+
+async def test_host_policy_of_a_remote_bridge() -> None:
+    """--allow-remote: its own address answers; a wildcard bind takes IP literals, no names."""
+    remote = HostPolicy("192.0.2.7", 8000)
+    assert remote.allows("192.0.2.7:8000") and remote.allows("localhost:8000")
+    assert not remote.allows("evil.example:8000") and not remote.allows("192.0.2.8:8000")
+    every = HostPolicy("0.0.0.0", 8000)
+    assert every.allows("192.0.2.8:8000") and every.allows("[2001:db8::1]:8000")
+    assert not every.allows("evil.example:8000")
+    named = HostPolicy("bridge.internal", 8000)
+    assert named.allows("bridge.internal:8000") and not named.allows("evil.example:8000")
 
 
 @pytest.mark.parametrize(
@@ -98,7 +156,8 @@ async def test_websocket_accepts_its_own_origin(server: Server) -> None:
 async def test_healthz_counts_connections(server: Server) -> None:
     client = await Client.connect(server.port)
     try:
-        body = json.loads((await http_get(server.port, "/healthz")).body)
+        auth = {"Authorization": f"token {TOKEN}"}
+        body = json.loads((await http_get(server.port, "/healthz", auth)).body)
         assert body["connections"] >= 1
     finally:
         client.close()

@@ -10,7 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..resultpipe import ResultPipe
 
 __all__ = [
     "HANDLE_CODE",
@@ -73,6 +76,8 @@ class KernelHandle(ABC):
     on_event: EventCallback | None = None
     on_stdin: StdinCallback | None = None
     on_stream: StreamCallback | None = None
+    #: Local kernels: the pipe down which the runtime streams RESULTs (kernelexec.resultpipe).
+    result_pipe: ResultPipe | None = None
 
     @abstractmethod
     async def start(self) -> None:

@@ -22,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
 from ..kernel import REQUEST_TYPE, wire_pack
+from ..resultpipe import ResultPipe
 from .base import KernelHandle, LaunchSpec, execute_content
 from .channels import Channels
 
@@ -84,7 +85,11 @@ class LocalKernel(KernelHandle):
         for secret in _BRIDGE_SECRETS:  # user code needs neither (it would let it drive the bridge)
             env.pop(secret, None)
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
-        await km.start_kernel(env=env, cwd=self._launch.cwd)
+        if self.result_pipe is None:  # kept across restarts (the same fd number is passed)
+            self.result_pipe = ResultPipe()
+        pipe = self.result_pipe
+        await km.start_kernel(env=env, cwd=self._launch.cwd, pass_fds=(pipe.write_fd,))
+        pipe.attach()
         self._connect()
         await self._wait_ready()
 
@@ -127,6 +132,8 @@ class LocalKernel(KernelHandle):
     async def restart(self) -> None:
         km = self._require_km()
         self._disconnect(KernelDiedError("the kernel was restarted"))
+        if self.result_pipe is not None:
+            self.result_pipe.reset()
         await km.restart_kernel(now=True)
         self._connect()
         await self._wait_ready()
@@ -143,6 +150,9 @@ class LocalKernel(KernelHandle):
             with contextlib.suppress(Exception):
                 await km.cleanup_resources()
             self._km = None
+            if self.result_pipe is not None:
+                self.result_pipe.close()
+                self.result_pipe = None
             if self._launch.cleanup is not None:
                 with contextlib.suppress(Exception):
                     self._launch.cleanup()

@@ -20,6 +20,7 @@ from tornado import httpserver, netutil, web
 
 from .bridge import Bridge, sweep_blobs
 from .handlers import NotFoundHandler, default_handlers
+from .hosts import HostPolicy
 
 __all__ = ["Server", "make_app"]
 
@@ -38,8 +39,9 @@ def _log_request(handler: web.RequestHandler) -> None:
     )  # fmt: skip
 
 
-def make_app(bridge: Bridge, token: str) -> web.Application:
-    """The tornado application of one bridge, protected by ``token``."""
+def make_app(bridge: Bridge, token: str, hosts: HostPolicy | None = None) -> web.Application:
+    """The tornado application of one bridge, protected by ``token``; it answers only the
+    Host headers ``hosts`` allows (default: loopback names, any port)."""
     if not token:
         msg = "the bridge needs a non-empty token"
         raise ValueError(msg)
@@ -49,6 +51,7 @@ def make_app(bridge: Bridge, token: str) -> web.Application:
         [*default_handlers, (r".*", NotFoundHandler)],
         kernelexec_bridge=bridge,
         kernelexec_token=token,
+        kernelexec_hosts=hosts or HostPolicy("127.0.0.1"),
         # frames above max_frame_bytes get a FRAME_TOO_LARGE error frame from the session;
         # tornado drops the connection (1009) only beyond twice that, to bound memory.
         websocket_max_message_size=2 * options.max_frame_bytes,
@@ -67,7 +70,8 @@ class Server:
         self.host = host
         self.port = port
         self.bridge = bridge or Bridge()
-        self.app = make_app(self.bridge, token)
+        self.hosts = HostPolicy(host, port)
+        self.app = make_app(self.bridge, token, self.hosts)
         self._http: httpserver.HTTPServer | None = None
         self._stopping: asyncio.Task[None] | None = None
 
@@ -80,6 +84,7 @@ class Server:
         """Listen; ``self.port`` is the real port afterwards (``port=0`` picks a free one)."""
         sockets = netutil.bind_sockets(self.port, self.host)
         self.port = sockets[0].getsockname()[1]
+        self.hosts.port = self.port
         # tornado's default read buffer (100 MB) would drop the connection on a frame below
         # max_frame_bytes; allow what the WebSocket handler allows (2x, see make_app).
         limit = 2 * self.bridge.options.max_frame_bytes + (1 << 20)

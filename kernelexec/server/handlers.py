@@ -1,9 +1,13 @@
 """The bridge's HTTP and WebSocket handlers; ``default_handlers`` is what the app mounts.
 
-GET /healthz   no token   {"status": "ok", "pid", "pools", "connections", "protocol_version"}
+GET /healthz   no token   {"status": "ok", "protocol_version"}; with the token also "pid",
+                          "pools", "connections"
 GET /metrics   token      Prometheus text (kernelexec.server.metrics)
 GET /ws        token      the bridge protocol (kernelexec.server.session), same origin only
 anything else             JSON 404
+
+The three endpoints answer 403 to a Host header that is not the bridge's own address
+(kernelexec.server.hosts: DNS rebinding), before they look at the token.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ from urllib.parse import urlsplit
 from tornado import web, websocket
 
 from ..protocol import PROTOCOL_VERSION
-from .auth import RedactedLogMixin, TokenAuthMixin
+from .auth import RedactedLogMixin, TokenAuthMixin, check_token
 from .bridge import Bridge
+from .hosts import HostPolicy
 from .metrics import CONTENT_TYPE
 from .session import Session
 
 __all__ = [
     "BridgeSocketHandler",
     "HealthHandler",
+    "HostCheckMixin",
     "JSONErrorsMixin",
     "MetricsHandler",
     "NotFoundHandler",
@@ -45,6 +51,17 @@ class JSONErrorsMixin(web.RequestHandler):
         self.finish(json.dumps({"reason": self._reason, "message": message}))
 
 
+class HostCheckMixin(RedactedLogMixin):
+    """Refuses (403) a request whose Host header is not the bridge's address, first thing."""
+
+    def prepare(self) -> Any:
+        policy: HostPolicy = self.settings["kernelexec_hosts"]
+        host = self.request.headers.get("Host", "")
+        if not policy.allows(host):
+            raise web.HTTPError(403, policy.refusal(host))
+        return super().prepare()
+
+
 class BridgeHandler(RedactedLogMixin):
     @property
     def bridge(self) -> Bridge:
@@ -52,29 +69,36 @@ class BridgeHandler(RedactedLogMixin):
         return bridge
 
 
-class HealthHandler(JSONErrorsMixin, BridgeHandler):
-    """Liveness for supervisors: no token, nothing secret."""
+class HealthHandler(HostCheckMixin, JSONErrorsMixin, BridgeHandler):
+    """Liveness for supervisors: no token needed, and then nothing that identifies the bridge
+    (its pid and counts only with the token)."""
 
     def get(self) -> None:
         bridge = self.bridge
         self.set_header("Cache-Control", "no-store")
-        self.finish({
+        body: dict[str, Any] = {
             "status": "closing" if bridge.closing else "ok",
-            "pid": os.getpid(),
             "protocol_version": PROTOCOL_VERSION,
-            "pools": len(bridge.registry),
-            "connections": len(bridge.sessions),
-        })  # fmt: skip
+        }
+        if check_token(self._given_token(), self.settings["kernelexec_token"]) is None:
+            body.update(
+                pid=os.getpid(), pools=len(bridge.registry), connections=len(bridge.sessions)
+            )
+        self.finish(body)
+
+    def _given_token(self) -> str | None:
+        scheme, _, value = self.request.headers.get("Authorization", "").strip().partition(" ")
+        return value.strip() if scheme.lower() in ("token", "bearer") else None
 
 
-class MetricsHandler(TokenAuthMixin, JSONErrorsMixin, BridgeHandler):
+class MetricsHandler(HostCheckMixin, TokenAuthMixin, JSONErrorsMixin, BridgeHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(self.bridge.metrics.render())
 
 
 class BridgeSocketHandler(
-    TokenAuthMixin, JSONErrorsMixin, BridgeHandler, websocket.WebSocketHandler
+    HostCheckMixin, TokenAuthMixin, JSONErrorsMixin, BridgeHandler, websocket.WebSocketHandler
 ):
     """One Node-RED runtime's connection: frames in, frames out, via a :class:`Session`."""
 

@@ -39,6 +39,59 @@ function doneError(error) {
     return error && error.type === "NodeError" && typeof error.message === "string" ? error.message : toError(error);
 }
 
+/**
+ * Make `msg` fit for a Catch node, in place. Node-RED hands a Catch node a copy of the failed
+ * message (RED.util.cloneMessage); when the copy throws (a payload nested 100,000 deep, a getter
+ * that throws), the error report itself failed and the message vanished ("Error delivering
+ * message"). Top-level properties that cannot be copied are removed; their names are returned.
+ */
+function makeReportable(msg, clone) {
+    if (typeof clone !== "function" || msg === null || typeof msg !== "object") {
+        return [];
+    }
+    try {
+        clone(msg);
+        return [];
+    } catch (_) {
+        // property by property, below
+    }
+    const dropped = [];
+    for (const key of Object.keys(msg)) {
+        if (key === "_msgid") {
+            continue;
+        }
+        try {
+            clone({ [key]: msg[key] });
+        } catch (_) {
+            dropped.push(key);
+        }
+    }
+    for (const key of dropped) {
+        try {
+            delete msg[key];
+        } catch (_) {
+            // a non-configurable property: nothing more to do
+        }
+    }
+    return dropped;
+}
+
+/** The error of a message that failed on its way in (before it reached the bridge). */
+function inputError(err, dropped) {
+    const name = (err && err.name) || "Error";
+    let message;
+    if (err && err.name === "CodecError") {
+        message = err.message;   // already names the value and what to do
+    } else {
+        const reason = err && err.message ? err.message : String(err);
+        message = t("kernelexec.error.input", { error: `${name}: ${reason}` });
+    }
+    if (dropped.length > 0) {
+        message += " " + t("kernelexec.error.inputDropped", { props: dropped.map((k) => "msg." + k).join(", ") });
+    }
+    return toError({ code: (err && err.code) || "CONVERSION_ERROR", type: name, message });
+}
+
 function closedError() {
     return toError({ code: "POOL_CLOSED", type: "Error", message: t("kernelexec.error.closed") });
 }
@@ -265,7 +318,21 @@ class Runner {
 
     // ---- messages ----------------------------------------------------------------
 
+    /** The node's input handler: whatever throws on the way in ends in done(err). */
     input(msg, send, done) {
+        try {
+            this.accept(msg, send, done);
+        } catch (err) {
+            const failure = inputError(err, makeReportable(msg, this.options.cloneMessage));
+            try {
+                done(failure);
+            } catch (reportErr) {
+                this.node.error(failure.message);
+            }
+        }
+    }
+
+    accept(msg, send, done) {
         if (this.closing) {
             done(closedError());
         } else if (this.state === "ready") {
@@ -298,14 +365,16 @@ class Runner {
     /** Send a message to the pool. Without large Buffers (blob files) it leaves at once. */
     execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
-        const { wire, kept } = codec.splitMessage(item.msg);
         const req = { reqId, files: NO_FILES, result: false, finished: false, held: false, msg: item.msg, send: item.send, done: item.done };
         this.inflight.set(reqId, req);
         let encoded;
+        let kept;
         try {
-            encoded = codec.encodeWire(wire, { blobDir: this.bridge.blobDir, reqId });
+            const split = codec.splitMessage(item.msg);
+            kept = split.kept;
+            encoded = codec.encodeWire(split.wire, { blobDir: this.bridge.blobDir, reqId });
         } catch (err) {
-            this.finish(req, err);
+            this.refuse(req, err);
             return;
         }
         // the encoded msg shares the input's unchanged parts: serialized before anything waits
@@ -322,7 +391,12 @@ class Runner {
                 return;
             }
             this.sendExecute(req, Object.assign(kept, encoded.kept), null, text);
-        }, (err) => this.finish(req, err));
+        }, (err) => this.refuse(req, err));
+    }
+
+    /** A message that failed on its way in: done(err), with a message a Catch node can copy. */
+    refuse(req, err) {
+        this.finish(req, inputError(err, makeReportable(req.msg, this.options.cloneMessage)));
     }
 
     sendExecute(req, kept, frame, text) {
@@ -332,7 +406,7 @@ class Runner {
         try {
             sent = frame ? this.bridge.send(frame) : this.bridge.sendText(text);
         } catch (err) {   // JSON.stringify of the input's own objects (a getter that throws)
-            this.finish(req, err);
+            this.refuse(req, err);
             return;
         }
         if (!sent) {
@@ -451,7 +525,11 @@ class Runner {
         if (req.files.length > 0) {
             codec.removeFiles(req.files);
         }
-        req.done(err || undefined);
+        try {
+            req.done(err || undefined);
+        } catch (reportErr) {   // Node-RED could not report it (the message cannot be copied)
+            this.node.error(err ? (typeof err === "string" ? err : err.message) : String(reportErr));
+        }
     }
 
     failAll(err) {

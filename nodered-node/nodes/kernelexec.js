@@ -108,6 +108,7 @@ module.exports = function (RED) {
         const runner = new Runner(node, poolConfig(n, envNode, RED.settings), {
             bridge,
             stdoutToMsg: n.stdoutToMsg === true || n.stdoutToMsg === "true",
+            cloneMessage: RED.util.cloneMessage,   // what a Catch node will do to a failed message
         });
         node.on("input", (msg, send, done) => runner.input(msg, send, done));
         node.on("close", (removed, done) => {

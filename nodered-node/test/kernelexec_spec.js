@@ -275,6 +275,65 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.strictEqual((await got)[0].payload, "alive");
     });
 
+    it("in a burst, fails only the message that killed its kernel; the others get their results once", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            { id: "src", type: "helper", wires: [["n1"]] },
+            py("n1", "import os\nif msg['payload'] == 10:\n    os._exit(1)\nreturn msg"),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const got = S.messages(helper.getNode("out"), 49, 60000);
+        const caught = S.messages(helper.getNode("caught"), 1, 60000);
+        for (let i = 0; i < 50; i++) {
+            helper.getNode("src").send({ payload: i });
+        }
+        const [err] = await caught;
+        assert.strictEqual(err.payload, 10);
+        assert.strictEqual(err.error.code, "KERNEL_DIED");
+        assert.match(err.error.message, /while this message was running/);
+        const payloads = (await got).map((m) => m.payload).sort((a, b) => a - b);
+        assert.deepStrictEqual(payloads, Array.from({ length: 50 }, (_, i) => i).filter((i) => i !== 10));
+    });
+
+    it("fails a message it cannot take in (100k levels deep, a throwing getter) through a Catch node, and goes on", async function () {
+        await load([N.kernelexecNode, N.catchNode], [
+            { id: "src", type: "helper", wires: [["n1"]] },
+            py("n1", "return msg"),
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]);
+        const src = helper.getNode("src");
+        let deep = { leaf: true };
+        for (let i = 0; i < 100000; i++) {
+            deep = { a: deep };
+        }
+        const getter = { ok: 1 };
+        Object.defineProperty(getter, "boom", { enumerable: true, get() { throw new Error("getter refused"); } });
+        const cyclic = { name: "loop" };
+        cyclic.self = cyclic;
+        const caught = S.messages(helper.getNode("caught"), 4);
+        src.send({ payload: deep, topic: "deep" });   // through the flow, as Node-RED delivers it
+        src.send({ payload: getter, topic: "getter" });
+        src.send({ payload: 10n, topic: "bigint" });
+        src.send({ payload: cyclic, topic: "cyclic" });
+        const errors = await caught;
+        const byTopic = new Map(errors.map((m) => [m.topic, m]));
+        assert.deepStrictEqual([...byTopic.keys()].sort(), ["bigint", "cyclic", "deep", "getter"]);
+        const deepErr = byTopic.get("deep");
+        assert.match(deepErr.error.message, /could not be prepared for Python.*RangeError/);
+        assert.match(deepErr.error.message, /msg\.payload could not be copied/);
+        assert.strictEqual(deepErr.payload, undefined, "the payload that cannot be copied is not in the report");
+        assert.match(byTopic.get("getter").error.message, /getter refused/);
+        assert.match(byTopic.get("bigint").error.message, /BigInt/);
+        assert.match(byTopic.get("cyclic").error.message, /circular/);
+        for (const m of errors) {
+            assert.strictEqual(m.error.source.id, "n1");
+        }
+        const got = S.messages(helper.getNode("out"), 1);
+        src.send({ payload: "next" });
+        assert.strictEqual((await got)[0].payload, "next");
+    });
+
     it("shows a syntax error at deploy and fails messages with it", async function () {
         await load([N.kernelexecNode, N.catchNode], [
             py("n1", "x = 1\nreturn msg +"),

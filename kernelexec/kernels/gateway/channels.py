@@ -258,6 +258,10 @@ class KernelChannels:
 
     # -- messages --------------------------------------------------------------------
 
+    def awaits_reply(self, msg_id: str) -> bool:
+        """Whether ``msg_id`` is a shell request sent and not yet answered."""
+        return msg_id in self._pending
+
     async def send(
         self,
         channel: str,

@@ -230,12 +230,7 @@ class GatewayKernel(KernelHandle):
     def _on_iopub(self, msg: Message) -> None:
         kind, content = msg.msg_type, msg.content
         if kind == "comm_msg" and content.get("comm_id") == BLOBS_COMM_ID:
-            data = content.get("data") or {}
-            parcel = self._blob_parcels.setdefault(
-                str(data.get("msg_id")), asyncio.get_running_loop().create_future()
-            )
-            if not parcel.done():
-                parcel.set_result(msg.buffers)
+            self._take_parcel(str((content.get("data") or {}).get("msg_id")), msg.buffers)
         elif kind == "comm_msg" and content.get("comm_id") == EVENTS_COMM_ID:
             self._on_event(content.get("data") or {}, [bytes(b) for b in msg.buffers])
         elif kind == "stream":
@@ -248,6 +243,19 @@ class GatewayKernel(KernelHandle):
         ):
             self._auto_restarted = content["execution_state"] == "restarting"
             self._mark_dead(f"the kernel died (gateway status {content['execution_state']!r})")
+
+    def _take_parcel(self, msg_id: str, buffers: list[bytes]) -> None:
+        """The output blobs of an execute_request still in flight; a parcel for any other
+        msg_id (late, or made up by the kernel's code) is dropped, not kept forever."""
+        parcel = self._blob_parcels.get(msg_id)
+        if parcel is None and self._channels.awaits_reply(msg_id):  # before execute() looked
+            parcel = self._blob_parcels[msg_id] = asyncio.get_running_loop().create_future()
+        if parcel is None:
+            log.warning("gateway kernel %s: dropped output blobs for unknown request %.40r",
+                        self.kernel_id, msg_id)  # fmt: skip
+            return
+        if not parcel.done():
+            parcel.set_result(buffers)
 
     def _on_event(self, event: Any, buffers: list[bytes]) -> None:
         if buffers and has_gw_refs(event):
@@ -321,6 +329,7 @@ class GatewayKernel(KernelHandle):
             )
             buffers = []
         msg_id = await channels.send("shell", msg_type, content, buffers)
+        self._blob_parcels.setdefault(msg_id, asyncio.get_running_loop().create_future())
         try:
             waiting = self._watch(channels.wait_reply(msg_id))
             limit = self._limit(extra.get("op"))
