@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -62,7 +61,7 @@ SMOKE = {
     "cold": 5,
 }
 
-Submit = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+Submit = Callable[..., Awaitable[dict[str, Any]]]  # (req_id, msg[, blob table])
 
 
 def log(text: str) -> None:
@@ -291,16 +290,17 @@ class Runner:
             out = (await self.one({"payload": data}))["payload"]
         else:
             req_id = self.req_id()
-            ref = blobs.write_blob(data, req_id)
+            entry = blobs.write_blob(data, req_id)
             try:
-                result = await self.submit(req_id, {"payload": ref})
+                result = await self.submit(req_id, {"payload": blobs.index_ref(0)}, [entry])
                 back = check_result(result)["payload"]
-                out = blobs.read_blob(back)
-                with contextlib.suppress(OSError):
-                    os.unlink(back["path"])
+                table = result.get(blobs.TABLE) or []
+                try:
+                    out = blobs.read_blob(table[back[blobs.INDEX]], req_id)
+                finally:
+                    blobs.remove_table(table, req_id)
             finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(ref["path"])
+                blobs.remove_table([entry], req_id)
         seconds = time.perf_counter() - t0
         if len(out) != len(data) or zlib.crc32(out) != crc:
             message = f"{self.name}: blob of {len(data)} bytes came back altered"

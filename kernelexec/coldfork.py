@@ -146,7 +146,7 @@ def _child(runtime: Runtime, fds: tuple[int, int, int, int], *, spare: bool) -> 
             order = _read_frame(from_parent)
         except EOFError:
             os._exit(0)
-        channel.finish(runtime.run_here(order["msg"], order["req_id"], 0.0))
+        channel.finish(runtime.run_here(order["msg"], order["req_id"], 0.0, order.get(blobs.TABLE)))
         _wait_for_close(from_parent)
     except BaseException:
         code = 70
@@ -223,7 +223,9 @@ def _take_child(runtime: Runtime) -> _Spare:
     return _fork_child(runtime)
 
 
-def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float) -> dict[str, Any]:
+def run_in_child(
+    runtime: Runtime, msg: Any, req_id: str | None, timeout: float, table: Any = None
+) -> dict[str, Any]:
     """Run ``msg`` in a fresh child (the spare, or one forked now), relay its events; the
     RESULT (never raises)."""
     started = time.perf_counter()
@@ -233,7 +235,7 @@ def run_in_child(runtime: Runtime, msg: Any, req_id: str | None, timeout: float)
     answered = False
     try:
         try:
-            _write_frame(child.to_child, {"msg": msg, "req_id": req_id})
+            _write_frame(child.to_child, {"msg": msg, "req_id": req_id, blobs.TABLE: table})
         except OSError:
             return _failed(runtime, req_id, started, _died(pid))
         with contextlib.suppress(OSError):

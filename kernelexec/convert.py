@@ -9,8 +9,9 @@ str, int, bool, None                        as is
 float                                       as is; NaN, +-Infinity -> null (as JSON.stringify)
 dict (and subclasses)                       object; keys -> str (True -> "true", None -> "null")
 list, tuple, set, frozenset                 array (sets in iteration order)
-bytes, bytearray, memoryview                ``{"$kx": "buffer", "b64"}`` below 64 KiB, else a
-                                            blob file ``{"$kx": "blob", "path", "size"}``
+bytes, bytearray, memoryview                a buffer marker below 64 KiB, else a blob file:
+                                            an index into the encoder's blob table
+dict with a marker key of its own           escaped (wrapped), so it crosses as plain data
 datetime, date, time                        ISO 8601 string (``isoformat()``)
 timedelta                                   seconds (float)
 Decimal                                     float; NaN/Infinity -> null; str when beyond the
@@ -27,9 +28,11 @@ anything else                               ConversionError: ``msg.payload.model
                                             object of type Booster``
 ==========================================  ==================================================
 
-Incoming (:func:`from_json`): buffer and blob markers become ``bytes``, in place; the
-blobs read are remembered so that sending the same ``bytes`` object back links the input
-file instead of writing it again (see :mod:`kernelexec.blobs`).
+The markers' wire form belongs to :mod:`kernelexec.blobs`. Incoming (:func:`from_json`):
+buffer and blob markers become ``bytes``, escaped objects plain dicts, in place; a blob
+marker is only an index into the blob table given with the value (none: an error). The
+blobs read are remembered so that sending the same ``bytes`` object back renames the input
+file instead of writing it again.
 
 numpy and pandas are never imported here: they are recognised by ``type(x).__module__``.
 Standard library only: this module runs inside the kernel.
@@ -52,9 +55,8 @@ from .errors import ConversionError
 
 __all__ = ["BLOB_THRESHOLD", "MARKER", "Encoder", "InputBlobs", "from_json", "to_json"]
 
-MARKER = "$kx"
-#: spec.json value_encoding.blob_threshold_bytes (kept literal: no file I/O at import).
-BLOB_THRESHOLD = 65536
+MARKER = blobs.MARKER
+BLOB_THRESHOLD = blobs.THRESHOLD
 _INF = math.inf
 #: id(bytes) -> (the bytes object, blob path, size) for blobs read by from_json.
 InputBlobs = dict[int, tuple[bytes, str, int]]
@@ -111,11 +113,12 @@ def _cannot(value: Any) -> _Unsendable:
 class Encoder:
     """Converts outgoing values for one request; blob files are named after ``req_id``.
 
-    ``inputs`` (from :func:`from_json`) lets bytes that came from a blob be linked, not
-    rewritten. ``blobs=False`` keeps every bytes value inline (context values, tests).
+    ``inputs`` (from :func:`from_json`) lets bytes that came from a blob be adopted, not
+    rewritten. ``use_blobs=False`` keeps every bytes value inline (context values, tests).
+    ``table``: the blob table of what was encoded, to send beside it (``blobs`` field).
     """
 
-    __slots__ = ("directory", "inputs", "pid", "req_id", "threshold", "use_blobs")
+    __slots__ = ("directory", "inputs", "pid", "req_id", "table", "threshold", "use_blobs")
 
     def __init__(
         self,
@@ -133,6 +136,7 @@ class Encoder:
         self.inputs = inputs
         self.threshold = threshold
         self.use_blobs = use_blobs
+        self.table: list[dict[str, Any]] = []
 
     def encode(self, value: Any, root: str = "msg") -> Any:
         """The JSON-safe form of ``value``; ConversionError names the failing path."""
@@ -170,7 +174,7 @@ class Encoder:
         except _Unsendable as exc:
             exc.parts.append(_part(_key(key)))
             raise
-        return out
+        return blobs.escape(out) if MARKER in out else out
 
     def _list(self, value: Any) -> list[Any]:
         convert = self._value
@@ -187,17 +191,20 @@ class Encoder:
     def _bytes(self, value: bytes | bytearray | memoryview) -> dict[str, Any]:
         size = value.nbytes if isinstance(value, memoryview) else len(value)
         if size < self.threshold or not self.use_blobs:
-            return {MARKER: "buffer", "b64": base64.b64encode(value).decode("ascii")}
-        linked = self._link(value)
-        if linked is not None:
-            return linked
-        return blobs.write_blob(value, self.req_id, directory=self.directory, pid=self.pid)
+            return blobs.buffer_ref(base64.b64encode(value).decode("ascii"))
+        entry = self._adopt(value)
+        if entry is None:
+            entry = blobs.write_blob(value, self.req_id, directory=self.directory, pid=self.pid)
+        self.table.append(entry)
+        return blobs.index_ref(len(self.table) - 1)
 
-    def _link(self, value: Any) -> dict[str, Any] | None:
-        known = self.inputs.get(id(value)) if self.inputs else None
-        if known is None or known[0] is not value:
+    def _adopt(self, value: Any) -> dict[str, Any] | None:
+        inputs = self.inputs
+        known = inputs.get(id(value)) if inputs else None
+        if inputs is None or known is None or known[0] is not value:
             return None
-        return blobs.link_blob(
+        del inputs[id(value)]  # renamed away: the next send of it writes a copy
+        return blobs.adopt_blob(
             known[1], known[2], self.req_id, directory=self.directory, pid=self.pid
         )
 
@@ -317,60 +324,99 @@ def to_json(value: Any, root: str = "msg", **options: Any) -> Any:
 # ---------------------------------------------------------------- incoming
 
 
-def _marker(value: dict[str, Any], inputs: InputBlobs | None) -> Any:
-    kind = value[MARKER]
-    if kind == "buffer":
+class _Decoder:
+    """Markers of one value back to bytes; blob markers index ``table`` (checked reads)."""
+
+    __slots__ = ("directory", "inputs", "req_id", "table")
+
+    def __init__(
+        self, table: Any, req_id: str | None, directory: str | None, inputs: InputBlobs | None
+    ) -> None:
+        self.table = table if isinstance(table, list) else []
+        self.req_id = req_id
+        self.directory = directory
+        self.inputs = inputs
+
+    def marker(self, value: dict[str, Any]) -> Any:
+        kind = value[MARKER]
+        if kind == blobs.BUFFER:
+            try:
+                return base64.b64decode(value[blobs.B64], validate=True)
+            except (KeyError, TypeError, ValueError) as exc:
+                reason = f"invalid buffer marker ({exc})"
+                raise _Unsendable(reason) from None
+        if kind == blobs.BLOB:
+            return self.blob(value.get(blobs.INDEX))
+        if kind == blobs.ESCAPE and type(value.get(blobs.ESCAPED)) is dict:
+            return self.walk_dict(value[blobs.ESCAPED])
+        return value
+
+    def blob(self, index: Any) -> bytes:
+        if type(index) is not int or not 0 <= index < len(self.table):
+            reason = (
+                f"blob reference {index!r} is not an index into this frame's blob table "
+                f"({len(self.table)} entries)"
+            )
+            raise _Unsendable(reason)
+        entry = self.table[index]
         try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (KeyError, TypeError, ValueError) as exc:
-            reason = f"invalid buffer marker ({exc})"
-            raise _Unsendable(reason) from None
-    if kind == "blob":
-        try:
-            data = blobs.read_blob(value)
+            data = blobs.read_blob(entry, self.req_id, self.directory)
         except (OSError, ValueError) as exc:
             reason = f"cannot read blob: {exc}"
             raise _Unsendable(reason) from None
-        if inputs is not None:
-            inputs[id(data)] = (data, value["path"], len(data))
+        if self.inputs is not None:
+            path = blobs.entry_path(entry, self.req_id, self.directory)
+            self.inputs[id(data)] = (data, path, len(data))
         return data
-    return value
 
+    def walk(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            if MARKER in value:
+                decoded = self.marker(value)
+                if decoded is not value:
+                    return decoded
+            return self.walk_dict(value)
+        if kind is list:
+            index = 0
+            try:
+                for index, item in enumerate(value):
+                    if type(item) is dict or type(item) is list:
+                        value[index] = self.walk(item)
+            except _Unsendable as exc:
+                exc.parts.append(f"[{index}]")
+                raise
+        return value
 
-def _decode(value: Any, inputs: InputBlobs | None) -> Any:
-    kind = type(value)
-    if kind is dict:
-        if MARKER in value:
-            decoded = _marker(value, inputs)
-            if decoded is not value:
-                return decoded
+    def walk_dict(self, value: dict[str, Any]) -> dict[str, Any]:
         key: Any = None
         try:
             for key, item in value.items():
                 if type(item) is dict or type(item) is list:
-                    value[key] = _decode(item, inputs)
+                    value[key] = self.walk(item)
         except _Unsendable as exc:
             exc.parts.append(_part(key))
             raise
-    elif kind is list:
-        index = 0
-        try:
-            for index, item in enumerate(value):
-                if type(item) is dict or type(item) is list:
-                    value[index] = _decode(item, inputs)
-        except _Unsendable as exc:
-            exc.parts.append(f"[{index}]")
-            raise
-    return value
+        return value
 
 
-def from_json(value: Any, root: str = "msg", inputs: InputBlobs | None = None) -> Any:
-    """Turn buffer/blob markers into ``bytes``, modifying dicts and lists in place.
+def from_json(
+    value: Any,
+    root: str = "msg",
+    inputs: InputBlobs | None = None,
+    *,
+    table: Any = None,
+    req_id: str | None = None,
+    directory: str | None = None,
+) -> Any:
+    """Turn markers into ``bytes`` (escaped objects into plain dicts), in place.
 
-    Blobs read are recorded in ``inputs`` (if given). ConversionError names the path.
+    Blob markers are indexes into ``table``, the blob table that came with ``value`` (the
+    files of ``req_id`` in ``directory``); blobs read are recorded in ``inputs`` (if given).
+    ConversionError names the path.
     """
     try:
-        return _decode(value, inputs)
+        return _Decoder(table, req_id, directory, inputs).walk(value)
     except _Unsendable as exc:
         message = f"{exc.path(root)}: {exc.reason}"
         raise ConversionError(message, type_name="ValueError") from None

@@ -205,21 +205,19 @@ class _Session:
     def _collect(
         self, result: dict[str, Any], events: list[dict[str, Any]], options: NodeOptions
     ) -> NodeResult:
-        from .convert import from_json
-
         outputs: list[list[dict[str, Any]]] = [[] for _ in result["outputs"]]
         status: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
         for event in events:
             if event["type"] == "send":
                 for port, messages in zip(outputs, event["outputs"], strict=False):
-                    port.extend(from_json(m) for m in messages)
+                    port.extend(_decoded(m, event, self.runtime.blob_dir) for m in messages)
             elif event["type"] == "status":
                 status.append(event["status"])
             elif event["type"] == "log":
                 logs.append({"level": event["level"], "text": event["text"]})
         for port, messages in zip(outputs, result["outputs"], strict=False):
-            port.extend(from_json(m) for m in messages)
+            port.extend(_decoded(m, result, self.runtime.blob_dir) for m in messages)
         return NodeResult(
             outputs=outputs,
             logs=logs + list(result["logs"]),
@@ -250,13 +248,24 @@ class _Session:
         self.runtime.close()
 
 
-def _late_lines(event: dict[str, Any]) -> list[str]:
-    """How an event that came after its run ended is shown."""
+def _decoded(message: Any, holder: dict[str, Any], directory: str | None) -> Any:
+    """An output message with its markers decoded against the blob table of ``holder``
+    (the result or send event that carried it)."""
+    from .blobs import TABLE
     from .convert import from_json
 
+    req_id = holder.get("req_id")
+    return from_json(
+        message, table=holder.get(TABLE), req_id=req_id if isinstance(req_id, str) else None,
+        directory=directory,
+    )
+
+
+def _late_lines(event: dict[str, Any]) -> list[str]:
+    """How an event that came after its run ended is shown."""
     if event["type"] == "send":
         return [
-            f"node.send -> port {port}: {_short(_preview(from_json(message)))}"
+            f"node.send -> port {port}: {_short(_preview(_decoded(message, event, None)))}"
             for port, messages in enumerate(event["outputs"])
             for message in messages
         ]

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .config import PoolConfig
 from .errors import (
+    ConversionError,
     KernelDiedError,
     KernelexecError,
     PoolClosedError,
@@ -318,16 +319,19 @@ class Pool:
             await asyncio.wait(pending)
 
     # -- messages ---------------------------------------------------------------------
-    async def submit(self, req_id: str, msg: dict[str, Any]) -> dict[str, Any]:
-        """Run the node's code on one message. Always returns a RESULT, never raises."""
+    async def submit(
+        self, req_id: str, msg: dict[str, Any], blobs: list[Any] | None = None
+    ) -> dict[str, Any]:
+        """Run the node's code on one message (``blobs``: its blob table). Always returns a
+        RESULT, never raises."""
         refusal = self._refusal()
         if refusal is not None:
             self._counts["errors"] += 1
             return self._finish(failed_result(req_id, refusal), 0.0)
-        if self.config.env.user:
-            self._grant_blobs(msg)
         loop = asyncio.get_running_loop()
-        job = Job(req_id=req_id, msg=msg, future=loop.create_future())
+        job = Job(req_id=req_id, msg=msg, future=loop.create_future(), blobs=blobs)
+        if not self._grant_blobs(job):
+            return await job.future
         previous, release = self._last_release, loop.create_future()
         if self.config.keep_order:
             self._last_release = release
@@ -343,7 +347,7 @@ class Pool:
         return result
 
     def submit_nowait(
-        self, req_id: str, msg: dict[str, Any]
+        self, req_id: str, msg: dict[str, Any], blobs: list[Any] | None = None
     ) -> asyncio.Future[dict[str, Any]] | None:
         """:meth:`submit` without a coroutine (the bridge's hot path, no task per message):
         the future of the RESULT, or None when the pool keeps order (use :meth:`submit`).
@@ -357,25 +361,37 @@ class Pool:
             self._counts["errors"] += 1
             future.set_result(self._finish(failed_result(req_id, refusal), 0.0))
             return future
-        if self.config.env.user:
-            self._grant_blobs(msg)
-        self._queue.append(Job(req_id=req_id, msg=msg, future=future))
-        self._wakeup.set()
+        job = Job(req_id=req_id, msg=msg, future=future, blobs=blobs)
+        if self._grant_blobs(job):
+            self._queue.append(job)
+            self._wakeup.set()
         return future
 
-    def _grant_blobs(self, value: Any) -> None:
-        """Kernels running as env.user must be able to read the message's blob files."""
-        if isinstance(value, dict):
-            if value.get("$kx") == "blob" and isinstance(value.get("path"), str):
-                from .envs import grant_to_kernel
+    def _grant_blobs(self, job: Job) -> bool:
+        """Kernels running as env.user read copies of the message's blob files that this
+        process makes for the request and hands over with fchown (never a chown by path, never
+        a file the message names: only entries of the frame's own table, checked as any blob
+        read). The copies go when the request ends. False (the job's future holds a
+        CONVERSION_ERROR result) when an entry cannot be copied."""
+        if not self.config.env.user or not job.blobs:
+            return True
+        import pwd
 
-                grant_to_kernel(self.config.env, value["path"])
-                return
-            for item in value.values():
-                self._grant_blobs(item)
-        elif isinstance(value, list):
-            for item in value:
-                self._grant_blobs(item)
+        from . import blobs
+
+        entry = pwd.getpwnam(self.config.env.user)
+        copies: list[dict[str, Any]] = []
+        try:
+            for item in job.blobs:
+                copies.append(blobs.copy_for(item, job.req_id, entry.pw_uid, entry.pw_gid))
+        except (OSError, ValueError) as exc:
+            blobs.remove_table(copies, job.req_id)
+            error = ConversionError(f"msg: cannot hand a blob to the kernel user: {exc}")
+            job.future.set_result(self._finish(failed_result(job.req_id, error), 0.0))
+            return False
+        job.blobs = copies
+        job.future.add_done_callback(lambda _f: blobs.remove_table(copies, job.req_id))
+        return True
 
     def _refusal(self) -> KernelexecError | None:
         if self.state == "closed":

@@ -95,19 +95,10 @@ class Request:
     #: status events emitted while it ran (delivered before its result, like sends)
     statuses: int = 0
     finished: bool = False
-    #: Blob files already handed over in send events: their reader removes them.
+    #: Names of the blob files already handed over in send events: their reader removes them.
     handed: set[str] = field(default_factory=set)
-
-
-def _blob_paths(value: Any) -> list[str]:
-    """Paths of the blob refs in an encoded value."""
-    if isinstance(value, dict):
-        if value.get("$kx") == "blob":
-            return [str(value.get("path"))]
-        return [p for item in value.values() for p in _blob_paths(item)]
-    if isinstance(value, list):
-        return [p for item in value for p in _blob_paths(item)]
-    return []
+    #: The blob table of the outputs (the result's ``blobs``).
+    table: list[dict[str, Any]] = field(default_factory=list)
 
 
 def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -> dict[str, Any]:
@@ -348,9 +339,9 @@ class Runtime:
     def run_batch(
         self, batch: list[dict[str, Any]], stream: ResultWriter | None = None
     ) -> list[dict[str, Any]]:
-        """RESULTs for [{req_id, msg, timeout}] in order; after an interrupt, the rest
-        fail with TIMEOUT without running. With ``stream`` each RESULT goes down the pipe
-        as it is complete instead (none is returned), and after an interrupt the batch ends:
+        """RESULTs for [{req_id, msg, timeout, blobs}] in order (``blobs``: the msg's blob
+        table); after an interrupt, the rest fail with TIMEOUT without running. With
+        ``stream`` each RESULT goes down the pipe as it is complete instead (none is returned), and after an interrupt the batch ends:
         the bridge runs the rest again (kernelexec/resultpipe.py)."""
         self._interrupted = False
         self._ran = 0
@@ -365,7 +356,7 @@ class Runtime:
                 results.append(self._interrupted_result(req_id))
                 continue
             self._ran += 1
-            result = self.run_message(item.get("msg"), req_id, timeout)
+            result = self.run_message(item.get("msg"), req_id, timeout, item.get(blobs.TABLE))
             if stream is not None:
                 stream.result(result)
             else:
@@ -381,16 +372,17 @@ class Runtime:
         return {"results": [], "streamed": True, "ran": self._ran}
 
     def run_message(
-        self, msg: Any, req_id: str | None = None, timeout: float = 0.0
+        self, msg: Any, req_id: str | None = None, timeout: float = 0.0, table: Any = None
     ) -> dict[str, Any]:
-        """Run the node code on one msg (in a forked child in cold mode); the RESULT."""
+        """Run the node code on one msg (in a forked child in cold mode); the RESULT.
+        ``table``: the blob table that came with msg (its blob markers index it)."""
         if self.compiled is None:
             self.init()
         if self.fork:
             from .coldfork import run_in_child
 
-            return run_in_child(self, msg, req_id, timeout)
-        return self.run_here(msg, req_id, timeout)
+            return run_in_child(self, msg, req_id, timeout, table)
+        return self.run_here(msg, req_id, timeout, table)
 
     async def run_message_async(
         self, msg: Any, req_id: str | None = None, timeout: float = 0.0
@@ -398,7 +390,9 @@ class Runtime:
         """run_message for callers inside an event loop (a notebook cell)."""
         return self.run_message(msg, req_id, timeout)
 
-    def run_here(self, msg: Any, req_id: str | None, timeout: float) -> dict[str, Any]:
+    def run_here(
+        self, msg: Any, req_id: str | None, timeout: float, table: Any = None
+    ) -> dict[str, Any]:
         """Run one msg in this process."""
         req = Request(req_id, clock_ticks())
         self._capture.start()
@@ -409,7 +403,7 @@ class Runtime:
         try:
             started = time.perf_counter()
             try:
-                value = self._call(self._decode(msg, req), req, timeout)
+                value = self._call(self._decode(msg, req, table), req, timeout)
             finally:
                 exec_ms = (time.perf_counter() - started) * 1000.0
             outputs = self._encode_outputs(req, value)
@@ -423,11 +417,13 @@ class Runtime:
                 req.finished = True
         return self._result(req, outputs, stdout, exec_ms)
 
-    def _decode(self, msg: Any, req: Request) -> dict[str, Any]:
+    def _decode(self, msg: Any, req: Request, table: Any) -> dict[str, Any]:
         if not isinstance(msg, dict):
             message = f"msg must be an object (a dict), not {type(msg).__name__}"
             raise ConversionError(message, type_name="TypeError")
-        decoded: dict[str, Any] = from_json(msg, "msg", req.inputs)
+        decoded: dict[str, Any] = from_json(
+            msg, "msg", req.inputs, table=table, req_id=req.req_id, directory=self.blob_dir
+        )
         return decoded
 
     def _drop_blobs(self, req: Request) -> None:
@@ -471,7 +467,7 @@ class Runtime:
         self, req: Request, outputs: list[list[Any]] | None, stdout: str, exec_ms: float
     ) -> dict[str, Any]:
         uses_done = self.compiled is not None and self.compiled.uses_done
-        return {
+        result = {
             "req_id": req.req_id,
             "outputs": outputs if outputs is not None else [[] for _ in range(self.outputs)],
             "logs": req.logs,
@@ -483,6 +479,9 @@ class Runtime:
             "status_events": req.statuses,
             "exec_ms": round(exec_ms, 3),
         }
+        if req.table and req.error is None:
+            result[blobs.TABLE] = req.table
+        return result
 
     # ------------------------------------------------------------------ execution
     def _call(self, msg: dict[str, Any], req: Request, timeout: float) -> Any:
@@ -551,22 +550,39 @@ class Runtime:
         outputs = normalize_outputs(value, self.outputs)
         if value is None:
             return outputs
-        encode = self._encoder(req, req.req_id).encode
-        return [[encode(m) for m in output] for output in outputs]
+        encoder = self._encoder(req, req.req_id)
+        encode = encoder.encode
+        try:
+            return [[encode(m) for m in output] for output in outputs]
+        finally:
+            req.table = encoder.table
 
     # --------------------------------------------------------------------- events
     def emit_send(self, req: Request | None, outputs: list[list[Any]]) -> None:
         live = req is not None and not req.finished
         req_id = req.req_id if live and req is not None else None
-        encode = self._encoder(req, req_id).encode
-        encoded = [[encode(m) for m in output] for output in outputs]
+        encoder = self._encoder(req, req_id)
+        encode = encoder.encode
+        try:
+            encoded = [[encode(m) for m in output] for output in outputs]
+        except BaseException:
+            blobs.remove_table(encoder.table, req_id, self.blob_dir)
+            raise
         with self._lock:
             live = req is not None and not req.finished
-            event = {"type": "send", "req_id": req_id if live else None, "outputs": encoded}
+            event: dict[str, Any] = {
+                "type": "send", "req_id": req_id if live else None, "outputs": encoded
+            }
+            if encoder.table and req_id is not None and not live:  # it ended meanwhile
+                encoder.table = blobs.rename_table(
+                    encoder.table, req_id, None, self.blob_dir, self.pid
+                )
+            if encoder.table:
+                event[blobs.TABLE] = encoder.table
             self.channel.event(event)
             if live and req is not None:
                 req.sent += 1
-                req.handed.update(_blob_paths(encoded))
+                req.handed.update(str(entry[blobs.NAME]) for entry in encoder.table)
 
     def emit_done(self, req: Request | None, error: Any = None) -> None:
         req_id = req.req_id if req is not None else None

@@ -26,6 +26,7 @@ from .errors import (
     error_from_dict,
 )
 from .kernels.base import HANDLE_CODE, KernelHandle
+from .protocol import BLOB_TABLE
 from .resultpipe import ResultPipe
 
 __all__ = ["BOOTSTRAP_CODE", "HANDLE_CODE", "Job", "Worker", "WorkerState", "failed_result"]
@@ -67,6 +68,8 @@ class Job:
     started: float = 0.0
     #: How often it went back to the queue unstarted (its batch's kernel died before it).
     reruns: int = 0
+    #: The blob table of msg (spec value_encoding.blob_table), None when it has no blob.
+    blobs: list[dict[str, Any]] | None = None
 
 
 class Worker:
@@ -210,9 +213,7 @@ class Worker:
         now = time.perf_counter()
         for job in jobs:
             job.started = now
-        batch = [
-            {"req_id": job.req_id, "msg": job.msg, "timeout": self.config.timeout} for job in jobs
-        ]
+        batch = [_batch_item(job, self.config.timeout) for job in jobs]
         request: dict[str, Any] = {"op": "run", "batch": batch}
         pipe = self._result_pipe()
         if pipe is not None:
@@ -353,6 +354,13 @@ class Worker:
                 finally:
                     self._sent_waiters.pop(req_id, None)
             self._sent_seen.pop(req_id, None)
+
+
+def _batch_item(job: Job, timeout: float) -> dict[str, Any]:
+    item = {"req_id": job.req_id, "msg": job.msg, "timeout": timeout}
+    if job.blobs:
+        item[BLOB_TABLE] = job.blobs
+    return item
 
 
 def _stuck(error: KernelexecError) -> bool:

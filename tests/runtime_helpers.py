@@ -152,11 +152,18 @@ class KernelSession:
         raise AssertionError(f"no kernelexec payload in {reply['content']}")
 
     def run(
-        self, msgs: list[dict[str, Any]], timeout: float = 0, prefix: str = "r"
+        self,
+        msgs: list[dict[str, Any]],
+        timeout: float = 0,
+        prefix: str = "r",
+        tables: list[Any] | None = None,
     ) -> list[dict[str, Any]]:
+        """One batch; ``tables``: the blob table of each message (none by default)."""
         batch = [
             {"req_id": f"{prefix}{i}", "msg": m, "timeout": timeout} for i, m in enumerate(msgs)
         ]
+        for item, table in zip(batch, tables or [], strict=False):
+            item["blobs"] = table
         results: list[dict[str, Any]] = self.op({"op": "run", "batch": batch})["results"]
         return results
 

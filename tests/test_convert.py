@@ -89,12 +89,13 @@ def test_small_bytes_inline_as_buffer_marker() -> None:
 
 def test_big_bytes_become_blob_files(tmp_path: Path) -> None:
     data = os.urandom(BLOB_THRESHOLD)
-    out = to_json({"payload": data}, req_id="r9", directory=str(tmp_path))
-    ref = out["payload"]
-    assert ref["$kx"] == "blob" and ref["size"] == BLOB_THRESHOLD
-    assert os.path.dirname(ref["path"]) == str(tmp_path)
-    assert blobs.request_blobs("r9", directory=str(tmp_path)) == [ref["path"]]
-    decoded = from_json(out)
+    encoder = Encoder("r9", directory=str(tmp_path))
+    out = encoder.encode({"payload": data})
+    assert out["payload"] == blobs.index_ref(0)
+    [entry] = encoder.table
+    assert entry["size"] == BLOB_THRESHOLD
+    assert blobs.request_blobs("r9", directory=str(tmp_path)) == [str(tmp_path / entry["name"])]
+    decoded = from_json(out, table=encoder.table, req_id="r9", directory=str(tmp_path))
     assert decoded["payload"] == data
 
 
@@ -104,18 +105,24 @@ def test_use_blobs_false_keeps_everything_inline(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_passthrough_links_the_input_blob(tmp_path: Path) -> None:
+def test_passthrough_adopts_the_input_blob(tmp_path: Path) -> None:
+    d = str(tmp_path)
     data = os.urandom(BLOB_THRESHOLD * 2)
-    ref_in = blobs.write_blob(data, "in", directory=str(tmp_path), pid=1)
+    entry_in = blobs.write_blob(data, "io", directory=d, pid=1)
+    inode = os.stat(tmp_path / entry_in["name"]).st_ino
     inputs: InputBlobs = {}
-    msg = from_json({"payload": ref_in}, inputs=inputs)
-    out = Encoder("out", inputs=inputs, directory=str(tmp_path)).encode(msg)
-    ref_out = out["payload"]
-    assert ref_out["path"] != ref_in["path"]
-    assert os.stat(ref_out["path"]).st_ino == os.stat(ref_in["path"]).st_ino
-    # an equal but different object is written, not linked
-    copy = Encoder("out", inputs=inputs, directory=str(tmp_path)).encode(bytes(bytearray(data)))
-    assert os.stat(copy["path"]).st_ino != os.stat(ref_in["path"]).st_ino
+    msg = from_json({"payload": blobs.index_ref(0)}, inputs=inputs, table=[entry_in],
+                    req_id="io", directory=d)
+    encoder = Encoder("io", inputs=inputs, directory=d)
+    encoder.encode(msg)
+    [entry_out] = encoder.table
+    assert entry_out["name"] != entry_in["name"]
+    assert os.stat(tmp_path / entry_out["name"]).st_ino == inode  # renamed, not copied
+    assert blobs.read_blob(entry_out, "io", d) == data
+    # the same bytes sent again, or equal bytes, are written
+    again = Encoder("io", inputs=inputs, directory=d)
+    again.encode([msg["payload"], bytes(bytearray(data))])
+    assert {os.stat(tmp_path / e["name"]).st_ino for e in again.table} & {inode} == set()
 
 
 def test_from_json_decodes_in_place_and_keeps_unknown_markers() -> None:
@@ -127,9 +134,40 @@ def test_from_json_decodes_in_place_and_keeps_unknown_markers() -> None:
 def test_from_json_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match=r"msg\.payload\[1\]: invalid buffer marker"):
         from_json({"payload": [0, {"$kx": "buffer", "b64": "!!"}]})
-    missing = {"$kx": "blob", "path": str(tmp_path / "kernelexec-1-r-0"), "size": 3}
+    missing = [{"name": "kernelexec-1-r-0", "size": 3}]
     with pytest.raises(ConversionError, match=r"msg\.img: cannot read blob"):
-        from_json({"img": missing})
+        from_json({"img": blobs.index_ref(0)}, table=missing, req_id="r", directory=str(tmp_path))
+
+
+def test_a_forged_blob_reference_never_reads_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "kernelexec-1-r-0"
+    secret.write_text("token=42")
+    forged = {blobs.MARKER: "blob", "path": str(secret), "size": 8}
+    for table in (None, []):
+        with pytest.raises(ConversionError, match="not an index into this frame's blob table"):
+            from_json({"payload": dict(forged)}, table=table, req_id="r", directory=str(tmp_path))
+    with pytest.raises(ConversionError, match="not an index"):  # an index past the table
+        from_json({"payload": blobs.index_ref(1)}, table=[{"name": secret.name, "size": 8}],
+                  req_id="r", directory=str(tmp_path))
+    assert secret.read_text() == "token=42"
+
+
+def test_lookalike_objects_round_trip_as_plain_data(tmp_path: Path) -> None:
+    marker = blobs.MARKER
+    lookalikes = [
+        {marker: "blob", "path": "/etc/passwd", "size": 10},
+        {marker: "blob", "i": 0},
+        {marker: "buffer", "b64": "AQI="},
+        {marker: "esc", "v": {marker: "blob", "i": 0}},
+        {marker: "other", "data": b"\x01", "nested": {marker: "blob", "i": 0}},
+    ]
+    for value in lookalikes:
+        encoder = Encoder("r", directory=str(tmp_path))
+        wire = json.loads(json.dumps(encoder.encode({"payload": value})))
+        assert encoder.table == []
+        assert wire["payload"][marker] == "esc"
+        assert from_json(wire, table=[], req_id="r")["payload"] == value
+    assert os.listdir(tmp_path) == []
 
 
 class Booster:

@@ -55,7 +55,9 @@ def test_blob_round_trip_at_any_threshold(data: bytes, threshold: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         encoder = Encoder("fz", threshold=threshold, directory=directory)
         encoded = encoder.encode({"payload": data})
-        kind = encoded["payload"]["$kx"]
+        kind = encoded["payload"][blobs.MARKER]
         assert kind == ("blob" if len(data) >= threshold else "buffer")
-        assert from_json(json.loads(json.dumps(encoded)))["payload"] == data
+        back = from_json(json.loads(json.dumps(encoded)), table=encoder.table, req_id="fz",
+                         directory=directory)
+        assert back["payload"] == data
         blobs.remove_request_blobs("fz", directory=directory)

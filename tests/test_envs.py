@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -450,14 +451,14 @@ async def test_a_pool_running_as_another_user_reads_the_messages_blob_files(
         {"code": "return {'payload': len(msg['payload'])}", "env": env, "workdir": workdir},
     )
     pool = make_pool(config, MemoryHooks())
-    ref = blobs.write_blob(os.urandom(200_000), "ub1")  # mode 0600, owned by the bridge (root)
+    entry = blobs.write_blob(os.urandom(200_000), "ub1")  # 0600, owned by the bridge (root)
     try:
         await pool.start()
-        result = await pool.submit("ub1", {"payload": ref})
+        result = await pool.submit("ub1", {"payload": blobs.index_ref(0)}, [entry])
         assert result["error"] is None, result["error"]
         assert result["outputs"][0][0]["payload"] == 200_000
     finally:
-        os.unlink(ref["path"])
+        blobs.remove_table([entry], "ub1")
         await pool.close()
 
 
@@ -546,3 +547,41 @@ def test_removing_a_workdir_swapped_for_a_symlink_removes_the_link_only(
     node.symlink_to(root_secret.parent)
     assert envs.remove_workdir("node", str(node))
     assert not node.is_symlink() and root_secret.read_text() == "root's secret\n"
+
+
+@needs_registry
+async def test_a_user_pool_never_chowns_a_file_the_message_names(
+    built: tuple[envs.EnvInfo, float, list[str]], workdir: str, test_user: str
+) -> None:
+    """The root bridge hands a `user` kernel copies it makes of the frame's own blob files
+    (fchown on its fd), never a path from the message: a forged reference to a root-only file,
+    or a table entry that is a symlink to it, leaves the file root's and 0600."""
+    from kernelexec import blobs
+    from kernelexec.pool import MemoryHooks, make_pool
+
+    env = {"python": BASE_PYTHON, "requirements": REQUIREMENTS, "user": test_user}
+    config = PoolConfig.from_dict(
+        "user-forged", {"code": "return msg", "env": env, "workdir": workdir}
+    )
+    directory = Path(blobs.blob_dir())
+    secret = directory / f"{blobs.PREFIX}1-forged_1-0"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    link = directory / f"{blobs.PREFIX}{os.getpid()}-forged_2-0"
+    link.symlink_to(secret)
+    pool = make_pool(config, MemoryHooks())
+    try:
+        await pool.start()
+        forged = {blobs.MARKER: "blob", "path": str(secret), "size": 9}
+        result = await pool.submit("forged-1", {"payload": forged})
+        assert result["error"]["code"] == "CONVERSION_ERROR", result
+        entry = {"name": link.name, "size": 9}
+        result = await pool.submit("forged-2", {"payload": blobs.index_ref(0)}, [entry])
+        assert result["error"]["code"] == "CONVERSION_ERROR", result
+        info = secret.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600)
+        assert link.is_symlink() and blobs.request_blobs("forged-2") == [str(link)]
+    finally:
+        link.unlink()
+        secret.unlink()
+        await pool.close()

@@ -719,19 +719,21 @@ async def test_pool_blobs_cross_as_buffers(gateways: Gateways, flavour: str, siz
         "msg['payload'] = data[::-1]\nreturn msg"
     )
     pool, hooks = await gateway_pool(gateway_url, code)
-    ref = blobs.write_blob(os.urandom(size), "big1")
+    entry = blobs.write_blob(os.urandom(size), "big1")
+    data = blobs.read_blob(entry, "big1")
     try:
-        result = await pool.submit("big1", {"payload": ref})
-        out = outs(result)[0]
-        assert out["$kx"] == "blob" and out["path"] != ref["path"]
-        assert blobs.read_blob(out) == blobs.read_blob(ref)[::-1]
-        os.unlink(out["path"])
+        result = await pool.submit("big1", {"payload": blobs.index_ref(0)}, [entry])
+        assert outs(result)[0] == blobs.index_ref(0)
+        [out] = result[blobs.TABLE]
+        assert out["name"] != entry["name"]
+        assert blobs.read_blob(out, "big1") == data[::-1]
+        blobs.remove_table([out], "big1")
         sent = next(e for _, e in hooks.events if e["type"] == "send")
-        event_ref = sent["outputs"][0][0]["payload"]
-        assert blobs.read_blob(event_ref) == blobs.read_blob(ref)[:1000] * 100
-        os.unlink(event_ref["path"])
+        assert sent["outputs"][0][0]["payload"] == blobs.index_ref(0)
+        assert blobs.read_blob(sent[blobs.TABLE][0], "big1") == data[:1000] * 100
+        blobs.remove_table(sent[blobs.TABLE], "big1")
     finally:
-        os.unlink(ref["path"])
+        blobs.remove_table([entry], "big1")
         await pool.close()
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 

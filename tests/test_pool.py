@@ -255,14 +255,13 @@ async def test_big_buffers_travel_through_shm_and_are_removed() -> None:
     pool, _ = await started("msg['payload'] = msg['payload'][::-1]\nreturn msg")
     try:
         data = os.urandom(3 * 1024 * 1024)
-        ref = blobs.write_blob(data, "b1")
-        result = await pool.submit("b1", {"payload": ref})
+        entry = blobs.write_blob(data, "b1")
+        result = await pool.submit("b1", {"payload": blobs.index_ref(0)}, [entry])
         out = result["outputs"][0][0]["payload"]
-        assert out["$kx"] == "blob"
-        got = blobs.read_blob(out)
+        assert out == blobs.index_ref(0)
+        got = blobs.read_blob(result[blobs.TABLE][0], "b1")
         assert got == data[::-1]
-        os.unlink(ref["path"])
-        os.unlink(out["path"])
+        blobs.remove_table([entry, *result[blobs.TABLE]], "b1")
     finally:
         await closed(pool)
 

@@ -366,18 +366,23 @@ def test_interrupt_fails_the_rest_of_the_batch(rt: Runtime) -> None:
 
 def test_big_bytes_out_become_request_blobs(rt: Runtime, tmp_path: Path) -> None:
     result = run(rt, f"msg['payload'] = bytes({BLOB_THRESHOLD})\nreturn msg", req_id="big")
-    ref = result["outputs"][0][0]["payload"]
-    assert ref["$kx"] == "blob" and ref["size"] == BLOB_THRESHOLD
-    assert blobs.request_blobs("big", directory=str(tmp_path)) == [ref["path"]]
+    assert result["outputs"][0][0]["payload"] == blobs.index_ref(0)
+    [entry] = result[blobs.TABLE]
+    assert entry["size"] == BLOB_THRESHOLD
+    assert blobs.request_blobs("big", directory=str(tmp_path)) == [str(tmp_path / entry["name"])]
 
 
-def test_blob_in_and_passthrough_out_is_a_link(rt: Runtime, tmp_path: Path) -> None:
+def test_blob_in_and_passthrough_out_is_the_same_file(rt: Runtime, tmp_path: Path) -> None:
     data = os.urandom(BLOB_THRESHOLD + 10)
-    ref_in = blobs.write_blob(data, "p", directory=str(tmp_path), pid=1)
+    entry_in = blobs.write_blob(data, "p", directory=str(tmp_path), pid=1)
+    inode = os.stat(tmp_path / entry_in["name"]).st_ino
     code = "msg['n'] = len(msg['payload'])\nmsg['t'] = type(msg['payload']).__name__\nreturn msg"
-    out = run(rt, code, {"payload": ref_in}, req_id="p")["outputs"][0][0]
+    result = run(rt, code, {"payload": blobs.index_ref(0)}, req_id="p", table=[entry_in])
+    out = result["outputs"][0][0]
     assert out["n"] == len(data) and out["t"] == "bytes"
-    assert os.stat(out["payload"]["path"]).st_ino == os.stat(ref_in["path"]).st_ino
+    [entry_out] = result[blobs.TABLE]
+    assert os.stat(tmp_path / entry_out["name"]).st_ino == inode
+    assert blobs.read_blob(entry_out, "p", str(tmp_path)) == data
 
 
 def test_failed_message_leaves_no_output_blob(rt: Runtime, tmp_path: Path) -> None:
@@ -387,9 +392,43 @@ def test_failed_message_leaves_no_output_blob(rt: Runtime, tmp_path: Path) -> No
     assert result["error"]["code"] == "CONVERSION_ERROR"
     # The returned Buffer's file is gone; the one node.send() handed over is its reader's.
     sent = [e for e in rt.events if e["type"] == "send"]
-    handed = sent[0]["outputs"][0][0]["payload"]["path"]
+    assert sent[0]["outputs"][0][0]["payload"] == blobs.index_ref(0)
+    handed = str(tmp_path / sent[0][blobs.TABLE][0]["name"])
     assert blobs.request_blobs("fail", directory=str(tmp_path)) == [handed]
+    assert blobs.TABLE not in result
     os.unlink(handed)
+
+
+def test_a_send_whose_request_ends_while_it_is_encoded_names_its_files_for_no_request(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """The event then has no req_id, so its files must be named for none (else the reader,
+    which checks names against the frame's request, refuses them)."""
+    from kernelexec.runtime import Request
+
+    req = Request("ended")
+
+    class EndsTheRequest(dict[str, Any]):
+        def items(self) -> Any:
+            req.finished = True  # as if the request ended on another thread, right now
+            return super().items()
+
+    rt.emit_send(req, [[EndsTheRequest(payload=bytes(BLOB_THRESHOLD))]])
+    [event] = [e for e in rt.events if e["type"] == "send"]
+    assert event["req_id"] is None
+    assert blobs.read_blob(event[blobs.TABLE][0], None, str(tmp_path)) == bytes(BLOB_THRESHOLD)
+    blobs.remove_table(event[blobs.TABLE], None, str(tmp_path))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(blobs.PREFIX)]
+
+
+def test_lookalikes_returned_and_sent_round_trip_as_plain_data(rt: Runtime) -> None:
+    lookalike = {blobs.MARKER: "blob", "path": "/etc/passwd", "size": 10}
+    code = "node.send({'payload': msg['payload']})\nreturn msg"
+    result = run(rt, code, {"payload": blobs.escape(dict(lookalike))}, table=[])
+    [sent] = [e for e in rt.events if e["type"] == "send"]
+    for out in (result["outputs"][0][0], sent["outputs"][0][0]):
+        assert out["payload"] == blobs.escape(lookalike)
+        assert blobs.TABLE not in result and blobs.TABLE not in sent
 
 
 # --------------------------------------------------------------- cold mode

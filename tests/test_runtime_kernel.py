@@ -181,19 +181,22 @@ def test_async_code_runs_and_times_out(k: KernelSession) -> None:
 
 def test_blobs_in_and_out(k: KernelSession, tmp_path: Path) -> None:
     data = os.urandom(BLOB_THRESHOLD * 3)
-    ref = blobs.write_blob(data, "b0", directory=str(tmp_path))
+    d = str(tmp_path)
+    entry = blobs.write_blob(data, "b0", directory=d)
+    inode = os.stat(tmp_path / entry["name"]).st_ino
     k.init(
         "msg['size'] = len(msg['payload'])\nmsg['copy'] = bytes(msg['payload'])\nreturn msg",
-        blob_dir=str(tmp_path),
+        blob_dir=d,
     )
     try:
-        out = k.run([{"payload": ref}], prefix="b")[0]["outputs"][0][0]
+        result = k.run([{"payload": blobs.index_ref(0)}], prefix="b", tables=[[entry]])[0]
+        out, table = result["outputs"][0][0], result[blobs.TABLE]
         assert out["size"] == len(data)
-        assert blobs.read_blob(out["copy"]) == data
-        assert os.stat(out["payload"]["path"]).st_ino == os.stat(ref["path"]).st_ino
-        assert os.path.basename(out["copy"]["path"]).startswith(f"kernelexec-{k.pid}-b0-")
+        assert blobs.read_blob(table[out["copy"]["i"]], "b0", d) == data
+        assert os.stat(tmp_path / table[out["payload"]["i"]]["name"]).st_ino == inode  # adopted
+        assert table[out["copy"]["i"]]["name"].startswith(f"kernelexec-{k.pid}-b0-")
     finally:
-        assert blobs.remove_request_blobs("b0", directory=str(tmp_path)) == 3
+        assert blobs.remove_request_blobs("b0", directory=d) == 2
 
 
 def test_cold_mode_in_a_kernel(k: KernelSession) -> None:

@@ -5,10 +5,12 @@
 
 prints ``{"outputs": [[msg, ...], ...], "logs": [...], "status": [...], "stdout": "...",
 "error": null | {"type", "message", "traceback", ...}}``. Messages sent with node.send() come
-first on their outputs, then what the code returned. Buffers are printed as
-``{"$kx": "buffer", "b64": ...}``. ``--code FILE`` takes a plain file of message code, a node
-script with ``# %% setup / node / stop / sample`` sections or a notebook with tagged cells
-(docs/notebooks.md); ``--setup``, ``--stop`` and ``--msg`` win over its sections.
+first on their outputs, then what the code returned. Values are printed in their wire form
+(spec.json ``value_encoding``): Buffers as buffer markers (base64), a user object that has
+the marker key of its own as an escaped object. ``--code FILE`` takes a plain file of
+message code, a node script with ``# %% setup / node / stop / sample`` sections or a
+notebook with tagged cells (docs/notebooks.md); ``--setup``, ``--stop`` and ``--msg`` win
+over its sections.
 Exit code 0 without error, 1 on an error, 2 on bad arguments.
 """
 
@@ -22,12 +24,16 @@ import os
 import sys
 from typing import Any
 
+from .. import blobs
 from ..config import PoolConfig
 from ..errors import ConfigError
 from ..notebook import NodeCode, load_node_code
 from ..pool import MemoryHooks, make_pool
 
 __all__ = ["register", "run"]
+
+#: the req_id of the one message (its output blob files are named for it)
+RUN_ID = "run-1"
 
 
 def register(subparsers: Any) -> None:
@@ -108,18 +114,22 @@ def _config(args: argparse.Namespace, node: NodeCode) -> PoolConfig:
     return PoolConfig.from_dict("cli", fields)
 
 
-def _inline_blobs(value: Any) -> Any:
-    """Blob files become inline buffers (and are removed): the output is self-contained."""
-    if isinstance(value, dict):
-        if value.get("$kx") == "blob":
-            with open(value["path"], "rb") as handle:
-                data = handle.read()
-            os.unlink(value["path"])
-            return {"$kx": "buffer", "b64": base64.b64encode(data).decode("ascii")}
-        return {key: _inline_blobs(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_inline_blobs(item) for item in value]
-    return value
+def _inline_blobs(messages: Any, table: Any, req_id: str | None) -> Any:
+    """Blob markers become inline buffers, read from the frame's own table (and the files are
+    removed): the output is self-contained. Nothing a message names is opened."""
+
+    def inline(index: Any) -> dict[str, Any]:
+        if type(index) is not int or not 0 <= index < len(entries):
+            message = f"blob reference {index!r} is not an index into the output's blob table"
+            raise blobs.BlobError(message)
+        data = blobs.read_blob(entries[index], req_id)
+        return blobs.buffer_ref(base64.b64encode(data).decode("ascii"))
+
+    entries = table if isinstance(table, list) else []
+    try:
+        return blobs.map_refs(messages, inline)
+    finally:
+        blobs.remove_table(entries, req_id)
 
 
 def _merge(result: dict[str, Any], hooks: MemoryHooks, outputs: int) -> dict[str, Any]:
@@ -128,16 +138,19 @@ def _merge(result: dict[str, Any], hooks: MemoryHooks, outputs: int) -> dict[str
     status = list(result.get("status") or [])
     for _node, event in hooks.events:
         if event.get("type") == "send":
-            for index, messages in enumerate(event.get("outputs") or []):
+            req_id = event.get("req_id") if isinstance(event.get("req_id"), str) else None
+            sent = _inline_blobs(event.get("outputs") or [], event.get(blobs.TABLE), req_id)
+            for index, messages in enumerate(sent):
                 ports[index].extend(messages or [])
         elif event.get("type") == "log":
             logs.append({"level": event.get("level"), "text": event.get("text")})
         elif event.get("type") == "status":
             status.append(event.get("status"))
-    for index, messages in enumerate(result.get("outputs") or []):
+    returned = _inline_blobs(result.get("outputs") or [], result.get(blobs.TABLE), RUN_ID)
+    for index, messages in enumerate(returned):
         ports[index].extend(messages or [])
     return {
-        "outputs": _inline_blobs(ports),
+        "outputs": ports,
         "logs": logs,
         "status": status,
         "stdout": result.get("stdout", ""),
@@ -154,7 +167,7 @@ async def _run_once(config: PoolConfig, msg: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:
             error = getattr(exc, "to_dict", None)
             return _merge({"error": error() if error else {"message": str(exc)}}, hooks, 0)
-        result = await pool.submit("run-1", msg)
+        result = await pool.submit(RUN_ID, msg)
     finally:
         await pool.close()
     return _merge(result, hooks, config.outputs)

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "BLOB_PREFIX",
+    "BLOB_TABLE",
     "BLOB_THRESHOLD",
     "ERROR_CODES",
     "MARKER",
@@ -41,3 +42,5 @@ ERROR_CODES: frozenset[str] = frozenset(_SPEC["error_codes"])
 MARKER: str = _SPEC["value_encoding"]["marker_key"]
 BLOB_THRESHOLD: int = _SPEC["value_encoding"]["blob_threshold_bytes"]
 BLOB_PREFIX: str = _SPEC["value_encoding"]["blob_prefix"]
+#: the frame field that carries a message's blob table (value_encoding.blob_table)
+BLOB_TABLE: str = _SPEC["value_encoding"]["blob_table"]["field"]

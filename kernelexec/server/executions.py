@@ -60,14 +60,17 @@ class Executions:
         self._closed_reason = closed_reason
         self._inflight: dict[str, asyncio.Future[Any]] = {}
 
-    def start(self, entry: PoolEntry, req_id: str, msg: dict[str, Any]) -> None:
-        """Run ``msg`` on ``entry``'s pool; its result frame is sent when it is done."""
+    def start(
+        self, entry: PoolEntry, req_id: str, msg: dict[str, Any], table: Any = None
+    ) -> None:
+        """Run ``msg`` (``table``: its blob table) on ``entry``'s pool; its result frame is
+        sent when it is done."""
         if req_id in self._inflight:
             text = f"req_id {describe(req_id)} is still running here; req_ids must be unique"
             raise FrameError(text, req_id=req_id, node_id=entry.node_id)
-        future = self._submit_now(entry, req_id, msg)
+        future = self._submit_now(entry, req_id, msg, table)
         if future is None:  # the pool is not ready yet, or needs its coroutine (keep_order)
-            future = asyncio.ensure_future(self._execute(entry, req_id, msg))
+            future = asyncio.ensure_future(self._execute(entry, req_id, msg, table))
         else:
             future.add_done_callback(functools.partial(self._answered, entry, req_id))
         self._inflight[req_id] = future
@@ -83,7 +86,7 @@ class Executions:
             task.cancel()
 
     def _submit_now(
-        self, entry: PoolEntry, req_id: str, msg: dict[str, Any]
+        self, entry: PoolEntry, req_id: str, msg: dict[str, Any], table: Any
     ) -> asyncio.Future[Any] | None:
         """The hot path: hand the message to a ready pool without a task of its own (the
         result future's done callback answers). None when :meth:`_execute` must do it."""
@@ -92,7 +95,9 @@ class Executions:
         if submit_nowait is None or not entry.settled.is_set() or entry.failure is not None:
             return None
         try:
-            future: asyncio.Future[Any] | None = submit_nowait(req_id, msg)
+            future: asyncio.Future[Any] | None = (
+                submit_nowait(req_id, msg) if table is None else submit_nowait(req_id, msg, table)
+            )
         except Exception as exc:  # answered as INTERNAL by _answered, like _execute does
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
@@ -114,9 +119,11 @@ class Executions:
             result = future.result()
         self._finish(entry, req_id, result)
 
-    async def _execute(self, entry: PoolEntry, req_id: str, msg: dict[str, Any]) -> None:
+    async def _execute(
+        self, entry: PoolEntry, req_id: str, msg: dict[str, Any], table: Any
+    ) -> None:
         try:
-            result = await self._submit(entry, req_id, msg)
+            result = await self._submit(entry, req_id, msg, table)
         except asyncio.CancelledError:
             self._finish(entry, req_id, error_result(entry.node_id, req_id, self._closed(entry)))
             raise
@@ -127,7 +134,9 @@ class Executions:
             result = error_result(entry.node_id, req_id, error)
         self._finish(entry, req_id, result)
 
-    async def _submit(self, entry: PoolEntry, req_id: str, msg: dict[str, Any]) -> dict[str, Any]:
+    async def _submit(
+        self, entry: PoolEntry, req_id: str, msg: dict[str, Any], table: Any
+    ) -> dict[str, Any]:
         if not entry.settled.is_set():
             if entry.waiting >= entry.config.queue_limit:
                 message = (
@@ -144,7 +153,10 @@ class Executions:
         if pool is None or entry.failure is not None:
             return error_result(entry.node_id, req_id, entry.failure or self._closed(entry))
         entry.load_changed()
-        return await pool.submit(req_id, msg)
+        if table is None:  # pools of the tests may take (req_id, msg) only
+            return await pool.submit(req_id, msg)
+        result: dict[str, Any] = await pool.submit(req_id, msg, table)
+        return result
 
     def _finish(self, entry: PoolEntry, req_id: str, result: dict[str, Any]) -> None:
         task = self._inflight.pop(req_id, None)

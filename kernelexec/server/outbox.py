@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..protocol import BLOB_TABLE
 from .executions import error_result
 from .frames import dumps, error_object, frame_ids
 
@@ -117,6 +118,7 @@ class Outbox:
             future.add_done_callback(_consume)
 
     def _unencodable(self, frame: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        _drop_blobs(frame)
         message = f"a {frame.get('type')} frame could not be encoded as JSON: {exc}"
         return self._instead(frame, error_object("CONVERSION_ERROR", message, type(exc).__name__))
 
@@ -128,6 +130,7 @@ class Outbox:
         if size <= limit:
             return data
         kind = frame.get("type")
+        _drop_blobs(frame)
         message = (
             f"a {kind} frame of {size} bytes is larger than max_frame_bytes ({limit}); "
             "send big data as bytes (they travel as blob files) or send less"
@@ -149,3 +152,14 @@ class Outbox:
         if frame.get("type") == "result":
             return error_result(str(node_id), str(req_id), error)
         return {"type": "error", "error": error, "req_id": req_id, "node_id": node_id}
+
+
+def _drop_blobs(frame: dict[str, Any]) -> None:
+    """The blob files of a frame that is replaced: nobody will read them (only names of the
+    frame's own request are removed, see kernelexec.blobs.remove_table)."""
+    table = frame.get(BLOB_TABLE)
+    if table:
+        from .. import blobs
+
+        req_id = frame.get("req_id")
+        blobs.remove_table(table, req_id if isinstance(req_id, str) else None)

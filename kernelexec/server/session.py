@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config import PoolConfig
 from ..errors import ConfigError
-from ..protocol import PROTOCOL_VERSION
+from ..protocol import BLOB_TABLE, PROTOCOL_VERSION
 from .bridge import Bridge, sweep_blobs
 from .executions import Executions
 from .frames import (
@@ -254,7 +254,8 @@ class Session:
     # -- execute -----------------------------------------------------------------------
 
     def _on_execute(self, frame: dict[str, Any]) -> None:
-        self._executions.start(self._own_entry(frame), frame["req_id"], frame["msg"])
+        entry, table = self._own_entry(frame), frame.get(BLOB_TABLE) or None
+        self._executions.start(entry, frame["req_id"], frame["msg"], table)
 
     def _closed_reason(self) -> str | None:
         """Why this connection's pools close: the bridge or the connection stopping."""

@@ -365,7 +365,7 @@ class Bridge {
             return;
         }
         if (frame.outputs) {
-            codec.discardBlobs(frame.outputs, this.blobDir);   // for a node that is gone
+            codec.discardBlobs(frame, this.blobDir);   // for a node that is gone
         }
         if (frame.type === "error") {
             log.warn(t("kernelexec.log.bridgeError", { error: frame.error ? frame.error.message : JSON.stringify(frame) }));

@@ -1,8 +1,11 @@
-// Node-RED message <-> protocol value encoding (spec.json "value_encoding").
+// Node-RED message <-> protocol value encoding (spec.json "value_encoding"). The one JS module
+// that knows the markers (their names come from spec.json through protocol.js):
 //
-//   Buffer below blob_threshold_bytes  -> {"$kx": "buffer", "b64": ...}
-//   Buffer at or above it              -> {"$kx": "blob", "path", "size"}: a 0600 file in the
-//                                         bridge's blob_dir named <blob_prefix><pid>-<req_id>-<n>
+//   Buffer below blob_threshold_bytes  -> buffer marker {MARKER: "buffer", b64}
+//   Buffer at or above it              -> blob marker {MARKER: "blob", i}: entry i of the frame's
+//                                         blob table (frame.blobs, [{name, size}]), a 0600 file in
+//                                         the bridge's blob_dir named <blob_prefix><pid>-<req_id>-<n>
+//   a plain object with a MARKER key   -> escaped {MARKER: "esc", v: object}: it stays data
 //   NaN / Infinity                     -> null (as JSON.stringify does)
 //   circular objects, BigInt, nested functions -> CodecError (the message fails, nothing crashes)
 //
@@ -12,7 +15,11 @@
 "use strict";
 const fs = require("fs");
 const path = require("path");
-const { MARKER, BLOB_THRESHOLD, BLOB_PREFIX } = require("./protocol");
+const { MARKER, KINDS, KEYS, BLOB_TABLE, BLOB_ENTRY, BLOB_THRESHOLD, BLOB_PREFIX, BLOB_NAME_SAFE } = require("./protocol");
+
+const UNSAFE = new RegExp(`[^${BLOB_NAME_SAFE}]`, "g");
+const BLOB_NAME = new RegExp(`^${BLOB_PREFIX.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(\\d+)-(.+)-(\\d+)$`);
+const hasOwn = (value, key) => Object.prototype.hasOwnProperty.call(value, key);
 
 const KEPT_NAMES = new Set(["req", "res"]);
 
@@ -25,6 +32,21 @@ class CodecError extends Error {
         this.where = where;
         this.reason = reason;
     }
+}
+
+/** The req_id as it appears in blob file names (spec blob_name_safe; null: "_"). */
+function safeReqId(reqId) {
+    return reqId ? String(reqId).replace(UNSAFE, "_") : "_";
+}
+
+/** Whether `name` is a writer's blob file name for `reqId` (a bare name, no directory). */
+function nameMatches(name, reqId) {
+    const match = typeof name === "string" ? BLOB_NAME.exec(name) : null;
+    return match !== null && match[2] === safeReqId(reqId);
+}
+
+function escape(obj) {
+    return { [MARKER]: KINDS.escape, [KEYS.escaped]: obj };
 }
 
 function isPlainObject(value) {
@@ -82,8 +104,9 @@ class Encoder {
     constructor(options) {
         this.inline = !options || !options.blobDir;
         this.blobDir = options && options.blobDir;
-        this.stem = options && `${BLOB_PREFIX}${process.pid}-${options.reqId}-`;
+        this.stem = options && `${BLOB_PREFIX}${process.pid}-${safeReqId(options.reqId)}-`;
         this.pending = [];
+        this.table = [];   // the blob table: what the frame carries beside the body
         this.ancestors = new Set();
         this.root = "msg";
         this.keys = [];   // the path below root: strings (object keys) and numbers (indexes)
@@ -110,11 +133,12 @@ class Encoder {
 
     bytes(buf) {
         if (this.inline || buf.length < BLOB_THRESHOLD) {
-            return { [MARKER]: "buffer", b64: buf.toString("base64") };
+            return { [MARKER]: KINDS.buffer, [KEYS.b64]: buf.toString("base64") };
         }
-        const file = path.join(this.blobDir, this.stem + this.pending.length);
-        this.pending.push({ file, buf });
-        return { [MARKER]: "blob", path: file, size: buf.length };
+        const name = this.stem + this.pending.length;
+        this.pending.push({ file: path.join(this.blobDir, name), buf });
+        this.table.push({ [BLOB_ENTRY.name]: name, [BLOB_ENTRY.size]: buf.length });
+        return { [MARKER]: KINDS.blob, [KEYS.index]: this.table.length - 1 };
     }
 
     value(value) {
@@ -197,7 +221,8 @@ class Encoder {
             }
         }
         this.keys.pop();
-        return out === null ? value : out;
+        const result = out === null ? value : out;
+        return hasOwn(value, MARKER) ? escape(result) : result;
     }
 
     /** An array's items (undefined becomes null, as in JSON); `copy`: never the same array. */
@@ -233,7 +258,7 @@ class Encoder {
             }
         }
         this.keys.pop();
-        return out;
+        return hasOwn(out, MARKER) ? escape(out) : out;
     }
 }
 
@@ -262,10 +287,20 @@ function encodeWire(wire, options) {
                 throw err;
             }
             encoder.pending.length = mark;
+            encoder.table.length = mark;
             kept[key] = value;
         }
     }
-    return { msg, kept, pending: encoder.pending };
+    return { msg, kept, pending: encoder.pending, blobs: encoder.table };
+}
+
+/** The execute frame of an encodeWire() result (its blob table beside msg, when it has one). */
+function executeFrame(nodeId, reqId, encoded) {
+    const frame = { type: "execute", node_id: nodeId, req_id: reqId, msg: encoded.msg };
+    if (encoded.blobs.length > 0) {
+        frame[BLOB_TABLE] = encoded.blobs;
+    }
+    return frame;
 }
 
 /** Write the blob files of encodeWire's `pending`; on failure none is left. Returns the paths. */
@@ -289,9 +324,9 @@ async function writeBlobs(pending) {
  * `kept`: top-level properties (not payload) that could not be encoded, to keep on the JS side.
  */
 async function encodeMessage(wire, options) {
-    const { msg, kept, pending } = encodeWire(wire, options);
+    const { msg, kept, pending, blobs } = encodeWire(wire, options);
     const files = pending.length > 0 ? await writeBlobs(pending) : [];
-    return { msg, files, kept };
+    return { msg, files, kept, blobs };
 }
 
 /** Encode one value with every Buffer inline (context replies). */
@@ -300,43 +335,41 @@ function encodeInline(value, where) {
     return out === undefined ? null : out;
 }
 
-function collectBlobs(value, found) {
-    if (Array.isArray(value)) {
-        for (const item of value) {
-            collectBlobs(item, found);
-        }
-    } else if (value && typeof value === "object") {
-        if (value[MARKER] === "blob") {
-            found.push(value);
-            return found;
-        }
-        for (const key of Object.keys(value)) {
-            collectBlobs(value[key], found);
-        }
-    }
-    return found;
-}
-
+/** Markers back to values: buffers, escaped objects, and blob markers (from `blobs`, the Buffers
+ * of the frame's table by index; without one, a blob marker is an error: it names no file). */
 function replaceMarkers(value, blobs) {
     if (Array.isArray(value)) {
-        return value.map((v) => replaceMarkers(v, blobs));
+        for (let i = 0; i < value.length; i++) {
+            value[i] = replaceMarkers(value[i], blobs);
+        }
+        return value;
     }
     if (!value || typeof value !== "object") {
         return value;
     }
-    if (value[MARKER] === "buffer" && typeof value.b64 === "string") {
-        return Buffer.from(value.b64, "base64");
+    const kind = value[MARKER];
+    if (kind === KINDS.buffer && typeof value[KEYS.b64] === "string") {
+        return Buffer.from(value[KEYS.b64], "base64");
     }
-    if (value[MARKER] === "blob" && blobs.has(value)) {
-        return blobs.get(value);
+    if (kind === KINDS.blob) {
+        const index = value[KEYS.index];
+        if (!Number.isInteger(index) || !blobs || index < 0 || index >= blobs.length) {
+            throw new CodecError("blob " + JSON.stringify(index), `is not an index into this frame's blob table (${blobs ? blobs.length : 0} entries)`);
+        }
+        return blobs[index];
     }
-    for (const key of Object.keys(value)) {
-        value[key] = replaceMarkers(value[key], blobs);
+    const target = kind === KINDS.escape && isObject(value[KEYS.escaped]) ? value[KEYS.escaped] : value;
+    for (const key of Object.keys(target)) {
+        target[key] = replaceMarkers(target[key], blobs);
     }
-    return value;
+    return target;
 }
 
-/** What decoding `value` needs: 0 nothing, 1 inline Buffers only, 2 blob files to read. */
+function isObject(value) {
+    return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** What decoding `value` needs: 0 nothing, 1 inline markers only (buffers, escapes), 2 blobs. */
 function markers(value) {
     if (value === null || typeof value !== "object") {
         return 0;
@@ -349,68 +382,107 @@ function markers(value) {
         return found;
     }
     const kind = value[MARKER];
-    if (kind === "blob") {
+    if (kind === KINDS.blob) {
         return 2;
     }
-    if (kind === "buffer" && typeof value.b64 === "string") {
+    if (kind === KINDS.buffer && typeof value[KEYS.b64] === "string") {
         return 1;
     }
-    for (const key in value) {
+    let target = value;
+    if (kind !== undefined) {
+        found = 1;
+        if (kind === KINDS.escape && isObject(value[KEYS.escaped])) {
+            target = value[KEYS.escaped];   // its own keys are data, its values are searched
+        }
+    }
+    for (const key in target) {
         if (found === 2) {
             break;
         }
-        found = Math.max(found, markers(value[key]));
+        found = Math.max(found, markers(target[key]));
     }
     return found;
 }
 
-const NO_BLOBS = new Map();
-
 /**
  * decodeValue without waiting, for a value without blob markers (markers(value) < 2): inline
- * Buffers are decoded in place. Returns `value`.
+ * markers are decoded in place. Returns the decoded value.
  */
 function decodeInline(value) {
-    return replaceMarkers(value, NO_BLOBS);
+    return replaceMarkers(value, null);
+}
+
+const READ_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
+
+/** The path of a table entry, when its name is a blob of `reqId` (else null). */
+function entryPath(entry, reqId, blobDir) {
+    const name = entry && entry[BLOB_ENTRY.name];
+    return blobDir && nameMatches(name, reqId) ? path.join(blobDir, name) : null;
 }
 
 /**
- * Turn markers back into Buffers. Blob files are read and then removed (`unlink`, default true):
+ * Read one table entry's file: only a blob name of this request, directly in the blob directory,
+ * opened without following a symlink, a regular file with one link owned by this user (root:
+ * by anyone, it reads the kernel user's outputs).
+ */
+async function readEntry(entry, reqId, blobDir) {
+    const file = entryPath(entry, reqId, blobDir);
+    if (file === null) {
+        throw new CodecError("blob " + JSON.stringify(entry), `does not name a blob file of this request (${BLOB_PREFIX}<pid>-${safeReqId(reqId)}-<n>) in the blob directory`);
+    }
+    let handle;
+    try {
+        handle = await fs.promises.open(file, READ_FLAGS);
+    } catch (err) {
+        throw new CodecError("blob " + file, "cannot be read: " + err.message);
+    }
+    try {
+        const info = await handle.stat();
+        const me = process.geteuid ? process.geteuid() : info.uid;
+        const problem = !info.isFile() ? "is not a regular file"
+            : info.nlink !== 1 ? `has ${info.nlink} links (a blob file has one)`
+                : info.uid !== me && me !== 0 ? `belongs to uid ${info.uid}, not to this user (${me})` : null;
+        if (problem) {
+            throw new CodecError("blob " + file, problem + "; it was not made by kernelexec for this request");
+        }
+        const data = await handle.readFile();
+        const size = entry[BLOB_ENTRY.size];
+        if (Number.isInteger(size) && size !== data.length) {
+            throw new CodecError("blob " + file, `holds ${data.length} bytes but its table says ${size}`);
+        }
+        return data;
+    } finally {
+        await handle.close();
+    }
+}
+
+/**
+ * Turn markers back into values. Blob markers index `blobs` (the frame's blob table; files of
+ * request `reqId` in `blobDir`): the files are read and then removed (`unlink`, default true):
  * the reader of an output owns the file once it has it.
  */
 async function decodeValue(value, options) {
     const unlink = !options || options.unlink !== false;
     const blobDir = options && options.blobDir;
-    const markers = collectBlobs(value, []);
-    const blobs = new Map();
+    const table = options && Array.isArray(options.blobs) ? options.blobs : [];
+    const reqId = options ? options.reqId : null;
+    const buffers = [];
     let failure = null;
-    for (const marker of markers) {
-        if (!isBlobPath(marker.path, blobDir)) {
-            failure = failure || new CodecError("blob " + marker.path, "is not a kernelexec file in the blob directory");
-            continue;
-        }
+    for (const entry of table) {
         try {
-            blobs.set(marker, await fs.promises.readFile(marker.path));
+            buffers.push(await readEntry(entry, reqId, blobDir));
         } catch (err) {
-            failure = failure || new CodecError("blob " + marker.path, "cannot be read: " + err.message);
+            failure = failure || err;
+            buffers.push(null);
         }
     }
     if (unlink) {
-        await removeFiles(markers.map((m) => m.path).filter((p) => isBlobPath(p, blobDir)));
+        await removeTable(table, reqId, blobDir);
     }
     if (failure) {
         throw failure;
     }
-    return replaceMarkers(value, blobs);
-}
-
-/** Only files named like blobs, directly inside the blob directory, are read or removed. */
-function isBlobPath(file, blobDir) {
-    if (typeof file !== "string" || !path.isAbsolute(file)) {
-        return false;
-    }
-    const base = path.basename(file);
-    return base.startsWith(BLOB_PREFIX) && (!blobDir || path.join(blobDir, base) === path.normalize(file));
+    return replaceMarkers(value, options && Array.isArray(options.blobs) ? buffers : null);
 }
 
 /** Remove files, ignoring the ones already gone. Never throws. */
@@ -418,10 +490,21 @@ async function removeFiles(files) {
     await Promise.all((files || []).map((file) => fs.promises.unlink(file).catch(() => {})));
 }
 
-/** Remove the blob files a value refers to without reading them (outputs nobody will take). */
-function discardBlobs(value, blobDir) {
-    const paths = collectBlobs(value, []).map((m) => m.path).filter((p) => isBlobPath(p, blobDir));
-    return removeFiles(paths);
+/** Remove the files of a blob table (only blob names of `reqId`, in blobDir). Never throws. */
+function removeTable(table, reqId, blobDir) {
+    const files = (Array.isArray(table) ? table : []).map((e) => entryPath(e, reqId, blobDir)).filter((p) => p !== null);
+    return removeFiles(files);
+}
+
+/** The blob table a frame carries ([] when none). */
+function tableOf(frame) {
+    const table = frame && frame[BLOB_TABLE];
+    return Array.isArray(table) ? table : [];
+}
+
+/** Remove the blob files of a result or send frame nobody will read. */
+function discardBlobs(frame, blobDir) {
+    return removeTable(frame && frame[BLOB_TABLE], frame && frame.req_id, blobDir);
 }
 
 module.exports = {
@@ -429,10 +512,13 @@ module.exports = {
     splitMessage,
     restoreKept,
     encodeWire,
+    executeFrame,
     writeBlobs,
     encodeMessage,
     encodeInline,
     markers,
+    safeReqId,
+    tableOf,
     decodeInline,
     decodeValue,
     removeFiles,

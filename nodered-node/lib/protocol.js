@@ -37,8 +37,13 @@ module.exports = {
     SPEC_PATH,
     PROTOCOL_VERSION: spec.version,
     MARKER: encoding.marker_key,
+    KINDS: encoding.kinds,   // {buffer, blob, escape}: the marker's values
+    KEYS: encoding.keys,     // {b64, index, escaped}: the markers' other keys
+    BLOB_TABLE: encoding.blob_table.field,
+    BLOB_ENTRY: encoding.blob_table.entry,   // {name, size}
     BLOB_THRESHOLD: encoding.blob_threshold_bytes,
     BLOB_PREFIX: encoding.blob_prefix,
+    BLOB_NAME_SAFE: encoding.blob_name_safe,
     MAX_FRAME_BYTES: spec.max_frame_bytes,
     ERROR_CODES: Object.keys(spec.error_codes),
     CONFIG_FIELDS: spec.config_fields,

@@ -199,7 +199,7 @@ class Runner {
     onResult(frame) {
         const req = this.inflight.get(frame.req_id);
         if (!req) {
-            codec.discardBlobs(frame.outputs, this.bridge && this.bridge.blobDir);
+            codec.discardBlobs(frame, this.bridge && this.bridge.blobDir);
             return;
         }
         req.result = true;
@@ -218,7 +218,7 @@ class Runner {
             this.node.log(frame.stdout.replace(/\n$/, ""));
         }
         if (frame.error) {
-            codec.discardBlobs(frame.outputs, this.bridge && this.bridge.blobDir);
+            codec.discardBlobs(frame, this.bridge && this.bridge.blobDir);
         }
         const complete = () => {
             if (frame.error) {
@@ -230,7 +230,7 @@ class Runner {
         // after the request's earlier send frames (deliveries keep the order)
         let pending;
         try {
-            pending = this.deliver(req, frame.error ? null : frame.outputs, frame.stdout);
+            pending = this.deliver(req, frame.error ? null : frame.outputs, frame.stdout, frame);
         } catch (err) {
             this.finish(req, err);
             return;
@@ -246,7 +246,7 @@ class Runner {
         const req = frame.req_id ? this.inflight.get(frame.req_id) : null;
         const report = (err) => this.node.error(err, req ? req.msg : undefined);
         try {
-            const pending = this.deliver(req, frame.outputs, null);
+            const pending = this.deliver(req, frame.outputs, null, frame);
             if (pending) {
                 pending.catch(report);
             }
@@ -378,7 +378,7 @@ class Runner {
             return;
         }
         // the encoded msg shares the input's unchanged parts: serialized before anything waits
-        const frame = { type: "execute", node_id: this.id, req_id: reqId, msg: encoded.msg };
+        const frame = codec.executeFrame(this.id, reqId, encoded);
         if (encoded.pending.length === 0) {
             this.sendExecute(req, Object.assign(kept, encoded.kept), frame, null);
             return;
@@ -419,14 +419,14 @@ class Runner {
      * Outputs without blob files, with no earlier delivery still reading files, are delivered
      * at once (returns null); otherwise after the earlier ones (returns their promise).
      */
-    deliver(req, outputs, stdout) {
+    deliver(req, outputs, stdout, frame) {
         const needs = Array.isArray(outputs) && outputs.length > 0 ? codec.markers(outputs) : 0;
-        if (this.deliveries === 0 && needs < 2) {
+        if (this.deliveries === 0 && needs < 2 && codec.tableOf(frame).length === 0) {
             this.deliverDecoded(req, needs === 1 ? codec.decodeInline(outputs) : outputs, stdout);
             return null;
         }
         this.deliveries += 1;
-        const next = this.delivery.then(() => this.deliverNow(req, outputs, stdout));
+        const next = this.delivery.then(() => this.deliverNow(req, outputs, stdout, frame));
         this.delivery = next.catch(() => {}).then(() => {
             this.deliveries -= 1;
         });
@@ -434,11 +434,13 @@ class Runner {
     }
 
     /** Decode (reading blob files, which are then removed) and deliver. */
-    async deliverNow(req, outputs, stdout) {
+    async deliverNow(req, outputs, stdout, frame) {
+        const blobDir = this.bridge && this.bridge.blobDir;
         if (!Array.isArray(outputs) || outputs.length === 0) {
+            codec.discardBlobs(frame, blobDir);
             return;
         }
-        const decoded = await codec.decodeValue(outputs, { blobDir: this.bridge && this.bridge.blobDir });
+        const decoded = await codec.decodeValue(outputs, { blobDir, blobs: codec.tableOf(frame), reqId: frame.req_id });
         this.deliverDecoded(req, decoded, stdout);
     }
 

@@ -5,7 +5,7 @@ const fs = require("fs");
 const os = require("os");
 const path = require("path");
 const codec = require("../lib/codec");
-const { BLOB_THRESHOLD, BLOB_PREFIX } = require("../lib/protocol");
+const { BLOB_THRESHOLD, BLOB_PREFIX, MARKER } = require("../lib/protocol");
 
 describe("codec", function () {
     let dir;
@@ -16,32 +16,71 @@ describe("codec", function () {
         fs.rmSync(dir, { recursive: true, force: true });
     });
 
-    it("carries small Buffers inline and large ones in 0600 blob files", async function () {
+    it("carries small Buffers inline and large ones in 0600 blob files named in the frame's table", async function () {
         const small = Buffer.from("héllo");
         const big = Buffer.alloc(BLOB_THRESHOLD, 7);
-        const { msg, files } = await codec.encodeMessage({ payload: { small, big } }, { blobDir: dir, reqId: "r1" });
-        assert.deepStrictEqual(msg.payload.small, { $kx: "buffer", b64: small.toString("base64") });
-        assert.strictEqual(msg.payload.big.$kx, "blob");
-        assert.strictEqual(msg.payload.big.size, big.length);
-        assert.strictEqual(path.basename(msg.payload.big.path), `${BLOB_PREFIX}${process.pid}-r1-0`);
-        assert.deepStrictEqual(files, [msg.payload.big.path]);
+        const { msg, files, blobs } = await codec.encodeMessage({ payload: { small, big } }, { blobDir: dir, reqId: "r-1" });
+        assert.deepStrictEqual(msg.payload.small, { [MARKER]: "buffer", b64: small.toString("base64") });
+        assert.deepStrictEqual(msg.payload.big, { [MARKER]: "blob", i: 0 });
+        assert.deepStrictEqual(blobs, [{ name: `${BLOB_PREFIX}${process.pid}-r_1-0`, size: big.length }]);
+        assert.deepStrictEqual(files, [path.join(dir, blobs[0].name)]);
         assert.strictEqual(fs.statSync(files[0]).mode & 0o777, 0o600);
         assert.ok(fs.readFileSync(files[0]).equals(big));
         await codec.removeFiles(files);
         assert.ok(!fs.existsSync(files[0]));
     });
 
-    it("decodes markers back to Buffers and removes blob files it read", async function () {
-        const file = path.join(dir, BLOB_PREFIX + "1-x-0");
-        fs.writeFileSync(file, Buffer.from([1, 2, 3]));
-        const out = await codec.decodeValue([[{ a: { $kx: "buffer", b64: "AQI=" }, b: { $kx: "blob", path: file, size: 3 } }]], { blobDir: dir });
+    it("decodes markers back to Buffers from the frame's table and removes the files it read", async function () {
+        const name = BLOB_PREFIX + "1-x_1-0";
+        fs.writeFileSync(path.join(dir, name), Buffer.from([1, 2, 3]));
+        const value = [[{ a: { [MARKER]: "buffer", b64: "AQI=" }, b: { [MARKER]: "blob", i: 0 } }]];
+        const out = await codec.decodeValue(value, { blobDir: dir, reqId: "x-1", blobs: [{ name, size: 3 }] });
         assert.ok(Buffer.isBuffer(out[0][0].a));
         assert.deepStrictEqual([...out[0][0].b], [1, 2, 3]);
-        assert.ok(!fs.existsSync(file));
+        assert.ok(!fs.existsSync(path.join(dir, name)));
     });
 
-    it("refuses blob paths outside the blob directory", async function () {
-        await assert.rejects(codec.decodeValue({ $kx: "blob", path: "/etc/passwd", size: 1 }, { blobDir: dir }), /not a kernelexec file/);
+    it("never opens a file a message names: a forged reference is an error, the file stays", async function () {
+        const secret = path.join(dir, BLOB_PREFIX + "1-r-0");
+        fs.writeFileSync(secret, "token=42");
+        const forged = { [MARKER]: "blob", path: secret, size: 8 };
+        await assert.rejects(codec.decodeValue({ p: forged }, { blobDir: dir, reqId: "r" }), /not an index into this frame's blob table/);
+        await assert.rejects(codec.decodeValue({ p: { [MARKER]: "blob", i: 0 } }, { blobDir: dir, reqId: "r", blobs: [] }), /not an index/);
+        for (const name of ["../passwd", "/etc/passwd", "passwd", BLOB_PREFIX + "1-other-0"]) {
+            await assert.rejects(codec.decodeValue({ p: { [MARKER]: "blob", i: 0 } }, { blobDir: dir, reqId: "r", blobs: [{ name, size: 1 }] }), /does not name a blob file of this request/);
+        }
+        assert.strictEqual(fs.readFileSync(secret, "utf8"), "token=42");
+    });
+
+    it("refuses a symlink or a hard link named like a blob file", async function () {
+        const secret = path.join(dir, "secret");
+        fs.writeFileSync(secret, "token=42");
+        fs.symlinkSync(secret, path.join(dir, BLOB_PREFIX + "1-r-0"));
+        fs.linkSync(secret, path.join(dir, BLOB_PREFIX + "1-r-1"));
+        const ref = { p: { [MARKER]: "blob", i: 0 } };
+        await assert.rejects(codec.decodeValue(ref, { blobDir: dir, reqId: "r", blobs: [{ name: BLOB_PREFIX + "1-r-0", size: 8 }] }), /ELOOP|cannot be read/);
+        await assert.rejects(codec.decodeValue(ref, { blobDir: dir, reqId: "r", blobs: [{ name: BLOB_PREFIX + "1-r-1", size: 8 }] }), /has 2 links/);
+        assert.strictEqual(fs.readFileSync(secret, "utf8"), "token=42");
+    });
+
+    it("escapes user objects that look like markers, so they come back as the same data", async function () {
+        const lookalikes = [
+            { [MARKER]: "blob", path: "/etc/passwd", size: 10 },
+            { [MARKER]: "blob", i: 0 },
+            { [MARKER]: "buffer", b64: "AQI=" },
+            { [MARKER]: "esc", v: { [MARKER]: "blob", i: 0 } },
+            { [MARKER]: "x", nested: { [MARKER]: "blob", i: 0 }, data: Buffer.from([1]) },
+        ];
+        for (const value of lookalikes) {
+            const encoded = codec.encodeWire({ payload: value }, { blobDir: dir, reqId: "r" });
+            assert.deepStrictEqual(encoded.blobs, []);
+            const wire = JSON.parse(JSON.stringify(encoded.msg));
+            assert.strictEqual(wire.payload[MARKER], "esc");
+            assert.strictEqual(codec.markers(wire), 1);
+            assert.deepStrictEqual(codec.decodeInline(wire).payload, value);
+            const inline = JSON.parse(JSON.stringify(codec.encodeInline(value)));
+            assert.deepStrictEqual(await codec.decodeValue(inline, { unlink: false }), value);
+        }
     });
 
     it("turns NaN and Infinity into null, Dates into ISO strings", async function () {
@@ -103,7 +142,7 @@ describe("codec", function () {
     it("tells which outputs need no file read, and decodes those without waiting", function () {
         assert.strictEqual(codec.markers([[{ payload: { a: [1, "x"] } }]]), 0);
         assert.strictEqual(codec.markers([[{ payload: { $kx: "buffer", b64: "AQI=" } }]]), 1);
-        assert.strictEqual(codec.markers([[{ a: { $kx: "buffer", b64: "" } }, { b: [{ $kx: "blob", path: "/x", size: 1 }] }]]), 2);
+        assert.strictEqual(codec.markers([[{ a: { $kx: "buffer", b64: "" } }, { b: [{ $kx: "blob", i: 0 }] }]]), 2);
         const out = codec.decodeInline([[{ payload: { $kx: "buffer", b64: "AQI=" } }]]);
         assert.deepStrictEqual(out[0][0].payload, Buffer.from([1, 2]));
     });

@@ -4,12 +4,10 @@ and /dev/shm files), blob handling as the Node-RED node does it, RSS from /proc.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,31 +68,21 @@ async def wait_clean(files_before: set[str], timeout: float = 20.0) -> tuple[lis
         await asyncio.sleep(0.2)
 
 
-def take_blobs(value: Any, *, missing_ok: bool = False) -> list[bytes]:
-    """Read and remove the blob files a frame refers to, as the Node-RED node does."""
+def take_blobs(frame: Any, *, missing_ok: bool = False) -> list[bytes]:
+    """Read and remove the blob files of a frame's table, as the Node-RED node does."""
+    if not isinstance(frame, dict):
+        return []
+    req_id = frame.get("req_id") if isinstance(frame.get("req_id"), str) else None
     found: list[bytes] = []
-    for ref in _blob_refs(value):
+    for entry in frame.get(blobs.TABLE) or []:
         try:
-            found.append(blobs.read_blob(ref))
+            found.append(blobs.read_blob(entry, req_id))
         except FileNotFoundError:
             if not missing_ok:
                 raise
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ref["path"])
+            blobs.remove_table([entry], req_id)
     return found
-
-
-def _blob_refs(value: Any) -> Iterable[dict[str, Any]]:
-    if isinstance(value, list):
-        for item in value:
-            yield from _blob_refs(item)
-    elif isinstance(value, dict):
-        if value.get("$kx") == "blob":
-            yield value
-            return
-        for item in value.values():
-            yield from _blob_refs(item)
 
 
 def rss_kib(pid: int) -> int:

@@ -50,7 +50,7 @@ async def results(client: Client, req_ids: list[str], timeout: float = 60.0) -> 
     out = {}
     for req_id in req_ids:
         frame = await client.result(req_id, timeout)
-        take_blobs(frame.get("outputs"))
+        take_blobs(frame)
         out[req_id] = frame
     return out
 
@@ -151,8 +151,9 @@ async def test_timeout_in_the_middle_of_64_mib_buffer_transfers(bridge: StressBr
     sent_blobs = 0
     for i in range(3):
         req_id = f"tb-{i}"
-        ref = blobs.write_blob(payload, req_id)
-        await client.send(type="execute", node_id="tb", req_id=req_id, msg={"payload": ref})
+        entry = blobs.write_blob(payload, req_id)
+        await client.send(type="execute", node_id="tb", req_id=req_id,
+                          msg={"payload": blobs.index_ref(0)}, blobs=[entry])
         echo = await client.execute("echo", f"echo-{i}", {"payload": i})  # another node, meanwhile
         assert echo["error"] is None
         while True:
@@ -161,12 +162,12 @@ async def test_timeout_in_the_middle_of_64_mib_buffer_transfers(bridge: StressBr
             )
             # every file a send frame names is still there to read (the runtime keeps the files
             # it handed over, see test_blobs_sent_before_a_failure_stay_readable)
-            datas = take_blobs(frame.get("outputs"))
+            datas = take_blobs(frame)
             if frame["type"] == "result":
                 break
             assert all(len(d) == 64 * MiB and d[:16] == payload[::-1][:16] for d in datas)
             sent_blobs += len(datas)
-        os.unlink(ref["path"])  # the writer of an input blob removes it when the request ends
+        blobs.remove_table([entry], req_id)  # the writer of an input removes it when it ends
         assert frame["error"] and frame["error"]["code"] == "TIMEOUT", frame["error"]
     assert sent_blobs >= 3
     await works(client, "echo")
@@ -358,7 +359,7 @@ async def test_blobs_sent_before_a_failure_stay_readable(bridge: StressBridge) -
         assert result["error"]["code"] == code_name, result["error"]
         sent = [f for f in client.seen if f["type"] == "send" and f.get("req_id") == req_id]
         assert len(sent) == 1
-        assert take_blobs(sent[0]["outputs"]) == [bytes(range(256)) * 4096]
+        assert take_blobs(sent[0]) == [bytes(range(256)) * 4096]
 
 
 async def test_configure_storm_leaves_no_kernel_behind(bridge: StressBridge) -> None:

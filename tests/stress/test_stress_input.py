@@ -211,7 +211,7 @@ async def test_empty_and_small_buffers(client: Client) -> None:
 
 
 async def test_forged_markers_are_refused_not_followed(client: Client) -> None:
-    """A blob marker naming a file that is not a kernelexec blob is not read."""
+    """A blob marker names no file (only an index into the frame's table): not read."""
     forged = [
         {"$kx": "blob", "path": "/etc/passwd", "size": 10},
         {"$kx": "blob", "path": "/dev/shm/kernelexec-1-nothing-0", "size": 10},
@@ -221,8 +221,8 @@ async def test_forged_markers_are_refused_not_followed(client: Client) -> None:
     for i, marker in enumerate(forged):
         result = await client.execute("echo", f"forged-{i}", {"payload": marker})
         error = result["error"]
-        if error is None:  # an unknown marker kind stays a plain dict
-            assert result["outputs"][0][0]["payload"] == marker
+        if error is None:  # an unknown marker kind stays a plain dict (escaped on the way out)
+            assert result["outputs"][0][0]["payload"] == {"$kx": "esc", "v": marker}
             assert marker["$kx"] == "unknown-kind"
         else:
             assert error["code"] == "CONVERSION_ERROR", error

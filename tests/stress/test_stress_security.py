@@ -23,6 +23,7 @@ from stress_support import StressBridge, blob_files, take_blobs
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from kernelexec import blobs
 from kernelexec.config import PoolConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -74,10 +75,9 @@ async def test_blob_files_are_private_even_under_umask_000(client: Client) -> No
     result = await client.result("b1")
     assert result["error"] is None, result["error"]
     assert result["outputs"][0][0]["umask"] == 0, "the kernel really runs with umask 000"
-    ref = result["outputs"][0][0]["big"]
-    assert ref["$kx"] == "blob"
-    mode = stat.S_IMODE(os.stat(ref["path"]).st_mode)
-    take_blobs(result["outputs"])
+    assert result["outputs"][0][0]["big"] == blobs.index_ref(0)
+    mode = stat.S_IMODE(os.stat(blobs.entry_path(result[blobs.TABLE][0], "b1")).st_mode)
+    take_blobs(result)
     assert mode == 0o600, oct(mode)
 
 
@@ -130,7 +130,7 @@ async def test_bridge_and_gateway_tokens_do_not_reach_user_code(client: Client) 
     (it would let it drive every other node's kernels) nor the gateway token."""
     await client.send(type="execute", node_id="sec", req_id="env1", msg={"payload": 1})
     result = await client.result("env1")
-    take_blobs(result["outputs"])
+    take_blobs(result)
     seen = result["outputs"][0][0]["env"]
     assert "KERNELEXEC_TOKEN" not in seen, seen
     assert "KERNELEXEC_GATEWAY_TOKEN" not in seen, seen

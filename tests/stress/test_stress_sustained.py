@@ -83,7 +83,7 @@ async def test_sustained_load_keeps_rss_flat() -> None:
                 if frame["type"] == "context_request":
                     await client._answer_context(frame)
                 elif frame["type"] in ("send", "result"):
-                    take_blobs(frame.get("outputs"))
+                    take_blobs(frame)
                     if frame["type"] == "result":
                         answered += 1
                         errors += frame["error"] is not None

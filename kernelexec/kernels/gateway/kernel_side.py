@@ -32,7 +32,7 @@ from typing import Any
 
 from IPython import get_ipython
 
-Fix = Callable[[dict[str, Any]], dict[str, Any]]
+Fix = Callable[[dict[str, Any], "str | None"], dict[str, Any]]
 
 #: the shell message of one runtime op (kernelexec.kernel.REQUEST_TYPE) and its reply
 REQUEST_TYPE = "kernelexec_request"
@@ -101,9 +101,9 @@ class KernelexecGateway:
 
             buffers = parent["buffers"]
 
-            def to_file(ref: dict[str, Any]) -> dict[str, Any]:
-                new = blobs.write_blob(buffers[ref["gw"]], ref.get("req"))
-                self.inputs.append(new["path"])
+            def to_file(entry: dict[str, Any], req_id: str | None) -> dict[str, Any]:
+                new = blobs.write_blob(buffers[entry["gw"]], req_id)
+                self.inputs.append(os.path.join(blobs.blob_dir(), new[blobs.NAME]))
                 return new
 
             self._walk(content.get("kernelexec"), to_file)
@@ -201,37 +201,23 @@ class KernelexecGateway:
     def _packer(self, buffers: list[bytes]) -> Fix:
         from kernelexec import blobs
 
-        def pack(ref: dict[str, Any]) -> dict[str, Any]:
-            path = ref.get("path")
-            if not isinstance(path, str):
-                return ref
-            data = blobs.read_blob(ref)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            parsed = blobs.parse_name(os.path.basename(path))
+        def pack(entry: dict[str, Any], req_id: str | None) -> dict[str, Any]:
+            if "gw" in entry:
+                return entry
+            data = blobs.read_blob(entry, req_id)
+            blobs.remove_table([entry], req_id)
             buffers.append(data)
-            return {
-                "$kx": "blob",
-                "gw": len(buffers) - 1,
-                "size": len(data),
-                "req": parsed[1] if parsed else "_",
-            }
+            return {"gw": len(buffers) - 1, blobs.SIZE: len(data)}
 
         return pack
 
     def _walk(self, value: Any, fix: Fix) -> None:
-        if isinstance(value, dict):
-            if value.get("$kx") == "blob":
-                new = fix(value)
-                if new is not value:
-                    value.clear()
-                    value.update(new)
-                return
-            for item in value.values():
-                self._walk(item, fix)
-        elif isinstance(value, list):
-            for item in value:
-                self._walk(item, fix)
+        """Each entry of the blob tables of an envelope, in place (kernelexec.blobs.holders:
+        batch items, results, a send event; never inside a message)."""
+        from kernelexec import blobs
+
+        for holder, req_id in list(blobs.holders(value)):
+            holder[blobs.TABLE] = [fix(entry, req_id) for entry in holder[blobs.TABLE]]
 
 
 def bootstrap(bundle: str, digest: str) -> None:
