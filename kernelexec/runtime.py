@@ -341,8 +341,9 @@ class Runtime:
     ) -> list[dict[str, Any]]:
         """RESULTs for [{req_id, msg, timeout, blobs}] in order (``blobs``: the msg's blob
         table); after an interrupt, the rest fail with TIMEOUT without running. With
-        ``stream`` each RESULT goes down the pipe as it is complete instead (none is returned), and after an interrupt the batch ends:
-        the bridge runs the rest again (kernelexec/resultpipe.py)."""
+        ``stream`` each RESULT goes down the pipe as it is complete instead (none is
+        returned), and after an interrupt the batch ends: the bridge runs the rest again
+        (kernelexec/resultpipe.py)."""
         self._interrupted = False
         self._ran = 0
         results = []

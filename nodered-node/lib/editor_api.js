@@ -54,12 +54,14 @@ function poolFor(RED, body, code, limit) {
     return { bridge, config };
 }
 
-/** A message that JSON can carry (Buffers decoded by the codec show as {type, data}). */
-async function decoded(outputs, blobDir) {
-    if (!Array.isArray(outputs)) {
+/** A message that JSON can carry (Buffers decoded by the codec show as {type, data}): the
+ * outputs of a result or send `frame`, blob markers read from the frame's own table. */
+async function decoded(frame, blobDir) {
+    if (!Array.isArray(frame.outputs)) {
+        codec.discardBlobs(frame, blobDir);
         return [];
     }
-    return codec.decodeValue(outputs, { blobDir });
+    return codec.decodeValue(frame.outputs, { blobDir, blobs: codec.tableOf(frame), reqId: frame.req_id });
 }
 
 function errorInfo(err, where) {
@@ -106,14 +108,14 @@ async function run(RED, body) {
         const blobDir = scratch.bridge && scratch.bridge.blobDir;
         for (const event of result.events) {
             if (event.type === "send") {
-                answer.sent.push(await decoded(event.outputs, blobDir));
+                answer.sent.push(await decoded(event, blobDir));
             } else if (event.type === "status") {
                 answer.status.push(event.status);
             } else if (event.type === "log") {
                 answer.logs.push({ level: event.level, text: event.text });
             }
         }
-        answer.outputs = result.error ? [] : await decoded(result.outputs, blobDir);
+        answer.outputs = result.error ? [] : await decoded(result, blobDir);
         answer.status.push(...(result.status || []));
         answer.logs.push(...(result.logs || []));
         answer.stdout = result.stdout || "";

@@ -86,7 +86,7 @@ class Scratch {
                 this.requests.delete(frame.req_id);
                 req.settle.resolve(Object.assign({ events: req.events }, frame));
             } else if (frame.outputs) {
-                codec.discardBlobs(frame.outputs, this.bridge && this.bridge.blobDir);
+                codec.discardBlobs(frame, this.bridge && this.bridge.blobDir);
             }
             break;
         case "send":
@@ -117,7 +117,7 @@ class Scratch {
         if (target) {
             target.events.push(frame);
         } else if (frame.outputs) {
-            codec.discardBlobs(frame.outputs, this.bridge && this.bridge.blobDir);
+            codec.discardBlobs(frame, this.bridge && this.bridge.blobDir);
         }
     }
 
