@@ -146,7 +146,11 @@ class MemoryContext:
 
     @staticmethod
     def _set(store: dict[str, str], key: Any, value: Any) -> None:
-        pairs = zip(key, value, strict=True) if isinstance(key, list) else [(key, value)]
+        if isinstance(key, list) and len(key) != len(value):
+            message = f"context.set: {len(key)} keys, {len(value)} values"
+            raise ValueError(message)
+        keys, values = (key, value) if isinstance(key, list) else ([key], [value])
+        pairs = [(k, values[i]) for i, k in enumerate(keys)]
         for k, v in pairs:
             if v is None:
                 store.pop(str(k), None)
@@ -372,7 +376,7 @@ class ContextStore:
         values = list(self._ask("get", keys, store=store) or [])
         values += [None] * (len(keys) - len(values))
         decoded = [
-            from_json(v, f"{self.scope}.get({k!r})") for k, v in zip(keys, values, strict=False)
+            from_json(values[i], f"{self.scope}.get({k!r})") for i, k in enumerate(keys)
         ]
         return [default if v is None else v for v in decoded]
 
@@ -391,7 +395,7 @@ class ContextStore:
             raise TypeError(message)
         values = [*value, *([None] * (len(keys) - len(value)))]
         encoded = [
-            encoder.encode(v, f"{self.scope}.set({k!r})") for k, v in zip(keys, values, strict=True)
+            encoder.encode(values[i], f"{self.scope}.set({k!r})") for i, k in enumerate(keys)
         ]
         self._ask("set", keys, encoded, store)
 
