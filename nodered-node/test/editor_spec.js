@@ -24,6 +24,8 @@ const FLOW = [
     { id: "e2e0debug0000001", type: "debug", name: "", active: true, tosidebar: true, console: false, complete: "payload", targetType: "msg", x: 500, y: 100, wires: [] },
     { id: "e2e0env000000001", type: "kernelexec-env", name: "test venv", python: process.env.KERNELEXEC_PYTHON || "" },
 ];
+// scripts/demo.js starts the same runtime: KERNELEXEC_NODE_RED=5 is Node-RED 5.0.x.
+const RUNTIME_DIR = path.dirname(require.resolve((process.env.KERNELEXEC_NODE_RED === "5" ? "node-red-5" : "node-red") + "/package.json"));
 const CODE = "import sys\nmsg['payload'] = f\"python {sys.version_info[0]} says {msg['payload'] * 2}\"\nreturn msg";
 
 /** Start scripts/demo.js on a free port with an empty flow; resolves {url, child}. */
@@ -48,6 +50,16 @@ function startEditor(userDir) {
     });
 }
 
+/**
+ * Whether the runtime supports this Node.js (its package's engines range, the one it checks at
+ * start). Node-RED 5.0 wants Node.js >= 22.9; on an older one it runs but the editor shows a fixed
+ * error notification "Using an unsupported version of Node.js" over the top of the workspace.
+ */
+function nodeSupported() {
+    const semver = require(require.resolve("semver", { paths: [RUNTIME_DIR] }));
+    return semver.satisfies(process.version, require(path.join(RUNTIME_DIR, "package.json")).engines.node);
+}
+
 function stopEditor(child) {
     return new Promise((resolve) => {
         if (child.exitCode !== null) {
@@ -66,6 +78,7 @@ describe("editor in a real browser", function () {
     let browser = null;
     let page = null;
     let userDir = null;
+    const dialogErrors = [];   // what the editor caught from our nodes' edit callbacks
 
     before(async function () {
         if (!fs.existsSync(CHROMIUM)) {
@@ -78,8 +91,22 @@ describe("editor in a real browser", function () {
         browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
         page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
         page.on("dialog", (d) => d.dismiss());
+        page.on("console", (m) => {
+            // the editor catches an exception of a node's edit callback and logs "oneditsave <id> <type> <error>"
+            if (/^onedit[a-z]+ \S+ kernelexec(-env)? /.test(m.text())) {
+                dialogErrors.push(m.text());
+            }
+        });
         await page.goto(editor.url);
         await page.waitForSelector("#red-ui-palette .red-ui-palette-node", { timeout: 30000 });
+        if (!nodeSupported()) {
+            // The runtime's own (retained) warning, not ours: check it says what we expect, then
+            // hide it as its persistent notifications are hidden, or it covers the trays' buttons.
+            const warning = page.locator(".red-ui-notification-error", { hasText: "unsupported version of Node.js" });
+            await warning.waitFor({ timeout: 30000 });
+            await warning.evaluate((n) => n.hideNotification());
+            await warning.waitFor({ state: "hidden", timeout: 10000 });
+        }
     });
 
     afterEach(async function () {
@@ -151,10 +178,13 @@ describe("editor in a real browser", function () {
         await page.click("#node-config-dialog-cancel");
         await page.waitForSelector("#node-config-input-python", { state: "detached", timeout: 10000 });
         await page.click("#node-dialog-ok");
+        // saving closed the code editors and forgot their models, as cancelling does
+        await page.waitForFunction(() => Object.keys(window.__kernelexecHelp.models).length === 0, null, { timeout: 10000 });
+        assert.deepStrictEqual(dialogErrors, []);
 
         // deploy from the header button
         await page.click("#red-ui-header-button-deploy");
-        await page.waitForSelector(".red-ui-notification", { timeout: 15000 });
+        await page.waitForSelector(".red-ui-notification-success", { timeout: 15000 });   // "Successfully deployed"
         // wait until the node's pool is up (its status turns green), then press the inject button
         await page.waitForFunction(() => {
             const status = document.querySelector("#e2e0python000001 .red-ui-flow-node-status-label");
@@ -276,6 +306,9 @@ describe("editor in a real browser", function () {
         const kernelexec = await page.locator("#kernelexec-env-packages tr", { hasText: /^kernelexec/ }).first().innerText();
         assert.match(kernelexec, new RegExp(require("../package.json").version.replace(/\./g, "\\.")));
         await page.screenshot({ path: path.join(ARTIFACTS, "env-packages.png") });
+        assert.deepStrictEqual(await page.locator(".red-ui-notification-error:visible").allInnerTexts(), []);
         await page.click("#node-config-dialog-cancel");
+        await page.waitForSelector("#node-config-input-python", { state: "detached", timeout: 10000 });
+        assert.deepStrictEqual(dialogErrors, []);
     });
 });
