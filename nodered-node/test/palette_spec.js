@@ -6,6 +6,10 @@
 // environment under the user directory (status "setting up Python: ..."), then answers.
 // A restart answers again without building. Needs the package index (as a palette install
 // does) and a python3 >= 3.10 without kernelexec (skipped otherwise).
+// Node-RED version: the one the run chooses (red_process.js: 4.1.x for `npm test`, 5.0.x for
+// `npm run test:nr5`), so each version gets this test from its own suite run; not both versions
+// in one run, as one pass costs ~50 s (npm pack, npm install, a Python environment built from
+// the package index). Node-RED 5.0's red.js needs Node.js >= 22.9: on an older one it is skipped.
 "use strict";
 const assert = require("assert");
 const fs = require("fs");
@@ -13,7 +17,7 @@ const os = require("os");
 const path = require("path");
 const { spawnSync } = require("child_process");
 const WebSocket = require("ws");
-const { request, startNodeRed } = require("./red_process");
+const { request, startNodeRed, skipUnlessRedJsRuns, NODE_RED_VERSION } = require("./red_process");
 
 const PACKAGE_DIR = path.join(__dirname, "..");
 const PKG = require("../package.json");
@@ -70,6 +74,7 @@ describe("palette install: from the npm tarball to an answer with a plain python
     let python = null;
 
     before(function () {
+        skipUnlessRedJsRuns(this);
         python = plainPython();
         if (!python) {
             this.skip();   // needs a python3 >= 3.10 with venv and without kernelexec
@@ -121,6 +126,7 @@ describe("palette install: from the npm tarball to an answer with a plain python
 
         red = startNodeRed(userDir, env);
         const port = Number((await red.wait(/now running at http:\/\/127\.0\.0\.1:(\d+)/, 60000))[1]);
+        assert.ok(red.output.includes(`Node-RED version: v${NODE_RED_VERSION}`), "the chosen Node-RED runs: " + NODE_RED_VERSION);
         await red.wait(/Started flows/, 60000);
         const status = watchStatus(port, PYTHON_NODE);
         const deployed = Date.now();

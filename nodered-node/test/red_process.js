@@ -5,7 +5,32 @@ const http = require("http");
 const path = require("path");
 const { spawn } = require("child_process");
 
-const RED_JS = require.resolve("node-red/red.js");
+// KERNELEXEC_NODE_RED=5: Node-RED 5.0.x (the node-red-5 devDependency), as test/support.js and
+// scripts/demo.js choose it; anything else: the node-red devDependency (4.1.x).
+const RUNTIME = process.env.KERNELEXEC_NODE_RED === "5" ? "node-red-5" : "node-red";
+const RED_JS = require.resolve(RUNTIME + "/red.js");
+const NODE_RED_VERSION = require(RUNTIME + "/package.json").version;
+
+/**
+ * Why red.js cannot run on this Node.js, or null. Node-RED 5.0's red.js exits at once on a
+ * Node.js below its engines range (>= 22.9); embedded (test/support.js, scripts/demo.js) it
+ * only warns. A spec that needs red.js skips, saying so, rather than run another version.
+ */
+function redJsRefusal() {
+    const pkg = require(RUNTIME + "/package.json");
+    const semver = require(require.resolve("semver", { paths: [path.dirname(require.resolve(RUNTIME + "/package.json"))] }));
+    return semver.satisfies(process.version, pkg.engines.node) ? null
+        : `Node-RED ${pkg.version}'s red.js refuses Node.js ${process.version} (it needs ${pkg.engines.node})`;
+}
+
+/** In a before() hook: skip the suite, saying why, when red.js cannot run here. */
+function skipUnlessRedJsRuns(context) {
+    const refusal = redJsRefusal();
+    if (refusal) {
+        process.stdout.write(`      skipped: ${refusal}\n`);
+        context.skip();
+    }
+}
 
 function request(port, method, urlPath, body, headers) {
     return new Promise((resolve, reject) => {
@@ -63,4 +88,4 @@ function startNodeRed(userDir, env) {
     return red;
 }
 
-module.exports = { request, startNodeRed };
+module.exports = { request, startNodeRed, skipUnlessRedJsRuns, NODE_RED_VERSION };
