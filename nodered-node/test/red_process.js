@@ -47,11 +47,15 @@ function request(port, method, urlPath, body, headers) {
     });
 }
 
-/** Node-RED in its own process; `wait(re)` resolves when its output matches. */
-function startNodeRed(userDir, env) {
-    const child = spawn(process.execPath, [RED_JS, "--port", "0", "--userDir", userDir, "--settings", path.join(userDir, "settings.js")], {
-        env, cwd: userDir, stdio: ["ignore", "pipe", "pipe"],
-    });
+/**
+ * Node-RED in its own process; `wait(re)` resolves when its output matches. red.js, or with
+ * `embedded` (and only where red.js refuses this Node.js) embedded_red.js on the same runtime.
+ */
+function startNodeRed(userDir, env, options) {
+    const embedded = Boolean(options && options.embedded && redJsRefusal());
+    const args = embedded ? [path.join(__dirname, "embedded_red.js"), userDir]
+        : [RED_JS, "--port", "0", "--userDir", userDir, "--settings", path.join(userDir, "settings.js")];
+    const child = spawn(process.execPath, args, { env, cwd: userDir, stdio: ["ignore", "pipe", "pipe"] });
     const red = { child, output: "", waiters: [] };
     const onData = (chunk) => {
         red.output += chunk;
