@@ -53,7 +53,7 @@ function request(port, method, urlPath, body, headers) {
  */
 function startNodeRed(userDir, env, options) {
     const embedded = Boolean(options && options.embedded && redJsRefusal());
-    const args = embedded ? [path.join(__dirname, "embedded_red.js"), userDir]
+    const args = embedded ? [path.join(__dirname, "embedded_red.js"), RUNTIME, userDir]
         : [RED_JS, "--port", "0", "--userDir", userDir, "--settings", path.join(userDir, "settings.js")];
     const child = spawn(process.execPath, args, { env, cwd: userDir, stdio: ["ignore", "pipe", "pipe"] });
     const red = { child, output: "", waiters: [] };
