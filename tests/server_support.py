@@ -248,3 +248,13 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
+
+
+async def wait_for_file(path: os.PathLike[str] | str, timeout: float = 60.0) -> None:
+    """Wait until ``path`` exists: the event a test's user code signals by writing a file.
+
+    A poll with a generous deadline (a loaded 2-core machine starts a kernel in seconds)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout:.0f} s"
+        await asyncio.sleep(0.02)

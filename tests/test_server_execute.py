@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import pytest_asyncio
-from server_support import TOKEN, Client, http_get, start_server, still_running
+from server_support import (
+    TOKEN,
+    Client,
+    http_get,
+    start_server,
+    still_running,
+    wait_for_file,
+)
 
 from kernelexec.server import Server
 
@@ -311,15 +319,27 @@ async def test_context_request_nobody_answers_times_out_clearly() -> None:
         await server.stop("test done")
 
 
-async def test_close_while_starting_leaves_no_kernel(server: Server, client: Client) -> None:
+@pytest.mark.parametrize("when", ["as-it-starts", "during-setup"])
+async def test_close_while_starting_leaves_no_kernel(
+    server: Server, client: Client, tmp_path: Path, when: str
+) -> None:
+    """The start can never finish (its setup blocks), so the close always lands while the
+    pool is starting: right after the ``starting`` frame (the kernel process is being
+    spawned or greeted), or once the kernel is up and inside its setup (a file says so)."""
+    node_id = f"brief-{when}"
+    in_setup = tmp_path / "in-setup"
+    setup = f"import pathlib, time\npathlib.Path({str(in_setup)!r}).touch()\ntime.sleep(600)"
     before = set(p.pid for p in psutil.Process().children(recursive=True))
-    await client.send(type="configure", node_id="brief", config={"code": "return msg"})
-    await client.send(type="execute", node_id="brief", req_id="br1", msg={})
-    await asyncio.sleep(0.3)  # kernels are being started
-    await client.send(type="close", node_id="brief")
-    result = await client.result("br1")
+    config = {"code": "return msg", "setup": setup}
+    await client.send(type="configure", node_id=node_id, config=config)
+    await client.state(node_id, "starting")
+    await client.send(type="execute", node_id=node_id, req_id=f"br-{when}", msg={})
+    if when == "during-setup":
+        await wait_for_file(in_setup)
+    await client.send(type="close", node_id=node_id)
+    result = await client.result(f"br-{when}")
     assert result["type"] == "result" and result["error"]["code"] == "POOL_CLOSED"
-    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "brief")
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == node_id)
     new = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not await still_running(new)
 
