@@ -64,6 +64,9 @@ class KernelSession:
         self.kc.wait_for_ready(timeout=60)
         self.events: list[dict[str, Any]] = []
         self.streams: list[str] = []
+        #: msg_ids of the requests whose IOPub ``status: idle`` has arrived (their last message).
+        self.idle: set[str] = set()
+        self.last_msg_id = ""
         self.on_context: Callable[[dict[str, Any]], dict[str, Any]] = MemoryStore()
         reply = self.execute(BOOTSTRAP)
         assert reply["content"]["status"] == "ok", reply["content"]
@@ -88,7 +91,7 @@ class KernelSession:
             content["kernelexec"] = extra
         msg = self.kc.session.msg("execute_request", content)
         self.kc.shell_channel.send(msg)
-        msg_id = msg["header"]["msg_id"]
+        msg_id = self.last_msg_id = msg["header"]["msg_id"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             reply = self._poll_once(msg_id, deadline)
@@ -126,6 +129,8 @@ class KernelSession:
                 self.events.append(msg["content"]["data"])
             elif kind == "stream":
                 self.streams.append(msg["content"]["text"])
+            elif kind == "status" and msg["content"].get("execution_state") == "idle":
+                self.idle.add(msg["parent_header"].get("msg_id", ""))
 
     def drain(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -135,7 +140,15 @@ class KernelSession:
             if self.kc.stdin_channel.socket.poll(0):
                 self._serve_stdin()
 
-    def wait_events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Read IOPub until the last request's ``status: idle``: everything it published
+        (streams, events) has been read then."""
+        end = time.monotonic() + timeout
+        while self.last_msg_id not in self.idle:
+            assert time.monotonic() < end, f"no idle status for {self.last_msg_id}"
+            self.drain(0.05)
+
+    def wait_events(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         end = time.monotonic() + timeout
         while len(self.events) < count and time.monotonic() < end:
             self.drain(0.05)

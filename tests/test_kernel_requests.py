@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,8 @@ async def test_execute_requests_still_publish_busy_and_idle(
     kernel.iopub_types.clear()
     reply = await kernel.execute("x = 1", {})
     assert reply["status"] == "ok"
-    for _ in range(100):  # IOPub may trail the reply a little
-        if kernel.iopub_types.count("status") >= 2:
-            break
+    deadline = time.monotonic() + 30  # IOPub may trail the reply (a generous deadline)
+    while kernel.iopub_types.count("status") < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert kernel.iopub_types.count("status") == 2
 

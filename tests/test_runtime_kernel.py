@@ -81,11 +81,13 @@ def test_events_go_out_on_iopub(k: KernelSession) -> None:
     assert {"type": "status", "status": {"text": "busy"}, "req_id": "r0"} in events
 
 
-def test_sends_after_return_from_threads_and_tasks(k: KernelSession) -> None:
+def test_sends_after_return_from_threads_and_tasks(k: KernelSession, tmp_path: Path) -> None:
+    returned = tmp_path / "returned"
     code = (
-        "import threading, time\n"
+        "import os, threading, time\n"
         "def later():\n"
-        "    time.sleep(0.1)\n"
+        f"    while not os.path.exists({str(returned)!r}):\n"
+        "        time.sleep(0.005)\n"
         "    node.send({'payload': 'late'})\n"
         "    node.done()\n"
         "threading.Thread(target=later).start()\n"
@@ -94,6 +96,7 @@ def test_sends_after_return_from_threads_and_tasks(k: KernelSession) -> None:
     k.init(code)
     result = k.run([{}], prefix="late")[0]
     assert result["done"] is False
+    returned.touch()  # the thread sends only now, after the message returned
     events = k.wait_events(2)
     assert {"type": "send", "req_id": None, "outputs": [[{"payload": "late"}]]} in events
     assert {"type": "done", "req_id": "late0", "error": None} in events
@@ -102,20 +105,25 @@ def test_sends_after_return_from_threads_and_tasks(k: KernelSession) -> None:
 def test_print_is_captured_not_streamed(k: KernelSession) -> None:
     k.init("import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nreturn None")
     assert k.run([{}])[0]["stdout"] == "to stdout\nto stderr\n"
-    k.drain(0.1)
+    k.wait_idle()  # a stream would come before the kernel's idle status for the request
     assert not any("to std" in text for text in k.streams)
 
 
-def test_print_from_a_thread_outside_an_execution_is_a_log_event(k: KernelSession) -> None:
+def test_print_from_a_thread_outside_an_execution_is_a_log_event(
+    k: KernelSession, tmp_path: Path
+) -> None:
+    returned = tmp_path / "returned"
     code = (
-        "import threading, time\n"
+        "import os, threading, time\n"
         "def later():\n"
-        "    time.sleep(0.1)\n"
+        f"    while not os.path.exists({str(returned)!r}):\n"
+        "        time.sleep(0.005)\n"
         "    print('background line')\n"
         "threading.Thread(target=later).start()\nreturn None"
     )
     k.init(code)
     k.run([{}])
+    returned.touch()  # the thread prints only now, outside the execution
     events = k.wait_events(1)
     assert {"type": "log", "req_id": None, "level": "info", "text": "background line"} in events
 
@@ -151,21 +159,30 @@ def test_context_from_another_thread_during_execution(k: KernelSession) -> None:
 
 def test_timeout_in_the_kernel_and_the_kernel_lives_on(k: KernelSession) -> None:
     k.init("import time\nwhile True:\n    time.sleep(0.01)\nreturn msg")
-    started = time.monotonic()
     results = k.run([{}, {}], timeout=0.3)
-    assert time.monotonic() - started < 5
     assert [r["error"]["code"] for r in results] == ["TIMEOUT", "TIMEOUT"]
     assert results[0]["error"]["line"] in (2, 3)
     k.init("return msg")
     assert k.run([{"payload": 1}])[0]["outputs"] == [[{"payload": 1}]]
 
 
-def test_interrupt_fails_the_message_and_the_rest_of_the_batch(k: KernelSession) -> None:
-    k.init("import time\ntime.sleep(30)\nreturn msg")
-    timer = threading.Timer(0.5, os.kill, (k.pid, signal.SIGINT))  # as interrupt_kernel
-    timer.start()
+def test_interrupt_fails_the_message_and_the_rest_of_the_batch(
+    k: KernelSession, tmp_path: Path
+) -> None:
+    running = tmp_path / "running"
+    k.init(f"import pathlib, time\npathlib.Path({str(running)!r}).touch()\n"
+           "time.sleep(30)\nreturn msg")
+
+    def interrupt_once_running() -> None:  # as interrupt_kernel, once the message runs
+        deadline = time.monotonic() + 60
+        while not running.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(k.pid, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_running)
+    interrupter.start()
     results = k.run([{}, {}, {}])
-    timer.join()
+    interrupter.join()
     assert [r["error"]["code"] for r in results] == ["TIMEOUT"] * 3
     assert "interrupted" in results[0]["error"]["message"]
     k.init("return msg")
@@ -218,9 +235,7 @@ def test_cold_mode_in_a_kernel(k: KernelSession) -> None:
 
 def test_cold_mode_timeout_kills_the_child(k: KernelSession) -> None:
     k.init("import time\ntime.sleep(30)\nreturn msg", fork=True)
-    started = time.monotonic()
     assert k.run([{}], timeout=0.3)[0]["error"]["code"] == "TIMEOUT"
-    assert time.monotonic() - started < 5
     out = subprocess.run(
         ["ps", "--ppid", str(k.pid), "-o", "pid="], capture_output=True, text=True, check=False
     ).stdout.split()

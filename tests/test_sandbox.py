@@ -125,9 +125,8 @@ class Kernel:
         self.out.clear()
         code += "\nimport sys; sys.stdout.flush(); sys.stderr.flush()"
         reply = await self.handle.execute(code, {})
-        for _ in range(250):  # IOPub is not ordered with the shell reply
-            if self.out or reply["status"] != "ok":
-                break
+        deadline = time.monotonic() + 30  # IOPub is not ordered with the shell reply
+        while not self.out and reply["status"] == "ok" and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return reply, "".join(self.out)
 
@@ -293,8 +292,8 @@ async def test_no_network_blocks_outside_but_kernel_answers(
         "except OSError as exc:\n    print(exc.errno, round(time.monotonic() - t, 1))\n"
     )
     _, out = await kernel.run(code)
-    errno, seconds = out.split()
-    assert errno == "101" and float(seconds) < 1, out  # ENETUNREACH, at once
+    errno, _seconds = out.split()
+    assert errno == "101", out  # ENETUNREACH: no route at all (a timeout has no errno)
     loopback = (
         "import socket\n"
         "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
@@ -352,7 +351,6 @@ async def test_cleanup_is_safe_per_kernel(workdir: str, fenced: dict[str, Any]) 
         assert all(d.is_dir() for d in second_cgroups)
     finally:
         await second.shutdown(now=True)
-    time.sleep(0.05)
 
 
 @needs_root
