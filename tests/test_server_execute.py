@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,15 @@ msg['payload'] = [n, sorted(global_.keys())]
 return msg
 """
 BOOM = "x = 1\nraise ValueError('bad ' + str(msg['payload']))\n"
-SLOW = "import time\ntime.sleep(float(msg.get('sleep', 0.5)))\nreturn msg\n"
+SLOW = """\
+import os, time
+if msg.get('until'):  # runs until the test creates that file
+    while not os.path.exists(msg['until']):
+        time.sleep(0.005)
+else:
+    time.sleep(float(msg.get('sleep', 0.5)))
+return msg
+"""
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -61,6 +70,26 @@ async def client(server: Server) -> AsyncIterator[Client]:
         assert state["state"] == "ready", state
     yield client
     client.close()
+
+
+async def until_true(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll the in-process bridge until ``check()`` holds (a generous deadline)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the bridge did not get there in time"
+        await asyncio.sleep(0.01)
+
+
+async def load_reported(server: Server, node_id: str) -> None:
+    """Wait until the node's pool is idle and its last load report has been sent."""
+    entry = server.bridge.registry.get(node_id)
+    assert entry is not None
+
+    def settled() -> bool:
+        frame = entry.state_frame()
+        return frame["busy"] == 0 and frame["queued"] == 0 and not entry.load_report_pending
+
+    await until_true(settled)
 
 
 def frames_of(client: Client, req_id: str) -> list[dict[str, Any]]:
@@ -121,30 +150,36 @@ async def test_user_error_is_a_result_with_the_user_line(client: Client) -> None
     assert "bad 7" in error["message"] and error["line"] == 2
 
 
-async def test_requests_run_side_by_side_on_different_nodes(client: Client) -> None:
-    await client.send(type="execute", node_id="slow", req_id="s1", msg={"sleep": 1.0})
+async def test_requests_run_side_by_side_on_different_nodes(
+    client: Client, tmp_path: Path
+) -> None:
+    until = str(tmp_path / "release-s1")
+    await client.send(type="execute", node_id="slow", req_id="s1", msg={"until": until})
     echo = await client.execute("echo", "e2", {"payload": 1})
     assert echo["error"] is None
     assert not any(f.get("req_id") == "s1" and f["type"] == "result" for f in client.seen)
+    Path(until).touch()
     assert (await client.result("s1"))["error"] is None
 
 
-async def test_duplicate_running_req_id_is_refused(client: Client) -> None:
-    await client.send(type="execute", node_id="slow", req_id="d1", msg={"sleep": 0.5})
-    await client.send(type="execute", node_id="slow", req_id="d1", msg={"sleep": 0.5})
+async def test_duplicate_running_req_id_is_refused(client: Client, tmp_path: Path) -> None:
+    until = str(tmp_path / "release-d1")  # d1 runs until the second d1 has been refused
+    await client.send(type="execute", node_id="slow", req_id="d1", msg={"until": until})
+    await client.send(type="execute", node_id="slow", req_id="d1", msg={"until": until})
     error = await client.next(lambda f: f["type"] == "error" and f["req_id"] == "d1")
     assert error["error"]["code"] == "BAD_FRAME" and "unique" in error["error"]["message"]
+    Path(until).touch()
     result = await client.next(lambda f: f["type"] == "result" and f["req_id"] == "d1")
     assert result["error"] is None
 
 
-async def test_pool_state_is_not_sent_per_message(client: Client) -> None:
+async def test_pool_state_is_not_sent_per_message(server: Server, client: Client) -> None:
     before = len(client.seen)
     for i in range(60):
         await client.send(type="execute", node_id="echo", req_id=f"burst{i}", msg={"i": i})
     for i in range(60):
         assert (await client.result(f"burst{i}"))["error"] is None
-    await asyncio.sleep(0.4)  # the last throttled load report
+    await load_reported(server, "echo")  # the last throttled load report has been sent
     await client.send(type="ping", id="sync")
     await client.next(lambda f: f["type"] == "pong")
     states = [f for f in client.seen[before:] if f["type"] == "pool_state"]
@@ -153,18 +188,19 @@ async def test_pool_state_is_not_sent_per_message(client: Client) -> None:
         assert state["busy"] == 0 and state["queued"] == 0
 
 
-async def test_load_changes_are_reported_then_settle(client: Client) -> None:
+async def test_load_changes_are_reported_then_settle(client: Client, tmp_path: Path) -> None:
     client.backlog.clear()
     before = len(client.seen)
+    until = str(tmp_path / "release-q")  # the load lasts until the test has seen its report
     for i in range(4):
-        await client.send(type="execute", node_id="slow", req_id=f"q{i}", msg={"sleep": 0.3})
-    loaded = await client.state("slow", "ready", timeout=5)
+        await client.send(type="execute", node_id="slow", req_id=f"q{i}", msg={"until": until})
+    loaded = await client.state("slow", "ready")
     assert loaded["busy"] == 1 and loaded["total"] == 1  # (the pool batches the queue)
+    Path(until).touch()
     for i in range(4):
         assert (await client.result(f"q{i}"))["error"] is None
     idle = await client.next(
-        lambda f: f["type"] == "pool_state" and f["node_id"] == "slow" and f["busy"] == 0,
-        timeout=5,
+        lambda f: f["type"] == "pool_state" and f["node_id"] == "slow" and f["busy"] == 0
     )
     assert idle["queued"] == 0 and idle["state"] == "ready"
     states = [f for f in client.seen[before:] if f["type"] == "pool_state"]
@@ -291,11 +327,10 @@ async def test_closing_the_connection_closes_its_pools(server: Server) -> None:
     assert len(pids) == 2
     await mine.send(type="execute", node_id="leaver", req_id="l1", msg={})
     mine.close()
-    assert not await still_running([psutil.Process(p) for p in pids], timeout=20)
-    for _ in range(50):
-        if server.bridge.registry.get("leaver") is None:
-            break
-        await asyncio.sleep(0.1)
+    assert not await still_running([psutil.Process(p) for p in pids], timeout=30)
+    deadline = time.monotonic() + 30
+    while server.bridge.registry.get("leaver") is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert server.bridge.registry.get("leaver") is None
 
 
@@ -353,8 +388,10 @@ async def test_a_reconnecting_node_waits_for_its_old_pool_to_stop(server: Server
     first = await Client.connect(server.port)
     assert (await first.configure("again", **config))["state"] == "ready"
     assert (await first.execute("again", "a1", {}))["outputs"] == [[{"payload": False}]]
+    old = server.bridge.registry.get("again")
+    assert old is not None
     first.close()
-    await asyncio.sleep(0.3)  # the bridge notices, the old pool runs its stop code
+    await until_true(lambda: old.state == "closed")  # the bridge noticed; the stop code runs
     second = await Client.connect(server.port)
     try:
         assert (await second.configure("again", **config))["state"] == "ready"

@@ -179,6 +179,11 @@ class PoolEntry:
         self._last_sent = key
         self.owner.send(frame)
 
+    @property
+    def load_report_pending(self) -> bool:
+        """A coalesced load report is scheduled but not sent yet (tests wait on this)."""
+        return self._flush is not None
+
     def load_changed(self) -> None:
         """Busy/queued may have moved: report it within STATE_INTERVAL (coalesced)."""
         if self._flush is None and self._close_task is None:
