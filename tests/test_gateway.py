@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from gateway_fixtures import (
     matrix,
     running_gateway,
 )
+from server_support import wait_for_file
 
 from kernelexec.blobs import pid_alive
 from kernelexec.config import EnvConfig
@@ -90,6 +92,13 @@ async def kernel(gateway_url: str) -> AsyncIterator[GatewayKernel]:
         assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
+async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``check()`` holds or the (generous) deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
 def payload(reply: dict[str, Any]) -> Any:
     assert reply["status"] == "ok", reply
     return next(p["data"] for p in reply["payload"] if p.get("source") == "kernelexec")
@@ -136,10 +145,7 @@ async def test_events_with_buffers_reach_on_event(kernel: GatewayKernel) -> None
     )
     reply = await kernel.execute(code, {})
     assert reply["status"] == "ok", reply
-    for _ in range(100):
-        if len(events) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: len(events) >= 2)  # IOPub may trail the reply
     assert events == [
         ({"type": "log", "req_id": "r1", "level": "info", "text": "hi"}, [b"\x00\x01", b"xyz"]),
         ({"type": "status", "status": {"text": "ok"}}, []),
@@ -239,16 +245,16 @@ async def test_staging_without_bootstrap_is_a_clear_error(kernel: GatewayKernel)
         await kernel.execute(BUFFER_DIGESTS, {}, [os.urandom(11 * 1024 * 1024)])
 
 
-async def test_interrupt_stops_a_busy_loop(kernel: GatewayKernel) -> None:
-    task = asyncio.ensure_future(kernel.execute("while True: pass", {}))
-    await asyncio.sleep(0.5)
+async def test_interrupt_stops_a_busy_loop(kernel: GatewayKernel, tmp_path: Path) -> None:
+    running = tmp_path / "running"
+    code = f"open({str(running)!r}, 'w').close()\nwhile True: pass"
+    task = asyncio.ensure_future(kernel.execute(code, {}))
+    await wait_for_file(running)  # the loop runs: the interrupt cannot reach an idle kernel
     assert not task.done()
-    started = time.monotonic()
     await kernel.interrupt()
-    reply = await asyncio.wait_for(task, 10)
+    reply = await asyncio.wait_for(task, 30)
     assert reply["status"] == "error"
     assert reply["ename"] == "KeyboardInterrupt"
-    assert time.monotonic() - started < 5
     assert (await kernel.execute("pass", {}))["status"] == "ok"
 
 
@@ -263,10 +269,8 @@ async def test_restart_gives_a_fresh_namespace(kernel: GatewayKernel) -> None:
 
 
 async def test_kernel_death_raises_and_restart_recovers(kernel: GatewayKernel) -> None:
-    started = time.monotonic()
     with pytest.raises(KernelDiedError):
-        await asyncio.wait_for(kernel.execute("import os; os._exit(1)", {}), 20)
-    assert time.monotonic() - started < 10
+        await asyncio.wait_for(kernel.execute("import os; os._exit(1)", {}), 30)
     assert not kernel.is_alive()
     with pytest.raises(KernelDiedError):
         await kernel.execute("pass", {})
@@ -275,12 +279,16 @@ async def test_kernel_death_raises_and_restart_recovers(kernel: GatewayKernel) -
     assert (await kernel.execute("x = 1", {}))["status"] == "ok"
 
 
-async def test_kernel_deleted_behind_our_back(gateway_url: str, kernel: GatewayKernel) -> None:
+async def test_kernel_deleted_behind_our_back(
+    gateway_url: str, kernel: GatewayKernel, tmp_path: Path
+) -> None:
     """A culled kernel: the waiting execute fails, restart() starts a new kernel."""
     from tornado.httpclient import AsyncHTTPClient
 
-    task = asyncio.ensure_future(kernel.execute("import time; time.sleep(30)", {}))
-    await asyncio.sleep(0.3)
+    running = tmp_path / "running"
+    code = f"import time; open({str(running)!r}, 'w').close(); time.sleep(30)"
+    task = asyncio.ensure_future(kernel.execute(code, {}))
+    await wait_for_file(running)  # the execute is under way when the kernel goes
     client = AsyncHTTPClient(force_instance=True)
     try:
         await client.fetch(
@@ -294,7 +302,7 @@ async def test_kernel_deleted_behind_our_back(gateway_url: str, kernel: GatewayK
         assert reply["status"] != "ok"
     except KernelDiedError:
         pass
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while kernel.is_alive() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     with pytest.raises(KernelDiedError):
@@ -305,11 +313,15 @@ async def test_kernel_deleted_behind_our_back(gateway_url: str, kernel: GatewayK
     assert (await kernel.execute("pass", {}))["status"] == "ok"
 
 
-async def test_lost_connection_is_reconnected_and_replayed(kernel: GatewayKernel) -> None:
+async def test_lost_connection_is_reconnected_and_replayed(
+    kernel: GatewayKernel, tmp_path: Path
+) -> None:
     """A dropped WebSocket comes back with the same session: the server replays the reply."""
     await kernel.execute("import time", {})
-    task = asyncio.ensure_future(kernel.execute(ANSWER + "time.sleep(1)\n__answer('late')", {}))
-    await asyncio.sleep(0.3)
+    running = tmp_path / "running"
+    code = ANSWER + f"open({str(running)!r}, 'w').close()\ntime.sleep(1)\n__answer('late')"
+    task = asyncio.ensure_future(kernel.execute(code, {}))
+    await wait_for_file(running)  # the request is under way when the connection drops
     conn = kernel._channels.ws
     assert conn is not None and conn.stream is not None
     conn.stream.close()  # as if the network dropped the connection
@@ -335,7 +347,7 @@ async def test_gateway_restart_loses_the_kernel_and_restart_makes_a_new_one() ->
             await handle.start()
             assert (await handle.execute("x = 1", {}))["status"] == "ok"
             old = handle.kernel_id
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while handle.is_alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert not handle.is_alive()
@@ -352,12 +364,15 @@ async def test_gateway_restart_loses_the_kernel_and_restart_makes_a_new_one() ->
 
 
 @pytest.mark.parametrize("flavour", matrix())
-async def test_bad_token_fails_fast(gateways: Gateways, flavour: str) -> None:
+async def test_bad_token_fails_fast(
+    gateways: Gateways, flavour: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kernelexec")
     handle = GatewayKernel(GatewaySettings.from_url(gateways.url(flavour), "wrong"))
-    started = time.monotonic()
     with pytest.raises(GatewayError, match="gateway_token"):
         await handle.start()
-    assert time.monotonic() - started < 3  # no retry: one request
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries == []  # no retry: one request
     await handle.shutdown()
 
 
@@ -413,10 +428,8 @@ async def test_a_gateway_that_drops_kernelexec_request_gets_execute_requests() -
 
 async def test_unreachable_gateway_fails_fast() -> None:
     handle = GatewayKernel(GatewaySettings.from_url(f"http://127.0.0.1:{free_port()}", TOKEN))
-    started = time.monotonic()
-    with pytest.raises(GatewayError, match="failed after 4 attempt"):
+    with pytest.raises(GatewayError, match="failed after 4 attempt"):  # ~1.75 s of backoff
         await handle.start()
-    assert time.monotonic() - started < 8  # 4 attempts, ~1.75 s of backoff
     await handle.shutdown()
 
 
@@ -424,10 +437,8 @@ async def test_kernel_start_timeout_is_a_clear_error(gateway_url: str) -> None:
     """A kernel that never answers (a busy cluster): GatewayError after start_timeout, and
     the half-started kernel is deleted."""
     handle = GatewayKernel(settings(gateway_url, kernel_name="never-ready", start_timeout=3))
-    started = time.monotonic()
     with pytest.raises(GatewayError, match="raise start_timeout"):
         await handle.start()
-    assert time.monotonic() - started < 8
     await handle.shutdown()
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
@@ -475,10 +486,7 @@ async def test_legacy_websocket_protocol() -> None:
             assert payload(await handle.execute(code, {})) == json.dumps(
                 {"value": "q", "error": None}
             )
-            for _ in range(100):
-                if events:
-                    break
-                await asyncio.sleep(0.02)
+            await until(lambda: bool(events))  # IOPub may trail the reply
             assert events == [({"type": "log"}, [b"xy"])]
         finally:
             await handle.shutdown()
@@ -636,7 +644,7 @@ async def test_no_kernel_process_survives_the_gateway() -> None:
         await closed.shutdown()
         assert gateway_kernel_ids(url, TOKEN) == [kept.kernel_id]
         kept._rest.close()  # the gateway goes away under this one
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert not [pid for pid in pids if pid_alive(pid)]
