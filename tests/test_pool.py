@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import pytest_asyncio
+from server_support import wait_for_file
 
 from kernelexec import blobs
 from kernelexec.config import PoolConfig
@@ -39,6 +43,49 @@ async def echo() -> AsyncIterator[Pool]:
     pool, _ = await started("return msg", node_id="echo")
     yield pool
     await closed(pool)
+
+
+async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``check()`` holds or the (generous) deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Preforks:
+    """Test instrumentation of a cold pool's (only) worker: each finished prefork (the idle
+    fork of the next message's child) is recorded with the number of messages the pool had
+    answered when it began, so a test waits for "the spare forked after message n"."""
+
+    def __init__(self, pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done: list[int] = []
+        self._changed = asyncio.Event()
+        original = pool.workers[0].prefork
+
+        async def prefork() -> None:
+            answered = pool.stats().messages
+            await original()
+            self.done.append(answered)
+            self._changed.set()
+
+        monkeypatch.setattr(pool.workers[0], "prefork", prefork)
+
+    async def after(self, answered: int, timeout: float = 30.0) -> None:
+        """Wait until a prefork that began once ``answered`` messages were answered is done."""
+        deadline = time.monotonic() + timeout
+        while answered not in self.done:
+            self._changed.clear()
+            left = deadline - time.monotonic()
+            assert left > 0, f"no prefork after message {answered}; saw {self.done}"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
 
 
 def payloads(result: dict[str, Any], port: int = 0) -> list[Any]:
@@ -177,8 +224,8 @@ async def test_timeout_stops_processes_the_code_started() -> None:
         assert result["error"]["code"] == "TIMEOUT"
         sends = [e for _, e in hooks.events if e.get("type") == "send"]
         child = sends[0]["outputs"][0][0]["payload"]
-        await asyncio.sleep(0.2)
-        assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+        await until(lambda: not alive(child))  # killed at the timeout; dying takes a moment
+        assert not alive(child)
     finally:
         await closed(pool)
 
@@ -241,11 +288,8 @@ async def test_send_from_a_thread_after_return_and_context() -> None:
         first = await pool.submit("x1", {})
         second = await pool.submit("x2", {})
         assert payloads(first) == [1] and payloads(second) == [2]
-        for _ in range(200):  # up to 10 s on a loaded machine
-            sends = [e for _, e in hooks.events if e.get("type") == "send"]
-            if len(sends) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: len([e for _, e in hooks.events if e.get("type") == "send"]) >= 2)
+        sends = [e for _, e in hooks.events if e.get("type") == "send"]
         assert [s["outputs"][0][0]["payload"] for s in sends] == ["later", "later"]
     finally:
         await closed(pool)
@@ -277,11 +321,23 @@ async def test_close_runs_stop_code_and_leaves_no_process(tmp_path: Any) -> None
     assert result["error"]["code"] == "POOL_CLOSED"
 
 
-async def test_idle_workers_get_work_before_anyone_batches() -> None:
-    code = "import os, time\ntime.sleep(0.3)\nmsg['payload'] = os.getpid()\nreturn msg"
+async def test_idle_workers_get_work_before_anyone_batches(tmp_path: Path) -> None:
+    # a barrier: each message waits (up to 20 s) until both run, so neither finishes and
+    # frees its worker before the other has been handed out
+    code = (
+        "import os, pathlib, time\n"
+        f"here = pathlib.Path({str(tmp_path)!r})\n"
+        "(here / msg['req']).touch()\n"
+        "deadline = time.monotonic() + 20\n"
+        "while len(list(here.glob('w*'))) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.005)\n"
+        "msg['payload'] = os.getpid()\nreturn msg"
+    )
     pool, _ = await started(code, workers=2)
     try:
-        both = await asyncio.gather(pool.submit("w1", {}), pool.submit("w2", {}))
+        both = await asyncio.gather(
+            pool.submit("w1", {"req": "w1"}), pool.submit("w2", {"req": "w2"})
+        )
         assert {payloads(r)[0] for r in both} == {w.kernel.pid for w in pool.workers}
     finally:
         await closed(pool)
@@ -289,15 +345,15 @@ async def test_idle_workers_get_work_before_anyone_batches() -> None:
 
 async def test_close_during_a_long_message_is_prompt_and_runs_stop_code(tmp_path: Any) -> None:
     marker = tmp_path / "stopped"
+    began = tmp_path / "began"
     stop = f"open({str(marker)!r}, 'w').write('bye')"
-    pool, _ = await started("import time\ntime.sleep(60)\nreturn msg", stop=stop)
+    code = f"import time\nopen({str(began)!r}, 'w').close()\ntime.sleep(60)\nreturn msg"
+    pool, _ = await started(code, stop=stop)
     running = asyncio.ensure_future(pool.submit("long", {}))
-    await asyncio.sleep(0.3)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
+    await wait_for_file(began)  # the message runs
     await closed(pool)
-    assert loop.time() - began < 8.0
     result = await running
+    # prompt: a close that waited for the message would have let it return msg (no error)
     assert result["error"]["code"] == "POOL_CLOSED"
     assert marker.read_text() == "bye"
 
@@ -312,10 +368,7 @@ async def test_live_link_reloads_code_and_keeps_setup_state(tmp_path: Any) -> No
         script.write_text(
             setup + "# %% node\nglobal count\ncount += 10\nreturn {'payload': count}\n"
         )
-        for _ in range(100):
-            await asyncio.sleep(0.1)
-            if any("reloaded (code)" in str(e.get("text")) for _, e in hooks.events):
-                break
+        await until(lambda: any("reloaded (code)" in str(e.get("text")) for _, e in hooks.events))
         assert payloads(await pool.submit("l2", {})) == [11]  # setup state kept: 1 + 10
     finally:
         await closed(pool)
@@ -348,42 +401,46 @@ async def test_a_burst_of_node_sends_loses_nothing() -> None:
         await closed(pool)
 
 
-async def test_cold_pool_forks_ahead_when_idle_and_stays_isolated() -> None:
+async def test_cold_pool_forks_ahead_when_idle_and_stays_isolated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     code = "import os\nstate.append(1)\nmsg['payload'] = [len(state), os.getpid()]\nreturn msg"
     pool, _ = await started(code, setup="state = []", mode="cold")
+    preforks = Preforks(pool, monkeypatch)
     try:
         seen = []
         for i in range(4):
-            await asyncio.sleep(0.15)  # idle: the next child is forked ahead
+            if i:
+                await preforks.after(i)  # idle: the next child has been forked ahead
             result = await pool.submit(f"p{i}", {})
             assert result["error"] is None
             seen.append(payloads(result)[0])
         assert [count for count, _ in seen] == [1, 1, 1, 1]
         assert len({pid for _, pid in seen}) == 4
-        await asyncio.sleep(0.15)  # a spare child exists, forked with the old code
+        await preforks.after(4)  # a spare child exists, forked with the old code
         await pool.update_code(code.replace("return msg", "msg['new'] = True\nreturn msg"))
-        await asyncio.sleep(0.15)
         result = await pool.submit("after-change", {})
         assert result["outputs"][0][0].get("new") is True  # a spare forked before is not used
     finally:
         await closed(pool)
 
 
-async def test_no_cold_child_outlives_a_killed_kernel() -> None:
+async def test_no_cold_child_outlives_a_killed_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Children that answered (killed LINGER later), a spare (copying or waiting) and one
     forked back to back: when the kernel dies -9, every one of them exits by itself."""
     pool, _ = await started("return msg", mode="cold")
+    preforks = Preforks(pool, monkeypatch)
     kernel = psutil.Process(pool.workers[0].kernel.pid)
     try:
         for i in range(3):  # back to back: children linger while the next ones fork
             assert (await pool.submit(f"b{i}", {}))["error"] is None
         children = kernel.children(recursive=True)
-        await asyncio.sleep(0.1)  # idle: a spare is forked and starts copying
+        await preforks.after(3)  # idle: a spare has been forked (it may still be copying)
         children += kernel.children(recursive=True)
         assert children, "the cold kernel had children to leave behind"
         kernel.kill()
-        _, alive = psutil.wait_procs(children, timeout=5)
-        assert not alive, f"children left after the kernel's death: {alive}"
+        _, left = psutil.wait_procs(children, timeout=30)
+        assert not left, f"children left after the kernel's death: {left}"
     finally:
         await closed(pool)
 
