@@ -43,6 +43,7 @@ const helper = require(mod("node-red-node-test-helper"));
 helper.init(require.resolve(mod("node-red")));
 const core = path.join(pkg, "node_modules", "@node-red", "nodes", "core", "common");
 const injectNode = require(path.join(core, "20-inject.js"));
+const completeNode = require(path.join(core, "24-complete.js"));
 const kernelexecNode = require(path.join(pkg, "nodes", "kernelexec.js"));
 
 const flow = JSON.parse(fs.readFileSync(flowFile, "utf8")).filter((n) => n.type !== "debug");
@@ -50,23 +51,33 @@ const kx = flow.find((n) => n.type === "kernelexec");
 const inject = flow.find((n) => n.type === "inject");
 kx.wires = kx.wires.map((_, i) => ["out" + i]);
 kx.wires.forEach((_, i) => flow.push({ id: "out" + i, z: kx.z, type: "helper", wires: [] }));
+// a Complete node: the kernelexec node called done() for the message (its outputs are out)
+flow.push({ id: "kx-complete", z: kx.z, type: "complete", scope: [kx.id], uncaught: false,
+            wires: [["completed"]] });
+flow.push({ id: "completed", z: kx.z, type: "helper", wires: [] });
 
 const got = kx.wires.map(() => []);
 let count = 0;
+let completed = false;
 const finish = async (code) => {
     await helper.unload();
     process.stdout.write(JSON.stringify(got) + "\n");
     process.exit(code);
 };
+// the message is done and what it sent has arrived (anything more would be a bug)
+const finishWhenDone = () => completed && count >= Number(expected) && finish(0);
 setTimeout(() => finish(1), 60000);
-helper.load([injectNode, kernelexecNode], flow, () => {
+helper.load([injectNode, completeNode, kernelexecNode], flow, () => {
     kx.wires.forEach((_, i) => helper.getNode("out" + i).on("input", (msg) => {
         delete msg._msgid;
         got[i].push(msg);
-        if (++count === Number(expected)) {
-            setTimeout(() => finish(0), 300);  // anything more would be a bug
-        }
+        count++;
+        finishWhenDone();
     }));
+    helper.getNode("completed").on("input", () => {
+        completed = true;
+        finishWhenDone();
+    });
     const kxNode = helper.getNode(kx.id);
     kxNode.on("call:error", (c) => process.stderr.write("error: " + c.args[0] + "\n"));
     helper.getNode(inject.id).receive({});

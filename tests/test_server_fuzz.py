@@ -122,8 +122,7 @@ async def feed(frames: list[str], greet: bool) -> RecordingTransport:
     for raw in frames:
         session.handle(raw)
         await asyncio.sleep(0)
-    await asyncio.sleep(0.01)
-    await session.end("fuzz done")
+    await session.end("fuzz done")  # waits for the session's tasks: their frames are in
     return transport
 
 
