@@ -12,12 +12,14 @@ import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nbformat.v4 as v4
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from nbclient import NotebookClient
+from server_support import wait_for_file
 from traitlets.config import Config
 
 from kernelexec.config import PoolConfig
@@ -319,7 +321,7 @@ def test_big_buffers_come_back_as_bytes_and_leave_no_file(shell: Any) -> None:
 
 
 @pytest.mark.slow
-async def test_interrupting_a_node_cell_in_a_real_kernel() -> None:
+async def test_interrupting_a_node_cell_in_a_real_kernel(tmp_path: Path) -> None:
     """Jupyter's stop button: the cell ends with KeyboardInterrupt, the magic keeps working."""
     from jupyter_client.manager import start_new_async_kernel
 
@@ -335,10 +337,12 @@ async def test_interrupting_a_node_cell_in_a_real_kernel() -> None:
 
     try:
         assert (await execute("%load_ext kernelexec\nmsg = {'payload': 1}"))["status"] == "ok"
-        running = asyncio.ensure_future(execute("%%node\nimport time\ntime.sleep(30)\nreturn msg"))
-        await asyncio.sleep(2.0)
+        began = tmp_path / "began"
+        cell = f"%%node\nimport time\nopen({str(began)!r}, 'w').close()\ntime.sleep(30)\nreturn msg"
+        running = asyncio.ensure_future(execute(cell))
+        await wait_for_file(began)  # the node code runs: the interrupt reaches it
         await km.interrupt_kernel()
-        reply = await asyncio.wait_for(running, 20)
+        reply = await asyncio.wait_for(running, 30)
         assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
         again = await execute("%%node --quiet\nreturn {'payload': msg['payload'] + 1}")
         assert again["status"] == "ok"
@@ -352,19 +356,20 @@ async def test_interrupting_a_node_cell_in_a_real_kernel() -> None:
 def test_sends_after_the_run_are_printed(shell: Any, capsys: pytest.CaptureFixture[str]) -> None:
     shell.user_ns["msg"] = {"payload": 1}
     code = (
-        "import threading, time\n"
+        "import threading\n"
         "def later():\n"
-        "    time.sleep(0.2)\n"
+        "    AFTER_RUN.wait(30)\n"
         "    node.send({'payload': 'late'})\n"
         "    node.warn('late warning')\n"
         "LATE = threading.Thread(target=later)\n"
         "LATE.start()\n"
         "return None"
     )
-    run(shell, "%%setup\nLATE = None")
+    run(shell, "%%setup\nimport threading\nLATE = None\nAFTER_RUN = threading.Event()")
     out = run(shell, f"%%node\nglobal LATE\n{code}")
     assert out.result.outputs == [[]]
-    shell.user_ns["LATE"].join(5)
+    shell.user_ns["AFTER_RUN"].set()  # the thread sends only now, after the run
+    shell.user_ns["LATE"].join(30)
     printed = capsys.readouterr().out
     assert "after the run: node.send -> port 0: {'payload': 'late'}" in printed
     assert "after the run: warn: late warning" in printed
