@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import nbformat.v4 as v4
+import pytest
 
 from kernelexec.notebook import NodeCode, NotebookChange, load_node_code, watch_notebook
 
@@ -35,11 +39,20 @@ class Recorder:
         await self.changes.put(change)
 
     async def next(self) -> NotebookChange:
-        return await asyncio.wait_for(self.changes.get(), 5)
+        return await asyncio.wait_for(self.changes.get(), 30)
 
-    async def quiet(self) -> bool:
-        await asyncio.sleep(INTERVAL * 6)
+    async def quiet(self, caplog: pytest.LogCaptureFixture) -> bool:
+        """Once the watcher has read the save and found the node unchanged (its debug
+        line), whether nothing was reported."""
+        await until(lambda: "saved without a change to its node" in caplog.text)
         return self.changes.empty()
+
+
+async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``check()`` holds or the (generous) deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(INTERVAL)
 
 
 async def start(tmp_path: Path) -> tuple[Path, Recorder, asyncio.Task[None]]:
@@ -74,11 +87,14 @@ async def test_setup_change_means_restart(tmp_path: Path) -> None:
         task.cancel()
 
 
-async def test_saving_only_outputs_reports_nothing(tmp_path: Path) -> None:
+async def test_saving_only_outputs_reports_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kernelexec.notebook")
     path, rec, task = await start(tmp_path)
     try:
         save(path, "import math", "return msg", extra_output=True)
-        assert await rec.quiet()
+        assert await rec.quiet(caplog)
     finally:
         task.cancel()
 
@@ -106,10 +122,7 @@ async def test_plain_callback_initial_code_and_cancel(tmp_path: Path) -> None:
     running = NodeCode(setup="import math", code="return 1")  # what the pool runs now
     task = watch_notebook(path, seen.append, initial=running, interval=INTERVAL)
     save(path, "import math", "return msg")
-    for _ in range(100):
-        if seen:
-            break
-        await asyncio.sleep(INTERVAL)
+    await until(lambda: bool(seen))
     assert [c.changed for c in seen] == [{"code"}]
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -164,10 +177,7 @@ async def test_live_link_drives_a_real_pool(tmp_path: Path) -> None:
     try:
         first = (await pool.submit("a", {}))["outputs"][0][0]["payload"]
         save(path, "import random\nTOKEN = random.random()", "return {'payload': ['v2', TOKEN]}")
-        for _ in range(100):
-            if actions:
-                break
-            await asyncio.sleep(INTERVAL)
+        await until(lambda: bool(actions))
         second = (await pool.submit("b", {}))["outputs"][0][0]["payload"]
         assert actions == ["code"]
         assert first[0] == "v1" and second[0] == "v2"
@@ -190,15 +200,9 @@ async def test_a_failing_callback_does_not_stop_the_watcher(tmp_path: Path, capl
     task = watch_notebook(path, on_change, interval=INTERVAL)
     try:
         save(path, "import math", "return 1")
-        for _ in range(100):
-            if seen:
-                break
-            await asyncio.sleep(INTERVAL)
+        await until(lambda: bool(seen))
         save(path, "import math", "return 2")
-        for _ in range(100):
-            if len(seen) == 2:
-                break
-            await asyncio.sleep(INTERVAL)
+        await until(lambda: len(seen) >= 2)
         assert seen == ["code", "code"]
         assert "The notebook change callback failed" in caplog.text
     finally:

@@ -91,6 +91,7 @@ async def _poll(
         loaded = sig
         change = _load_change(path, current, failed)
         if change is None:
+            log.debug("%s was saved without a change to its node", path)
             continue
         failed = change.error is not None
         current = change.new or current
