@@ -97,9 +97,8 @@ async def run_in_kernel(spec: LaunchSpec, code: str) -> str:
     try:
         reply = await kernel.execute(code + "\nimport sys; sys.stdout.flush()", {})
         assert reply["status"] == "ok", reply
-        for _ in range(250):  # IOPub is not ordered with the shell reply
-            if out:
-                break
+        deadline = time.monotonic() + 30  # IOPub is not ordered with the shell reply
+        while not out and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return "".join(out)
     finally:
@@ -189,14 +188,12 @@ async def test_second_prepare_reuses_the_environment(
     info, _, _ = built
     marker = (info.path / envs.MARKER).read_text()
     lines: list[str] = []
-    started = time.monotonic()
     spec = await envs.prepare_launch(
         EnvConfig.from_dict({"python": BASE_PYTHON, "requirements": "six\n# again\n"}),
         node_id="reuse",
         workdir=workdir,
         progress=lines.append,
     )
-    assert time.monotonic() - started < 2.0
     assert (info.path / envs.MARKER).read_text() == marker, "not rebuilt"
     assert any("reused" in line for line in lines)
     assert spec.argv[0] == str(info.python_bin)
