@@ -58,7 +58,7 @@ def blob_files() -> set[str]:
     return {p.name for p in directory.glob("kernelexec-*")}
 
 
-async def wait_clean(files_before: set[str], timeout: float = 20.0) -> tuple[list[str], list[str]]:
+async def wait_clean(files_before: set[str], timeout: float = 30.0) -> tuple[list[str], list[str]]:
     """Wait until no process of ours and no new blob file is left; returns what is left."""
     deadline = time.monotonic() + timeout
     while True:

@@ -9,7 +9,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -165,14 +164,12 @@ async def test_a_web_page_cannot_open_the_socket_even_with_the_token(
 
 
 async def test_brute_forcing_the_token_gets_nowhere(bridge: StressBridge) -> None:
-    """Wrong tokens are refused (403) one after another without slowing the bridge down."""
-    t0 = time.monotonic()
+    """Wrong tokens are refused (403) one after another; the right one still gets in."""
     for i in range(50):
         request = HTTPRequest(ws_url(bridge.port, f"{TOKEN[:-2]}{i:02d}"))
         with pytest.raises(HTTPClientError) as refused:
             await websocket_connect(request)
         assert refused.value.code == 403
-    assert time.monotonic() - t0 < 20
     again = await Client.connect(bridge.port)
     again.close()
 
