@@ -3,6 +3,7 @@
 "use strict";
 const assert = require("assert");
 const fs = require("fs");
+const path = require("path");
 const bridges = require("../lib/bridge");
 const S = require("./support");
 
@@ -71,21 +72,30 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.strictEqual(m1.payload, "a");
         assert.deepStrictEqual([a.payload, b.payload], [1, 2]);
         assert.strictEqual(a._msgid, m1._msgid, "new messages carry the input's _msgid, as in the function node");
-        await new Promise((r) => setTimeout(r, 200));
+        await S.bridgeRoundTrip(); // all the bridge sent for the message is in,
+        await S.nextTurn(); // and delivered
         assert.strictEqual(third, 0);
     });
 
     it("delivers node.send() during and after the execution, in order", async function () {
+        const returned = path.join(S.tempDir(), "returned"); // the late send waits for it
         const code = [
-            "import threading",
+            "import os, threading, time",
             "node.send({'payload': 'early'})",
-            "threading.Timer(0.3, lambda: node.send({'payload': 'late'})).start()",
+            "def late():",
+            `    while not os.path.exists(${JSON.stringify(returned)}):`,
+            "        time.sleep(0.005)",
+            "    node.send({'payload': 'late'})",
+            "threading.Thread(target=late).start()",
             "msg['payload'] = 'result'",
             "return msg",
         ].join("\n");
         await load(N.kernelexecNode, [py("n1", code), { id: "out", type: "helper" }]);
         const got = S.messages(helper.getNode("out"), 3);
+        const first = S.messages(helper.getNode("out"), 2);
         helper.getNode("n1").receive({ payload: 0 });
+        await first;
+        fs.writeFileSync(returned, ""); // the result is out: now the thread sends
         const msgs = await got;
         assert.deepStrictEqual(msgs.map((m) => m.payload), ["early", "result", "late"]);
     });
@@ -109,22 +119,24 @@ describe("kernelexec node (real bridge, real kernels)", function () {
     });
 
     it("triggers Complete nodes, also when the code calls node.done() itself", async function () {
+        const release = path.join(S.tempDir(), "release"); // n2 calls node.done() once it exists
         await load([N.kernelexecNode, N.completeNode], [
             py("n1", "return msg"),
-            py("n2", "import threading\nnode.send(msg)\nthreading.Timer(1.0, node.done).start()", { wires: [["out2"]] }),
+            py("n2", `import os, threading, time\nnode.send(msg)\ndef later():\n    while not os.path.exists(${JSON.stringify(release)}):\n        time.sleep(0.005)\n    node.done()\nthreading.Thread(target=later).start()`, { wires: [["out2"]] }),
             { id: "k1", type: "complete", scope: ["n1", "n2"], uncaught: false, wires: [["completed"]] },
             { id: "out", type: "helper" }, { id: "out2", type: "helper" }, { id: "completed", type: "helper" },
         ]);
         const completed = S.messages(helper.getNode("completed"), 2);
+        const firstCompleted = S.messages(helper.getNode("completed"), 1);
         const sent2 = S.messages(helper.getNode("out2"), 1);
-        const t0 = Date.now();
         helper.getNode("n2").receive({ payload: 2 });
         helper.getNode("n1").receive({ payload: 1 });
         assert.strictEqual((await sent2)[0].payload, 2);
+        await firstCompleted;
+        fs.writeFileSync(release, ""); // only now does n2 call node.done()
         const [first, second] = await completed;
         assert.strictEqual(first.payload, 1, "n1 completes first: n2 waits for its node.done()");
         assert.strictEqual(second.payload, 2);
-        assert.ok(Date.now() - t0 >= 950, "n2 completed only after node.done()");
     });
 
     it("sends warnings and print() output to the log, node.error(text, msg) once to Catch", async function () {
@@ -148,7 +160,8 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         n1.receive({ payload: "bad" });
         const [err] = await caught;
         assert.match(err.error.message, /rejected/);
-        await new Promise((r) => setTimeout(r, 300));
+        await S.bridgeRoundTrip(); // all the bridge sent for the message is in,
+        await S.nextTurn(); // and delivered
         assert.strictEqual(catches, 1);
     });
 
@@ -385,7 +398,11 @@ describe("kernelexec node (real bridge, real kernels)", function () {
     });
 
     it("runs messages in parallel on several workers, in arrival order with keepOrder", async function () {
-        const code = "import time\ntime.sleep(msg['payload'])\nreturn msg";
+        // the first message of each node is held until the test releases it; the second runs
+        // meanwhile (on the other worker) and leaves a file when done
+        const code = "import os, time\nwhile msg.get('hold') and not os.path.exists(msg['hold']):\n    time.sleep(0.005)\nif msg.get('ran'):\n    open(msg['ran'], 'w').close()\nreturn msg";
+        const dir = S.tempDir();
+        const file = (id, what) => path.join(dir, `${id}-${what}`);
         await load(N.kernelexecNode, [
             py("nFree", code, { workers: 2, wires: [["outFree"]] }),
             py("nOrdered", code, { workers: 2, keepOrder: true, wires: [["outOrdered"]] }),
@@ -394,18 +411,21 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         await Promise.all(["nFree", "nOrdered"].map((id) => S.call(helper.getNode(id), "status", (st) => st && /0\/2 busy/.test(st.text))));
         const free = S.messages(helper.getNode("outFree"), 2);
         const ordered = S.messages(helper.getNode("outOrdered"), 2);
-        const t0 = Date.now();
         for (const id of ["nFree", "nOrdered"]) {
-            helper.getNode(id).receive({ payload: 1.0 });
+            helper.getNode(id).receive({ payload: 1.0, hold: file(id, "release") });
         }
-        // the second message a moment later: the pool may batch messages that arrive together
-        await new Promise((r) => setTimeout(r, 150));
+        // the second message once the first runs: the pool may batch messages that arrive together
+        await Promise.all(["nFree", "nOrdered"].map((id) => S.call(helper.getNode(id), "status", (st) => st && /1\/2 busy/.test(st.text))));
         for (const id of ["nFree", "nOrdered"]) {
-            helper.getNode(id).receive({ payload: 0.1 });
+            helper.getNode(id).receive({ payload: 0.1, ran: file(id, "ran") });
+        }
+        // the two workers ran the messages side by side: the second ends while the first is held
+        await Promise.all(["nFree", "nOrdered"].map((id) => S.fileAppears(file(id, "ran"))));
+        for (const id of ["nFree", "nOrdered"]) {
+            fs.writeFileSync(file(id, "release"), "");
         }
         assert.deepStrictEqual((await free).map((m) => m.payload), [0.1, 1.0]);
         assert.deepStrictEqual((await ordered).map((m) => m.payload), [1.0, 0.1]);
-        assert.ok(Date.now() - t0 < 1900, "the two workers ran the messages side by side");
     });
 
     it("isolates messages in cold mode but keeps them in hot mode", async function () {
@@ -426,8 +446,9 @@ describe("kernelexec node (real bridge, real kernels)", function () {
     });
 
     it("fails in-flight messages when the bridge dies, restarts it and serves again", async function () {
+        const running = path.join(S.tempDir(), "running");
         await load([N.kernelexecNode, N.catchNode], [
-            py("n1", "import time\nif msg['payload'] == 'slow':\n    time.sleep(20)\nreturn msg"),
+            py("n1", `import time\nif msg['payload'] == 'slow':\n    open(${JSON.stringify(running)}, 'w').close()\n    time.sleep(20)\nreturn msg`),
             { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
             { id: "out", type: "helper" }, { id: "caught", type: "helper" },
         ]);
@@ -435,7 +456,7 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         await S.call(n1, "status", (s) => s && s.fill === "green");
         const caught = S.messages(helper.getNode("caught"), 1);
         n1.receive({ payload: "slow" });
-        await new Promise((r) => setTimeout(r, 500));
+        await S.fileAppears(running); // the message runs
         const [bridge] = bridges.active();
         const tree = S.processTree(bridge.child.pid);
         process.kill(bridge.child.pid, "SIGKILL");
@@ -445,7 +466,7 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         n1.receive({ payload: "again" });
         assert.strictEqual((await got)[0].payload, "again");
         // the killed bridge's kernels notice their parent is gone and exit
-        await S.waitFor(() => tree.slice(1).every((pid) => !S.alive(pid)), 20000, "orphaned kernels to exit");
+        await S.waitFor(() => tree.slice(1).every((pid) => !S.alive(pid)), 30000, "orphaned kernels to exit");
     });
 });
 

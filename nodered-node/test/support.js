@@ -71,7 +71,7 @@ function tab(nodes) {
 function messages(node, count, timeoutMs) {
     return new Promise((resolve, reject) => {
         const got = [];
-        const timer = setTimeout(() => reject(new Error(`${node.id} received ${got.length} of ${count} messages`)), timeoutMs || 20000);
+        const timer = setTimeout(() => reject(new Error(`${node.id} received ${got.length} of ${count} messages`)), timeoutMs || 40000);
         node.on("input", (msg) => {
             got.push(msg);
             if (got.length === count) {
@@ -86,7 +86,7 @@ function messages(node, count, timeoutMs) {
 function call(node, method, test, timeoutMs) {
     return new Promise((resolve, reject) => {
         const seen = [];
-        const timer = setTimeout(() => reject(new Error(`no matching ${method} on ${node.id}; saw ${JSON.stringify(seen)}`)), timeoutMs || 20000);
+        const timer = setTimeout(() => reject(new Error(`no matching ${method} on ${node.id}; saw ${JSON.stringify(seen)}`)), timeoutMs || 40000);
         const listener = (c) => {
             seen.push(c.args[0]);
             if (!test || test(c.args[0], c.args)) {
@@ -142,7 +142,7 @@ function bridgeProcesses() {
 }
 
 async function waitFor(predicate, timeoutMs, what) {
-    const end = Date.now() + (timeoutMs || 10000);
+    const end = Date.now() + (timeoutMs || 30000);
     while (Date.now() < end) {
         if (await predicate()) {
             return;
@@ -150,6 +150,53 @@ async function waitFor(predicate, timeoutMs, what) {
         await new Promise((r) => setTimeout(r, 50));
     }
     throw new Error("timed out waiting for " + (what || "a condition"));
+}
+
+/**
+ * Resolve once the bridge has answered a ping: every frame it sent before the pong has been
+ * dispatched to the nodes by then (frames are dispatched in order). Then nextTurn() lets
+ * Node-RED deliver what those frames sent (its deliveries are setImmediate callbacks).
+ */
+function bridgeRoundTrip(timeoutMs) {
+    const [bridge] = bridges.active();
+    const id = `sync-${process.hrtime.bigint()}`;
+    return new Promise((resolve, reject) => {
+        const done = (err) => {
+            clearTimeout(timer);
+            delete bridge.dispatch; // the prototype's method again
+            if (err) {
+                reject(err);
+            } else {
+                resolve();
+            }
+        };
+        const timer = setTimeout(() => done(new Error("no pong from the bridge")), timeoutMs || 30000);
+        bridge.dispatch = function (frame, generation) {
+            if (frame && frame.type === "pong" && frame.id === id) {
+                done();
+                return undefined;
+            }
+            return Object.getPrototypeOf(bridge).dispatch.call(this, frame, generation);
+        };
+        if (!bridge.send({ type: "ping", id })) {
+            done(new Error("the bridge is not connected"));
+        }
+    });
+}
+
+/** One turn of the event loop: setImmediate callbacks queued before it have run. */
+function nextTurn() {
+    return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Resolve once `file` exists (written by the Python code under test), polling. */
+function fileAppears(file, timeoutMs) {
+    return waitFor(() => fs.existsSync(file), timeoutMs || 60000, file);
+}
+
+/** A fresh temporary directory for files the test and its Python code exchange. */
+function tempDir() {
+    return fs.mkdtempSync(path.join(require("os").tmpdir(), "kx-spec-"));
 }
 
 /** Blob files written by this process (kernelexec-<our pid>-...). */
@@ -200,6 +247,10 @@ module.exports = {
     alive,
     bridgeProcesses,
     waitFor,
+    bridgeRoundTrip,
+    nextTurn,
+    fileAppears,
+    tempDir,
     ourBlobFiles,
     allBlobFiles,
     check,
