@@ -130,7 +130,7 @@ describe("editor in a real browser", function () {
 
     it("lists the python node in the function category of the palette", async function () {
         const item = page.locator('#red-ui-palette-function .red-ui-palette-node[data-palette-type="kernelexec"]');
-        await item.waitFor({ timeout: 10000 });
+        await item.waitFor({ timeout: 30000 });
         assert.strictEqual((await item.locator(".red-ui-palette-label").innerText()).trim(), "python");
     });
 
@@ -145,7 +145,7 @@ describe("editor in a real browser", function () {
         await page.mouse.move(300, 250);
         await page.mouse.click(300, 250);
         const pythonNode = page.locator("#e2e0python000001");
-        await pythonNode.waitFor({ timeout: 10000 });
+        await pythonNode.waitFor({ timeout: 30000 });
 
         // the edit dialog: tabs like the function node, and a Monaco editor in Python mode
         await pythonNode.locator(".red-ui-flow-node").dblclick();
@@ -203,7 +203,7 @@ describe("editor in a real browser", function () {
         await page.locator("#e2e0python000001 .red-ui-flow-node").click();
         await page.evaluate(() => RED.actions.invoke("core:show-help-tab"));
         const help = page.locator(".red-ui-help", { hasText: "Runs Python code on each message" });
-        await help.first().waitFor({ timeout: 10000 });
+        await help.first().waitFor({ timeout: 30000 });
         const text = await help.first().innerText();
         for (const part of ["node.send(msg)", "global_", "Script style", "cold"]) {
             assert.ok(text.includes(part), `help mentions ${part}`);

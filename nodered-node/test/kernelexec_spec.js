@@ -253,7 +253,7 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         assert.strictEqual(msg.size, input.length);
         assert.ok(msg.payload.equals(Buffer.from(input).reverse()));
         const pids = [process.pid].concat(S.bridgeProcesses());
-        await S.waitFor(() => S.allBlobFiles(pids).length === 0, 5000, "blob files to be removed");
+        await S.waitFor(() => S.allBlobFiles(pids).length === 0, 30000, "blob files to be removed");
     });
 
     it("fails a message that runs past the timeout and keeps the kernel's state", async function () {
@@ -263,10 +263,8 @@ describe("kernelexec node (real bridge, real kernels)", function () {
             { id: "out", type: "helper" }, { id: "caught", type: "helper" },
         ]);
         const caught = S.messages(helper.getNode("caught"), 1);
-        const t0 = Date.now();
         helper.getNode("n1").receive({ payload: "slow" });
-        const [err] = await caught;
-        assert.ok(Date.now() - t0 < 10000, "timed out in time");
+        const [err] = await caught; // (without the timeout it would succeed, after 30 s)
         assert.match(err.error.message, /TIMEOUT|timed out|timeout/i);
         const got = S.messages(helper.getNode("out"), 1);
         helper.getNode("n1").receive({ payload: "fast" });
@@ -494,7 +492,7 @@ describe("kernelexec node life cycle", function () {
         await S.unload();
         assert.deepStrictEqual(bridges.active(), []);
         const all = Array.from(new Set(first.concat(second)));
-        await S.waitFor(() => all.every((pid) => !S.alive(pid)), 10000, "bridge and kernels to exit: " + all.filter(S.alive));
+        await S.waitFor(() => all.every((pid) => !S.alive(pid)), 30000, "bridge and kernels to exit: " + all.filter(S.alive));
         assert.deepStrictEqual(S.allBlobFiles(all.concat([process.pid])), []);
     });
 
@@ -537,15 +535,16 @@ describe("kernelexec node life cycle", function () {
         let failure = null;
         n1.error = (e, m) => { failure = failure || (m && Buffer.isBuffer(m.payload) ? e : null); };
         n1.receive({ payload: Buffer.alloc(1024 * 1024, 1) });
-        await S.waitFor(() => S.ourBlobFiles().length === 1, 5000, "the input blob file");
+        await S.waitFor(() => S.ourBlobFiles().length === 1, 30000, "the input blob file");
         const pids = S.bridgeProcesses();
         const t0 = Date.now();
         await S.unload();
+        // a contract, not a speed: Node-RED gives up on a node's close after 15 s
         assert.ok(Date.now() - t0 < 15000, "closed within Node-RED's close timeout");
         assert.ok(failure instanceof Error, "the running message failed");
         assert.match(failure.message, /stopped|closed/i);
         assert.deepStrictEqual(S.ourBlobFiles(), []);
-        await S.waitFor(() => pids.every((pid) => !S.alive(pid)), 10000, "bridge and kernels to exit");
+        await S.waitFor(() => pids.every((pid) => !S.alive(pid)), 30000, "bridge and kernels to exit");
     });
 
     it("uses the environment node's Python, one bridge per distinct Python", async function () {

@@ -4,6 +4,8 @@
 // unloaded no bridge or kernel process and no blob file is left. See docs/reliability.md.
 "use strict";
 const assert = require("assert");
+const fs = require("fs");
+const path = require("path");
 const bridges = require("../lib/bridge");
 const S = require("./support");
 
@@ -50,8 +52,8 @@ async function works(id, payload) {
 
 async function unloadAndCheck(pids) {
     await S.unload();
-    await S.waitFor(() => pids.every((pid) => !S.alive(pid)), 20000, "processes to exit: " + pids.filter(S.alive));
-    await S.waitFor(() => S.allBlobFiles(pids.concat([process.pid])).length === 0, 5000, "blob files to be removed");
+    await S.waitFor(() => pids.every((pid) => !S.alive(pid)), 30000, "processes to exit: " + pids.filter(S.alive));
+    await S.waitFor(() => S.allBlobFiles(pids.concat([process.pid])).length === 0, 30000, "blob files to be removed");
 }
 
 describe("stress: faults with messages in flight", function () {
@@ -62,41 +64,49 @@ describe("stress: faults with messages in flight", function () {
     });
 
     it("kill -9 of the bridge: in-flight messages fail clearly, the node restarts it, new ones work", async function () {
-        const code = "import time\ntime.sleep(msg.get('sleep', 0))\nreturn msg";
+        const code = "import os, time\nif msg.get('mark'):\n    open(os.path.join(msg['mark'], str(os.getpid())), 'w').close()\ntime.sleep(msg.get('sleep', 0))\nreturn msg";
         await loadWithCatch([py("n1", code, { workers: 2 }), py("n2", code)]);
         const book = ledger();
         const seqs = [];
+        const marks = S.tempDir(); // a file per kernel that runs a message
         for (let i = 0; i < 20; i++) {
             seqs.push(i);
-            helper.getNode(i % 2 ? "n1" : "n2").receive({ payload: i, seq: i, sleep: 10 });
+            helper.getNode(i % 2 ? "n1" : "n2").receive({ payload: i, seq: i, sleep: 10, mark: marks });
         }
-        await new Promise((r) => setTimeout(r, 700));
+        await S.waitFor(() => fs.readdirSync(marks).length >= 3, 60000, "all three kernels to run a message");
         const [bridge] = bridges.active();
         const oldTree = S.processTree(bridge.child.pid);
         assert.ok(oldTree.length >= 4, "a bridge and three kernels: " + oldTree);
         process.kill(bridge.child.pid, "SIGKILL");
-        await S.waitFor(() => book.ended(seqs), 20000, "in-flight messages to end");
+        await S.waitFor(() => book.ended(seqs), 30000, "in-flight messages to end");
         book.once(seqs);
         for (const s of seqs) {
             assert.match(book.errors.get(s)[0].message, /bridge process died/);
         }
         assert.strictEqual((await works("n1", "a")).payload, "a");
         assert.strictEqual((await works("n2", "b")).payload, "b");
-        await S.waitFor(() => oldTree.every((pid) => !S.alive(pid)), 20000, "the dead bridge's kernels to exit");
+        await S.waitFor(() => oldTree.every((pid) => !S.alive(pid)), 30000, "the dead bridge's kernels to exit");
         await unloadAndCheck(S.bridgeProcesses().concat(oldTree));
     });
 
     it("kill -9 of a kernel: its messages fail with KERNEL_DIED, the others are delivered", async function () {
-        await loadWithCatch([py("n1", "import time\ntime.sleep(0.2)\nreturn msg", { workers: 2 })]);
+        // each message leaves a file named by its kernel's pid, then waits for the release file
+        const dir = S.tempDir();
+        const marks = path.join(dir, "running");
+        const release = path.join(dir, "release");
+        fs.mkdirSync(marks);
+        const code = `import os, time\nopen(os.path.join(${JSON.stringify(marks)}, str(os.getpid())), 'w').close()\nwhile not os.path.exists(${JSON.stringify(release)}):\n    time.sleep(0.005)\ntime.sleep(0.2)\nreturn msg`;
+        await loadWithCatch([py("n1", code, { workers: 2 })]);
         const book = ledger();
         const seqs = Array.from({ length: 30 }, (_, i) => i);
         for (const s of seqs) {
             helper.getNode("n1").receive({ payload: s, seq: s });
         }
-        await new Promise((r) => setTimeout(r, 500));
+        await S.waitFor(() => fs.readdirSync(marks).length >= 1, 60000, "a kernel to run a message");
         const [bridge] = bridges.active();
         const kernels = S.processTree(bridge.child.pid).slice(1);
-        process.kill(kernels[0], "SIGKILL");
+        process.kill(Number(fs.readdirSync(marks)[0]), "SIGKILL"); // it has a message in flight
+        fs.writeFileSync(release, "");
         await S.waitFor(() => book.ended(seqs), 60000, "every message to end");
         book.once(seqs);
         const died = [...book.errors.values()].filter(([e]) => /died/.test(e.message));
@@ -142,7 +152,7 @@ describe("stress: faults with messages in flight", function () {
         await loadWithCatch([py("n1", "node.send({'payload': bytes(1 << 20), 'seq': 'sent'})\nraise ValueError('after')")]);
         const book = ledger();
         helper.getNode("n1").receive({ payload: 1, seq: "m" });
-        await S.waitFor(() => book.ended(["m", "sent"]), 20000, "the send and the error");
+        await S.waitFor(() => book.ended(["m", "sent"]), 30000, "the send and the error");
         book.once(["m", "sent"]);
     });
 });
@@ -213,14 +223,11 @@ describe("stress: hostile and odd input", function () {
         const big = Buffer.alloc(256 * MiB);
         big.writeUInt32BE(0xdeadbeef, 0);
         big[big.length - 1] = 9;
-        const t0 = Date.now();
         const msg = await works("n1", big);
-        const ms = Date.now() - t0;
         assert.strictEqual(msg.n, 256 * MiB);
         assert.ok(Buffer.isBuffer(msg.payload) && msg.payload.length === 256 * MiB);
         assert.strictEqual(msg.payload[msg.payload.length - 1], 9);
         assert.deepStrictEqual([...msg.head], [0xde, 0xad, 0xbe, 0xef]);
-        assert.ok(ms < 30000, `256 MiB round trip took ${ms} ms`);
         await unloadAndCheck(S.bridgeProcesses());
     });
 
