@@ -757,7 +757,7 @@ async def test_pool_timeout_interrupts_and_keeps_the_kernel(
         "if msg['payload'] == 'spin':\n    while True:\n        pass\n"
         "if msg['payload'] == 'boom':\n    raise ValueError('bad payload')\nreturn msg"
     )
-    pool, _ = await gateway_pool(gateway_url, code, setup="import os", timeout=0.3)
+    pool, _ = await gateway_pool(gateway_url, code, setup="import os", timeout=1.0)
     try:
         result = await pool.submit("t1", {"payload": "spin"})
         assert result["error"]["code"] == "TIMEOUT"
@@ -780,7 +780,7 @@ async def test_pool_timeout_restarts_a_kernel_that_ignores_interrupts(gateway_ur
         "    time.sleep(60)\n"
         "return msg"
     )
-    pool, _ = await gateway_pool(gateway_url, code, timeout=0.2)
+    pool, _ = await gateway_pool(gateway_url, code, timeout=1.0)
     try:
         result = await pool.submit("s1", {"payload": "stuck"})
         assert result["error"]["code"] == "TIMEOUT"

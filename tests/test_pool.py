@@ -178,7 +178,7 @@ async def test_timeout_interrupts_and_keeps_the_kernel() -> None:
         "if msg['payload'] == 'spin':\n    while True:\n        pass\n"
         "msg['payload'] = MARK\nreturn msg"
     )
-    pool, _ = await started(code, setup=setup, timeout=0.3)
+    pool, _ = await started(code, setup=setup, timeout=1.0)  # "ok" must fit in it, loaded
     try:
         pid = pool.workers[0].kernel.pid
         result = await pool.submit("t1", {"payload": "spin"})
@@ -197,7 +197,7 @@ async def test_timeout_restarts_a_kernel_that_ignores_interrupts() -> None:
         "    time.sleep(60)\n"
         "return msg"
     )
-    pool, _ = await started(code, timeout=0.2)
+    pool, _ = await started(code, timeout=1.0)  # s2 must fit in it, loaded
     try:
         pid = pool.workers[0].kernel.pid
         result = await pool.submit("s1", {"payload": "stuck"})

@@ -57,7 +57,7 @@ async def alive(client: Client) -> None:
 
 async def error_for(client: Client, raw: str | bytes) -> dict[str, Any]:
     await client.send_raw(raw)
-    return await client.next(lambda f: f["type"] == "error", timeout=10)
+    return await client.next(lambda f: f["type"] == "error", timeout=30)
 
 
 async def test_welcome_names_version_server_pid_and_blob_dir(server: Server) -> None:

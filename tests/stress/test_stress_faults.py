@@ -143,7 +143,7 @@ async def test_kill_9_of_the_bridge_leaves_no_kernel(bridge: StressBridge, tmp_p
     bridge.killed = True
     bridge.proc.kill()
     with pytest.raises(ConnectionError):
-        await client.result("kb-0", timeout=10)
+        await client.result("kb-0", timeout=30)
     # the Node-RED node then starts a new bridge; its start sweeps dead writers' blob files
     gone_by = time.monotonic() + 30
     while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in kernels):
