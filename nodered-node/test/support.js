@@ -194,9 +194,14 @@ function fileAppears(file, timeoutMs) {
     return waitFor(() => fs.existsSync(file), timeoutMs || 60000, file);
 }
 
-/** A fresh temporary directory for files the test and its Python code exchange. */
+const tempDirs = [];
+process.on("exit", () => tempDirs.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
+
+/** A fresh temporary directory for files the test and its Python code exchange (removed at exit). */
 function tempDir() {
-    return fs.mkdtempSync(path.join(require("os").tmpdir(), "kx-spec-"));
+    const dir = fs.mkdtempSync(path.join(require("os").tmpdir(), "kx-spec-"));
+    tempDirs.push(dir);
+    return dir;
 }
 
 /** Blob files written by this process (kernelexec-<our pid>-...). */
