@@ -57,6 +57,7 @@ describe("editor endpoints need the kernelexec.read / kernelexec.write permissio
         // embedded where Node-RED 5.0's red.js refuses this Node.js: the permissions are the runtime's, not red.js's
         red = startNodeRed(tmp, process.env, { embedded: true });
         await red.wait(/Started flows/, 60000);
+        await red.wait(/now running at http:\/\/127\.0\.0\.1:\d+/, 60000);   // printed after, or before, "Started flows"
     });
 
     after(async function () {
