@@ -9,6 +9,8 @@ killing the processes the code started.
 * :class:`Alarm` arms ``signal.setitimer(ITIMER_REAL)``; when it fires, the main thread
   gets :class:`MessageTimeout`, a BaseException (so ``except Exception`` in user code does
   not swallow it), exactly like Jupyter's interrupt.
+* :func:`signals_held` makes a few steps atomic against SIGINT and SIGALRM (a timeout):
+  they arrive, and act, once the steps are done.
 * :func:`kill_started_since` kills the children of this process that started after a given
   moment (and their descendants), read from /proc, or psutil when /proc is missing.
 
@@ -23,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TextIO
 
@@ -34,6 +36,7 @@ __all__ = [
     "child_pids",
     "clock_ticks",
     "kill_started_since",
+    "signals_held",
 ]
 
 
@@ -200,6 +203,35 @@ class Alarm:
         if not self.permanent:
             signal.signal(signal.SIGALRM, self._previous)
             self._installed, self._previous = False, None
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGALRM)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Run a block that must not be cut in two by an interrupt or a timeout (e.g. "publish
+    an event naming files, then record that they were handed over"): a SIGINT or SIGALRM
+    that comes meanwhile is noted and raised again right after the block, where its usual
+    handler acts. Blocking the signal (``pthread_sigmask``) would not do: the kernel's other
+    threads receive it, and Python runs the handler in the main thread all the same.
+    Outside the main thread signals cannot reach the block's code, so it runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous = [(held, signal.signal(held, note)) for held in _HELD_SIGNALS]
+    try:
+        yield
+    finally:
+        for held, handler in previous:
+            signal.signal(held, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 # ---------------------------------------------------------------------- processes

@@ -49,7 +49,14 @@ from .errors import (
     SetupError,
     UserCodeError,
 )
-from .guard import Alarm, MessageTimeout, OutputCapture, clock_ticks, kill_started_since
+from .guard import (
+    Alarm,
+    MessageTimeout,
+    OutputCapture,
+    clock_ticks,
+    kill_started_since,
+    signals_held,
+)
 from .nodeapi import (
     Channel,
     ContextStore,
@@ -569,7 +576,10 @@ class Runtime:
         except BaseException:
             blobs.remove_table(encoder.table, req_id, self.blob_dir)
             raise
-        with self._lock:
+        # Publishing the event and recording its files as handed over is one step: a timeout
+        # between the two would make the failure path remove files their reader is told of.
+        held = signals_held() if encoder.table else contextlib.nullcontext()
+        with held, self._lock:
             live = req is not None and not req.finished
             event: dict[str, Any] = {
                 "type": "send", "req_id": req_id if live else None, "outputs": encoded
@@ -648,6 +658,4 @@ def install(shell: Any) -> Runtime:
         previous.close()
     runtime = Runtime(shell)
     shell.user_ns["__kernelexec__"] = runtime
-    with contextlib.suppress(OSError):
-        blobs.sweep_orphans(runtime.blob_dir)
     return runtime

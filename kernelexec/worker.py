@@ -95,6 +95,8 @@ class Worker:
         self.restarts = 0
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         self._sent_seen: dict[str, int] = {}
+        #: Blob files named by the batch's relayed send events, per req_id: their reader's.
+        self._sent_files: dict[str, set[str]] = {}
         self._sent_waiters: dict[str, tuple[int, asyncio.Future[None]]] = {}
         #: The req_ids of the batch running now: only their send events are counted.
         self._batch_ids: set[str] = set()
@@ -262,14 +264,29 @@ class Worker:
             elif running:
                 behind = len(jobs) - len(results) - 1
                 results.append(_failed(job.req_id, _while_running(error, behind)))
+                self._drop_unsent_files(job.req_id)
                 running = False
             else:
                 results.append(None)
         return results
 
+    def _drop_unsent_files(self, req_id: str) -> None:
+        """The output files a dead kernel wrote for the message it was running, but those its
+        relayed send events named (their reader removes them). A live kernel that was
+        interrupted removes its own; the files of messages whose RESULT came stay theirs."""
+        pid = self.kernel.pid
+        if pid is None or self.kernel.is_alive():
+            return
+        from . import blobs
+
+        keep = self._sent_files.get(req_id, set())
+        with contextlib.suppress(OSError):
+            blobs.remove_request_blobs(req_id, pid=pid, keep=keep)
+
     def _forget_batch(self, pipe: ResultPipe | None) -> None:
         """Every way out of a batch drops its bookkeeping (send counts, waiters, frames)."""
         for req_id in self._batch_ids:
+            self._sent_files.pop(req_id, None)
             self._sent_seen.pop(req_id, None)
             self._sent_waiters.pop(req_id, None)
         self._batch_ids = set()
@@ -321,7 +338,7 @@ class Worker:
     def _on_kernel_event(self, event: dict[str, Any], buffers: list[bytes]) -> None:
         kind = event.get("type")
         if kind in ("send", "status") and event.get("req_id"):
-            self._count_send(str(event["req_id"]))
+            self._count_send(str(event["req_id"]), event.get(BLOB_TABLE))
             if kind == "status":  # the protocol's status frame has no req_id
                 event = {key: value for key, value in event.items() if key != "req_id"}
         if buffers:
@@ -329,9 +346,12 @@ class Worker:
         if self.on_event is not None:
             self.on_event(event)
 
-    def _count_send(self, req_id: str) -> None:
+    def _count_send(self, req_id: str, table: Any = None) -> None:
         if req_id not in self._batch_ids:  # a late event of a batch that is over: no entry
             return
+        if isinstance(table, list) and table:
+            names = self._sent_files.setdefault(req_id, set())
+            names.update(str(entry.get("name")) for entry in table if isinstance(entry, dict))
         seen = self._sent_seen.get(req_id, 0) + 1
         self._sent_seen[req_id] = seen
         waiter = self._sent_waiters.get(req_id)

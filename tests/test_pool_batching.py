@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 from typing import Any
 
 import pytest
 
+from kernelexec import blobs
 from kernelexec import pool as pool_module
 from kernelexec.config import PoolConfig
 from kernelexec.pool import MemoryHooks, Pool, make_pool
@@ -208,5 +210,54 @@ async def test_an_interrupted_message_fails_and_the_rest_of_its_batch_runs_again
             assert results[i]["error"] is None, (i, results[i]["error"])
             assert results[i]["outputs"] == [[{"payload": i}]]
         assert sorted(ran.read_text().split()) == [str(i) for i in range(5)]
+    finally:
+        await pool.close()
+
+
+async def test_a_kernel_death_keeps_the_files_of_finished_and_sent_outputs(tmp_path: Any) -> None:
+    """A batch: 'keep' returns a big Buffer, then 'die' sends one, writes another file for
+    itself that it never hands over, and kills its kernel. The replacement kernel starts
+    before the results are delivered; still the reader finds the finished message's file and
+    the sent one, and only the file nobody was told of is gone."""
+    go = tmp_path / "go"
+    code = (
+        "import os, time\n"
+        "from kernelexec import blobs\n"
+        "big = bytes(200_000)\n"
+        "if msg['payload'] == 'die':\n"
+        "    node.send({'payload': big})\n"
+        "    blobs.write_blob(big, 'die')  # written for this message, never handed over\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.005)\n"
+        "    os._exit(1)\n"
+        "return {'payload': big}\n"
+    )
+    hooks = MemoryHooks()
+    pool = make_pool(PoolConfig.from_dict("deathfiles", {"code": code}), hooks)
+    await pool.start()
+    try:
+        dead_pid = pool.workers[0].kernel.pid
+        assert dead_pid is not None
+        keep = asyncio.ensure_future(pool.submit("keep", {"payload": "keep"}))
+        die = asyncio.ensure_future(pool.submit("die", {"payload": "die"}))
+        await _until(
+            lambda: any(e.get("type") == "send" for _, e in hooks.events), "the send event"
+        )
+        unsent = [p for p in blobs.request_blobs("die", pid=dead_pid)
+                  if not any(p.endswith(e["name"]) for _, ev in hooks.events
+                             for e in ev.get(blobs.TABLE) or [])]
+        assert len(unsent) == 1
+        go.write_text("")
+        kept, died = await keep, await die
+        assert died["error"]["code"] == "KERNEL_DIED"
+        assert pool.workers[0].kernel.pid != dead_pid  # the replacement is up
+        [entry] = kept[blobs.TABLE]
+        assert blobs.read_blob(entry, "keep") == bytes(200_000)
+        [send] = [event for _, event in hooks.events if event.get("type") == "send"]
+        [sent] = send[blobs.TABLE]
+        assert blobs.read_blob(sent, "die") == bytes(200_000)
+        assert not os.path.exists(unsent[0])
+        blobs.remove_table([entry], "keep")
+        blobs.remove_table([sent], "die")
     finally:
         await pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -412,6 +413,35 @@ def test_failed_message_leaves_no_output_blob(rt: Runtime, tmp_path: Path) -> No
     assert blobs.request_blobs("fail", directory=str(tmp_path)) == [handed]
     assert blobs.TABLE not in result
     os.unlink(handed)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGALRM], ids=["SIGINT", "SIGALRM"])
+def test_a_timeout_right_after_a_send_went_out_leaves_its_files_to_their_reader(
+    tmp_path: Path, signum: int
+) -> None:
+    """The interrupt (SIGINT) or the alarm (SIGALRM) lands the moment the send event is
+    published: the message fails with TIMEOUT, and the files the event names stay for their
+    reader (the failure path removes only files it never handed over). A stress test once
+    caught this ordering by chance; here the event's own delivery raises the signal."""
+    sends: list[dict[str, Any]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "send" and not sends:
+            sends.append(event)
+            signal.raise_signal(signum)
+
+    runtime = Runtime(on_event=on_event)
+    runtime.init(node_id="n1", outputs=1, workdir=str(tmp_path), blob_dir=str(tmp_path))
+    try:
+        code = f"node.send({{'payload': bytes({BLOB_THRESHOLD})}})\nwhile True: pass"
+        result = run(runtime, code, req_id="cut", timeout=30.0)
+    finally:
+        runtime.close()
+    assert result["error"]["code"] == "TIMEOUT"
+    [entry] = sends[0][blobs.TABLE]
+    assert blobs.read_blob(entry, "cut", str(tmp_path)) == bytes(BLOB_THRESHOLD)
+    assert blobs.remove_table([entry], "cut", str(tmp_path)) == 1
+    assert blobs.request_blobs("cut", directory=str(tmp_path)) == []
 
 
 def test_a_send_whose_request_ends_while_it_is_encoded_names_its_files_for_no_request(
