@@ -518,25 +518,6 @@ def test_a_workdir_is_handed_over_without_following_its_symlinks(
     assert owner_and_mode(root_secret.parent)[:2] == (0, 0)
 
 
-def test_granting_a_blob_follows_no_symlink_and_no_hard_link(
-    test_user: str, root_secret: Path, tmp_path: Path
-) -> None:
-    env = EnvConfig.from_dict({"user": test_user})
-    planted = tmp_path / "kernelexec-blob-planted"
-    planted.symlink_to(root_secret)
-    with pytest.raises(OSError):
-        envs.grant_to_kernel(env, str(planted))
-    linked = tmp_path / "kernelexec-blob-linked"
-    os.link(root_secret, linked)
-    with pytest.raises(OSError):
-        envs.grant_to_kernel(env, str(linked))
-    assert owner_and_mode(root_secret) == (0, 0, 0o600)
-    mine = tmp_path / "kernelexec-blob-mine"
-    mine.write_bytes(b"x")
-    envs.grant_to_kernel(env, str(mine))
-    assert mine.stat().st_uid == pwd.getpwnam(test_user).pw_uid
-
-
 def test_removing_a_workdir_swapped_for_a_symlink_removes_the_link_only(
     root_secret: Path, tmp_path: Path
 ) -> None:

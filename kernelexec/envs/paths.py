@@ -11,17 +11,14 @@ import hashlib
 import os
 import re
 import shutil
-import stat
 from pathlib import Path
 
-from ..config import EnvConfig
 from ..errors import EnvironmentBuildError
 
 __all__ = [
     "ENV_DIR_VAR",
     "WORK_DIR_VAR",
     "env_root",
-    "grant_to_kernel",
     "node_workdir",
     "package_link",
     "prepare_workdir",
@@ -71,29 +68,6 @@ def remove_workdir(node_id: str, workdir: str = "") -> bool:
         return False
     shutil.rmtree(path)  # fd-based: follows no symlink inside
     return True
-
-
-def grant_to_kernel(env: EnvConfig, path: str) -> None:
-    """Make a file the bridge wrote (an input blob) readable by the kernel user of ``env``.
-
-    No-op unless ``env.user`` is set; the bridge must then be root, so fchown succeeds. Only
-    a regular file of the bridge's own, with one link, reached without following a symlink,
-    is handed over (through the fd that checked it); anything else raises OSError.
-    """
-    if not env.user:
-        return
-    import pwd
-
-    entry = pwd.getpwnam(env.user)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
-            msg = f"not a file of the bridge's own with one link: {path}"
-            raise PermissionError(msg)
-        os.fchown(fd, entry.pw_uid, entry.pw_gid)
-    finally:
-        os.close(fd)
 
 
 def prepare_workdir(path: Path, user: str | None) -> None:
