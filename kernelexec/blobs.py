@@ -258,15 +258,25 @@ def copy_for(
 # ------------------------------------------------------------------------ reading
 
 
+#: Users whose blob files this process reads besides its own: the kernel users (env.user) of
+#: the pools it started as root (kernelexec/envs/launch.py registers them).
+_KERNEL_UIDS: set[int] = set()
+
+
+def trust_kernel_user(uid: int) -> None:
+    """Let this (root) process read blob files written by ``uid``, a sandboxed kernel's user."""
+    _KERNEL_UIDS.add(uid)
+
+
 def _owner_ok(uid: int) -> bool:
     me = os.geteuid()
-    return uid == me or me == 0
+    return uid == me or (me == 0 and uid in _KERNEL_UIDS)
 
 
 def open_blob(entry: Any, req_id: str | None, directory: str | None = None) -> int:
     """An fd on the file of a table entry, checked: the request's name pattern, no symlink
-    (O_NOFOLLOW), a regular file with one link, owned by this user. Raises BlobError/OSError
-    naming the file."""
+    (O_NOFOLLOW), a regular file with one link, owned by this user (root: or by a kernel user
+    of its pools, :func:`trust_kernel_user`). Raises BlobError/OSError naming the file."""
     path = entry_path(entry, req_id, directory)
     fd = os.open(path, _OPEN_FLAGS)
     try:
@@ -277,7 +287,10 @@ def open_blob(entry: Any, req_id: str | None, directory: str | None = None) -> i
         elif info.st_nlink != 1:
             problem = f"has {info.st_nlink} links (a blob file has one)"
         elif not _owner_ok(info.st_uid):
-            problem = f"belongs to uid {info.st_uid}, not to this user ({os.geteuid()})"
+            problem = (
+                f"belongs to uid {info.st_uid}, not to this user ({os.geteuid()}) nor to a "
+                "kernel user of its pools"
+            )
         if problem:
             message = f"blob {path} {problem}; it was not made by kernelexec for this request"
             raise BlobError(message)

@@ -169,3 +169,19 @@ def test_no_module_spells_the_marker_itself() -> None:
     ]
     spelled = [str(p.relative_to(root)) for p in sources if marker in p.read_text(encoding="utf-8")]
     assert spelled == []
+
+
+def test_a_root_reader_takes_only_its_own_files_and_its_kernel_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root reads the output files of its pools' kernel users (registered at launch), and no
+    other user's: a file another local user made under a blob name is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    monkeypatch.setattr(blobs, "_KERNEL_UIDS", set())
+    entry = blobs.write_blob(b"from another user", "r", directory=str(tmp_path))
+    os.chown(_path(tmp_path, entry), 4242, 4242)
+    with pytest.raises(blobs.BlobError, match="belongs to uid 4242"):
+        blobs.read_blob(entry, "r", str(tmp_path))
+    blobs.trust_kernel_user(4242)
+    assert blobs.read_blob(entry, "r", str(tmp_path)) == b"from another user"

@@ -445,17 +445,25 @@ async def test_a_pool_running_as_another_user_reads_the_messages_blob_files(
     env = {"python": BASE_PYTHON, "requirements": REQUIREMENTS, "user": test_user}
     config = PoolConfig.from_dict(
         "user-blobs",
-        {"code": "return {'payload': len(msg['payload'])}", "env": env, "workdir": workdir},
+        {"code": "return {'payload': len(msg['payload']), 'back': msg['payload'][::-1]}",
+         "env": env, "workdir": workdir},
     )
     pool = make_pool(config, MemoryHooks())
-    entry = blobs.write_blob(os.urandom(200_000), "ub1")  # 0600, owned by the bridge (root)
+    data = os.urandom(200_000)
+    entry = blobs.write_blob(data, "ub1")  # 0600, owned by the bridge (root)
+    result: dict[str, Any] = {}
     try:
         await pool.start()
         result = await pool.submit("ub1", {"payload": blobs.index_ref(0)}, [entry])
         assert result["error"] is None, result["error"]
         assert result["outputs"][0][0]["payload"] == 200_000
+        # the output file is the kernel user's; root reads it because the launch trusted it
+        [output] = result[blobs.TABLE]
+        path = os.path.join(blobs.blob_dir(), output[blobs.NAME])
+        assert os.stat(path).st_uid == pwd.getpwnam(test_user).pw_uid
+        assert blobs.read_blob(output, "ub1") == data[::-1]
     finally:
-        blobs.remove_table([entry], "ub1")
+        blobs.remove_table([entry, *result.get(blobs.TABLE, [])], "ub1")
         await pool.close()
 
 

@@ -629,3 +629,17 @@ async def test_a_user_pool_starts_kernels_again_after_its_last_one_is_gone(
         assert_untouched(root_file)
     finally:
         os.unlink(runtime_dir)
+
+
+async def test_a_user_pools_state_frames_name_its_kernel_user(test_user: str) -> None:
+    """pool_state carries kernel_uid for a pool of env.user kernels (a root Node-RED reads their
+    output files, owned by that uid, and no other user's); none without env.user."""
+    from kernelexec.config import PoolConfig
+    from kernelexec.server.pools import PoolEntry, PoolRegistry, default_pool_factory
+
+    registry = PoolRegistry(default_pool_factory)
+    sandboxed = PoolConfig.from_dict("u", {"code": "return msg", "env": {"user": test_user}})
+    plain = PoolConfig.from_dict("p", {"code": "return msg"})
+    frame = PoolEntry(sandboxed, owner=None, registry=registry).state_frame()  # type: ignore[arg-type]
+    assert frame["kernel_uid"] == pwd.getpwnam(test_user).pw_uid
+    assert "kernel_uid" not in PoolEntry(plain, owner=None, registry=registry).state_frame()  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import sandbox
+from .. import blobs, sandbox
 from ..config import EnvConfig
 from ..errors import EnvironmentBuildError
 from ..kernels.base import LaunchSpec
@@ -104,6 +104,7 @@ async def prepare_launch(
     """
     if env.user:
         sandbox.check_user(env.user)
+        blobs.trust_kernel_user(sandbox.user_uid(env.user))  # its kernels' outputs are ours to read
     cwd = node_workdir(node_id, workdir)
     prepare_workdir(cwd, env.user)
     python, extra_env, described = await _interpreter(env, progress)

@@ -40,6 +40,7 @@ from .plan import (
     parse_memory,
     plan_sandbox,
     release_kernel,
+    user_uid,
 )
 from .wrapper import (
     ENV_ALLOWED,
@@ -75,4 +76,5 @@ __all__ = [
     "release_kernel",
     "remove_cgroup_dirs",
     "sweep_stale_cgroups",
+    "user_uid",
 ]

@@ -266,6 +266,13 @@ def _refuse_root_fences(memory_limit: str | None, cpu_limit: float | None, netwo
     raise EnvironmentBuildError(msg)
 
 
+def user_uid(user: str) -> int:
+    """The uid of ``user`` (checked by :func:`check_user` first)."""
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
+
+
 def check_user(user: str) -> None:
     """Raise EnvironmentBuildError unless kernels may run as ``user`` here."""
     import pwd

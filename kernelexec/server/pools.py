@@ -105,6 +105,18 @@ class EntryHooks:
         self._entry.on_pool_state(state)
 
 
+def _kernel_uid(config: PoolConfig) -> dict[str, int]:
+    user = config.env.user
+    if not user:
+        return {}
+    from ..sandbox import user_uid
+
+    try:
+        return {"kernel_uid": user_uid(user)}
+    except KeyError:  # no such user: the pool's start fails and says so
+        return {}
+
+
 def _stat(stats: Any, name: str) -> int:
     value = getattr(stats, name, None)
     if value is None and isinstance(stats, dict):
@@ -137,6 +149,9 @@ class PoolEntry:
         self._flush: asyncio.TimerHandle | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
+        #: {"kernel_uid": uid} when the kernels run as env.user: a root reader (the Node-RED
+        #: node) then accepts their output files, owned by that uid.
+        self._kernel_uid = _kernel_uid(config)
 
     # -- state frames -------------------------------------------------------------------
 
@@ -162,6 +177,7 @@ class PoolEntry:
             "queued": _stat(stats, "queued") + self.waiting,
             "error": self.error,
             "detail": self.detail,
+            **self._kernel_uid,
         }
 
     def send_state(self) -> None:

@@ -420,12 +420,16 @@ function entryPath(entry, reqId, blobDir) {
     return blobDir && nameMatches(name, reqId) ? path.join(blobDir, name) : null;
 }
 
+function ownerOk(uid, me, kernelUid) {
+    return uid === me || (me === 0 && Number.isInteger(kernelUid) && uid === kernelUid);
+}
+
 /**
  * Read one table entry's file: only a blob name of this request, directly in the blob directory,
  * opened without following a symlink, a regular file with one link owned by this user (root:
- * by anyone, it reads the kernel user's outputs).
+ * or by `kernelUid`, the user the pool's kernels run as, given by its pool_state frames).
  */
-async function readEntry(entry, reqId, blobDir) {
+async function readEntry(entry, reqId, blobDir, kernelUid) {
     const file = entryPath(entry, reqId, blobDir);
     if (file === null) {
         throw new CodecError("blob " + JSON.stringify(entry), `does not name a blob file of this request (${BLOB_PREFIX}<pid>-${safeReqId(reqId)}-<n>) in the blob directory`);
@@ -441,7 +445,9 @@ async function readEntry(entry, reqId, blobDir) {
         const me = process.geteuid ? process.geteuid() : info.uid;
         const problem = !info.isFile() ? "is not a regular file"
             : info.nlink !== 1 ? `has ${info.nlink} links (a blob file has one)`
-                : info.uid !== me && me !== 0 ? `belongs to uid ${info.uid}, not to this user (${me})` : null;
+                : !ownerOk(info.uid, me, kernelUid)
+                    ? `belongs to uid ${info.uid}, not to this user (${me}) nor to the pool's kernel user`
+                    : null;
         if (problem) {
             throw new CodecError("blob " + file, problem + "; it was not made by kernelexec for this request");
         }
@@ -459,18 +465,19 @@ async function readEntry(entry, reqId, blobDir) {
 /**
  * Turn markers back into values. Blob markers index `blobs` (the frame's blob table; files of
  * request `reqId` in `blobDir`): the files are read and then removed (`unlink`, default true):
- * the reader of an output owns the file once it has it.
+ * the reader of an output owns the file once it has it. `kernelUid`: see readEntry.
  */
 async function decodeValue(value, options) {
     const unlink = !options || options.unlink !== false;
     const blobDir = options && options.blobDir;
     const table = options && Array.isArray(options.blobs) ? options.blobs : [];
     const reqId = options ? options.reqId : null;
+    const kernelUid = options ? options.kernelUid : undefined;
     const buffers = [];
     let failure = null;
     for (const entry of table) {
         try {
-            buffers.push(await readEntry(entry, reqId, blobDir));
+            buffers.push(await readEntry(entry, reqId, blobDir, kernelUid));
         } catch (err) {
             failure = failure || err;
             buffers.push(null);

@@ -55,13 +55,14 @@ function poolFor(RED, body, code, limit) {
 }
 
 /** A message that JSON can carry (Buffers decoded by the codec show as {type, data}): the
- * outputs of a result or send `frame`, blob markers read from the frame's own table. */
-async function decoded(frame, blobDir) {
+ * outputs of a result or send `frame`, blob markers read from the frame's own table (files of
+ * this user or of `kernelUid`, the scratch pool's kernel user). */
+async function decoded(frame, blobDir, kernelUid) {
     if (!Array.isArray(frame.outputs)) {
         codec.discardBlobs(frame, blobDir);
         return [];
     }
-    return codec.decodeValue(frame.outputs, { blobDir, blobs: codec.tableOf(frame), reqId: frame.req_id });
+    return codec.decodeValue(frame.outputs, { blobDir, blobs: codec.tableOf(frame), reqId: frame.req_id, kernelUid });
 }
 
 function errorInfo(err, where) {
@@ -108,14 +109,14 @@ async function run(RED, body) {
         const blobDir = scratch.bridge && scratch.bridge.blobDir;
         for (const event of result.events) {
             if (event.type === "send") {
-                answer.sent.push(await decoded(event, blobDir));
+                answer.sent.push(await decoded(event, blobDir, scratch.kernelUid));
             } else if (event.type === "status") {
                 answer.status.push(event.status);
             } else if (event.type === "log") {
                 answer.logs.push({ level: event.level, text: event.text });
             }
         }
-        answer.outputs = result.error ? [] : await decoded(result, blobDir);
+        answer.outputs = result.error ? [] : await decoded(result, blobDir, scratch.kernelUid);
         answer.status.push(...(result.status || []));
         answer.logs.push(...(result.logs || []));
         answer.stdout = result.stdout || "";

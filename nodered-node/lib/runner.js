@@ -178,6 +178,7 @@ class Runner {
 
     onPoolState(frame) {
         this.status.pool(frame);
+        this.kernelUid = frame.kernel_uid;
         if (frame.state === "ready") {
             this.state = "ready";
             this.failure = null;
@@ -440,7 +441,9 @@ class Runner {
             codec.discardBlobs(frame, blobDir);
             return;
         }
-        const decoded = await codec.decodeValue(outputs, { blobDir, blobs: codec.tableOf(frame), reqId: frame.req_id });
+        const decoded = await codec.decodeValue(outputs, {
+            blobDir, blobs: codec.tableOf(frame), reqId: frame.req_id, kernelUid: this.kernelUid,
+        });
         this.deliverDecoded(req, decoded, stdout);
     }
 

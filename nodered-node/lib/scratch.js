@@ -72,6 +72,7 @@ class Scratch {
         const req = frame.req_id ? this.requests.get(frame.req_id) : null;
         switch (frame.type) {
         case "pool_state":
+            this.kernelUid = frame.kernel_uid;
             if (frame.state === "ready") {
                 this.ready.resolve();
             } else if (frame.state === "error") {

@@ -63,6 +63,21 @@ describe("codec", function () {
         assert.strictEqual(fs.readFileSync(secret, "utf8"), "token=42");
     });
 
+    it("reads, as root, only its own files and those of the pool's kernel user", async function () {
+        if (!process.geteuid || process.geteuid() !== 0) {
+            this.skip();
+        }
+        const name = BLOB_PREFIX + "1-r-0";
+        fs.writeFileSync(path.join(dir, name), "from uid 4242", { mode: 0o600 });
+        fs.chownSync(path.join(dir, name), 4242, 4242);
+        const ref = { p: { [MARKER]: "blob", i: 0 } };
+        const options = { blobDir: dir, reqId: "r", blobs: [{ name, size: 13 }], unlink: false };
+        await assert.rejects(codec.decodeValue(ref, options), /belongs to uid 4242/);
+        await assert.rejects(codec.decodeValue(ref, { ...options, kernelUid: 4343 }), /belongs to uid 4242/);
+        const back = await codec.decodeValue(ref, { ...options, kernelUid: 4242 });
+        assert.strictEqual(back.p.toString(), "from uid 4242");
+    });
+
     it("escapes user objects that look like markers, so they come back as the same data", async function () {
         const lookalikes = [
             { [MARKER]: "blob", path: "/etc/passwd", size: 10 },
