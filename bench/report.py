@@ -225,7 +225,9 @@ def cold_startup_memory_lines(nr: dict[str, Any]) -> list[str]:
         lines += [
             f"Deploy to first answer (4 workers, setup `import json`): first deploy including "
             f"the bridge's start {fmt(start.get('first_deploy_s'))} s; redeploys with the "
-            f"bridge running {redeploys or '-'} s (median {fmt(start.get('p50_s'))} s).",
+            f"bridge running {redeploys or '-'} s (median {fmt(start.get('p50_s'))} s). The "
+            f"floor, measured the same way (a new floor node to its first answer): median "
+            f"{fmt(start.get('floor_p50_s'), 3)} s.",
             "",
         ]
     mem = nr.get("memory", {})
