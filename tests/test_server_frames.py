@@ -43,11 +43,13 @@ async def server() -> AsyncIterator[Server]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def client(server: Server) -> AsyncIterator[Client]:
     client = await Client.connect(server.port)
-    yield client
-    await alive(client)
-    for frame in client.seen:
-        assert_spec_frame(frame)
-    client.close()
+    try:
+        yield client
+        await alive(client)
+        for frame in client.seen:
+            assert_spec_frame(frame)
+    finally:
+        client.close()
 
 
 async def alive(client: Client) -> None:

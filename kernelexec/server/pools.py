@@ -113,7 +113,7 @@ def _kernel_uid(config: PoolConfig) -> dict[str, int]:
 
     try:
         return {"kernel_uid": user_uid(user)}
-    except KeyError:  # no such user: the pool's start fails and says so
+    except (KeyError, ValueError):  # no such user: the pool's start fails and says so
         return {}
 
 
