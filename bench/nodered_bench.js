@@ -407,7 +407,8 @@ async function burstRun(channel, count) {
     const last = arrived.reduce((a, r) => (r.t1 > a ? r.t1 : a), started);
     const seconds = Number(last - started) / 1e9;
     const ok = results.filter((r) => !r.error).length;
-    return { n: count, ok, seconds, msgs_per_s: ok / seconds, latency_ms: summary(results.filter((r) => !r.error).map((r) => r.ms)) };
+    const latencies = results.filter((r) => !r.error).map((r) => r.ms);
+    return { n: count, ok, seconds, msgs_per_s: ok / seconds, latency_ms: summary(latencies) };
 }
 
 /** Keep `window` messages in flight until `total` came back. */
@@ -477,9 +478,13 @@ class Bench {
         this.kxNames = this.names.filter((n) => SUBJECTS[n].kx);
         this.channels = {};
         this.result = {
-            meta: { started: new Date().toISOString(), smoke: args.smoke, machine: machine(), versions: versions(), config: this.cfg },
+            meta: {
+                started: new Date().toISOString(), smoke: args.smoke,
+                machine: machine(), versions: versions(), config: this.cfg,
+            },
             subjects: Object.fromEntries(this.names.map((n) => [n, SUBJECTS[n].label])),
-            latency: {}, burst: {}, blobs: {}, cold: {}, startup: {}, memory: {}, accounting: {}, errors: {}, checks: {},
+            latency: {}, burst: {}, blobs: {}, cold: {}, startup: {}, memory: {},
+            accounting: {}, errors: {}, checks: {},
         };
         this.userDir = fs.mkdtempSync(path.join(os.tmpdir(), "kernelexec-bench-"));
         this.server = null;

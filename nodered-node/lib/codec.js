@@ -499,7 +499,9 @@ async function removeFiles(files) {
 
 /** Remove the files of a blob table (only blob names of `reqId`, in blobDir). Never throws. */
 function removeTable(table, reqId, blobDir) {
-    const files = (Array.isArray(table) ? table : []).map((e) => entryPath(e, reqId, blobDir)).filter((p) => p !== null);
+    const files = (Array.isArray(table) ? table : [])
+        .map((e) => entryPath(e, reqId, blobDir))
+        .filter((p) => p !== null);
     return removeFiles(files);
 }
 

@@ -212,7 +212,9 @@ async function complete(RED, body) {
         const reply = answer.reply || {};
         if (op === "complete") {
             const toUnits = (p) => Array.from(code).slice(0, p).join("").length;
-            const fixed = Object.assign({}, reply, { cursor_start: toUnits(reply.cursor_start), cursor_end: toUnits(reply.cursor_end) });
+            const fixed = Object.assign({}, reply, {
+                cursor_start: toUnits(reply.cursor_start), cursor_end: toUnits(reply.cursor_end),
+            });
             return { reply: runtimeMatches(code, cursor, fixed) };
         }
         return { reply };
@@ -234,7 +236,11 @@ async function envState(RED, id) {
     const options = envNode.bridgeOptions();
     const key = bridges.bridgeOptions(options).key;
     const bridge = bridges.active().find((b) => b.key === key);
-    const live = bridge ? { state: bridge.state, error: bridge.lastError ? bridge.lastError.message : null, server: bridge.welcome ? bridge.welcome.server : null } : null;
+    const live = bridge ? {
+        state: bridge.state,
+        error: bridge.lastError ? bridge.lastError.message : null,
+        server: bridge.welcome ? bridge.welcome.server : null,
+    } : null;
     if (options.url) {
         return { kind: "remote", state: live && live.state === "ready" ? "ready" : live && live.error ? "failed" : "unknown", reason: live && live.error, python: null, bridge: live };
     }

@@ -366,7 +366,10 @@ class Runner {
     /** Send a message to the pool. Without large Buffers (blob files) it leaves at once. */
     execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
-        const req = { reqId, files: NO_FILES, result: false, finished: false, held: false, msg: item.msg, send: item.send, done: item.done };
+        const req = {
+            reqId, files: NO_FILES, result: false, finished: false, held: false,
+            msg: item.msg, send: item.send, done: item.done,
+        };
         this.inflight.set(reqId, req);
         let encoded;
         let kept;
@@ -475,7 +478,8 @@ class Runner {
         }
     }
 
-    /** Python's node.log/warn/error/debug/trace and log(): to the Node-RED log (warn/error also to the debug sidebar). */
+    /** Python's node.log/warn/error/debug/trace and log(): to the Node-RED log (warn/error also
+     * to the debug sidebar). */
     logs(entries) {
         for (const entry of entries || []) {
             const text = entry.text;

@@ -153,7 +153,10 @@ class Scratch {
         this.closing = true;
         if (this.bridge && this.bridge.send({ type: "close", node_id: this.id, removed: true })) {
             let timer;
-            await Promise.race([this.closed.promise, new Promise((resolve) => { timer = setTimeout(resolve, CLOSE_WAIT_MS); })]);
+            const waited = new Promise((resolve) => {
+                timer = setTimeout(resolve, CLOSE_WAIT_MS);
+            });
+            await Promise.race([this.closed.promise, waited]);
             clearTimeout(timer);
         }
         this.closed.resolve();

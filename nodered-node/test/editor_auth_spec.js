@@ -1,7 +1,7 @@
 // The editor's admin endpoints are guarded by RED.auth.needsPermission: on a Node-RED with
-// adminAuth (red.js in its own process, or embedded where red.js refuses the Node.js), nobody without a token reaches them, a user with
-// "read" sees environments but can neither Run nor complete (both run code) nor rebuild, and
-// an admin runs code.
+// adminAuth (red.js in its own process, or embedded where red.js refuses the Node.js), nobody
+// without a token reaches them, a user with "read" sees environments but can neither Run nor
+// complete (both run code) nor rebuild, and an admin runs code.
 "use strict";
 const assert = require("assert");
 const fs = require("fs");

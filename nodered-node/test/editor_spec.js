@@ -179,7 +179,8 @@ describe("editor in a real browser", function () {
         await page.waitForSelector("#node-config-input-python", { state: "detached", timeout: 10000 });
         await page.click("#node-dialog-ok");
         // saving closed the code editors and forgot their models, as cancelling does
-        await page.waitForFunction(() => Object.keys(window.__kernelexecHelp.models).length === 0, null, { timeout: 10000 });
+        const noModels = () => Object.keys(window.__kernelexecHelp.models).length === 0;
+        await page.waitForFunction(noModels, null, { timeout: 10000 });
         assert.deepStrictEqual(dialogErrors, []);
 
         // deploy from the header button
@@ -222,7 +223,8 @@ describe("editor in a real browser", function () {
     function setModel(editorId, value) {
         return page.evaluate(([id, text]) => {
             const element = document.querySelector("#" + id + " .monaco-editor");
-            const editor = monaco.editor.getEditors().find((e) => e.getContainerDomNode().contains(element) || e.getDomNode() === element);
+            const editor = monaco.editor.getEditors()
+                .find((e) => e.getContainerDomNode().contains(element) || e.getDomNode() === element);
             editor.getModel().setValue(text);
         }, [editorId, value]);
     }
@@ -291,7 +293,9 @@ describe("editor in a real browser", function () {
         await page.keyboard.press("Enter");
         const value = await page.evaluate(() => {
             const element = document.querySelector("#node-input-func-editor .monaco-editor");
-            return monaco.editor.getEditors().find((e) => e.getContainerDomNode().contains(element) || e.getDomNode() === element).getModel().getValue();
+            return monaco.editor.getEditors()
+                .find((e) => e.getContainerDomNode().contains(element) || e.getDomNode() === element)
+                .getModel().getValue();
         });
         assert.strictEqual(value, "x = np.arange");
         await closeDialog();

@@ -239,7 +239,9 @@ describe("function-node parity (real Node-RED " + S.NODE_RED_VERSION + ", real b
             const msgs = await caught;
             const py1 = msgs.find((m) => m.error.source.id === "n1");
             const js1 = msgs.find((m) => m.error.source.id === "f1");
-            const shape = (e, id, type, name) => ({ message: e.message, source: e.source, stack: e.stack, id, type, name });
+            const shape = (e, id, type, name) => ({
+                message: e.message, source: e.source, stack: e.stack, id, type, name,
+            });
             assert.strictEqual(py1.error.message, payload === "done" ? "Done with an error" : "This is an error");
             assert.deepStrictEqual(
                 shape(py1.error, py1.error.source.id, py1.error.source.type, py1.error.source.name),

@@ -161,7 +161,8 @@ describe("protocol spec copy", function () {
         const f = protocol.CONFIG_FIELDS;
         const limits = /var LIMITS = \{ outputs: \[(\d+), (\d+)\], workers: \[(\d+), (\d+)\]/.exec(html);
         assert.ok(limits, "LIMITS line in kernelexec.html");
-        assert.deepStrictEqual(limits.slice(1).map(Number), [f.outputs.min, f.outputs.max, f.workers.min, f.workers.max]);
+        const expected = [f.outputs.min, f.outputs.max, f.workers.min, f.workers.max];
+        assert.deepStrictEqual(limits.slice(1).map(Number), expected);
         const value = (name) => new RegExp(`\\b${name}: \\{ value: ([^,}]+)`).exec(html)[1].trim();
         assert.strictEqual(JSON.parse(value("func")), f.code.default);
         assert.strictEqual(Number(value("outputs")), f.outputs.default);

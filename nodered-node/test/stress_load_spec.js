@@ -116,7 +116,10 @@ describe("stress: load", function () {
         assert.strictEqual(outputs.size + refused.size, burst, "no message lost");
         assert.ok(outputs.size >= 1000, `at least a queue's worth delivered: ${outputs.size}`);
         assert.ok(httpTimes.length >= 3, "the HTTP endpoint was probed during the burst");
-        return { burst, delivered: outputs.size, refused: refused.size, injectedMs, totalMs, maxTimerGapMs: maxGap, httpProbes: httpTimes.length, worstHttpMs: Math.max(...httpTimes) };
+        return {
+            burst, delivered: outputs.size, refused: refused.size, injectedMs, totalMs, maxTimerGapMs: maxGap,
+            httpProbes: httpTimes.length, worstHttpMs: Math.max(...httpTimes),
+        };
     }
 
     it("accounts for every message of a 50,000-message burst and stays responsive", async function () {

@@ -35,7 +35,10 @@ describe("stress: secrets", function () {
             { id: "c1", type: "catch", z: "tab1", scope: null, uncaught: false, wires: [["caught"]] },
             { id: "out", type: "helper", z: "tab1" },
             { id: "caught", type: "helper", z: "tab1" },
-        ], { envLocal: { token: BRIDGE_SECRET, gatewayToken: GATEWAY_SECRET }, envGw: { gatewayToken: GATEWAY_SECRET } });
+        ], {
+            envLocal: { token: BRIDGE_SECRET, gatewayToken: GATEWAY_SECRET },
+            envGw: { gatewayToken: GATEWAY_SECRET },
+        });
 
         // flow export and the editor's view of the credentials
         const exported = JSON.stringify(helper._redNodes.getFlows().flows);
