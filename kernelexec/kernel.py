@@ -28,11 +28,13 @@ import os
 import sys
 from typing import Any
 
+from .protocol import KERNEL_REPLY_TYPE, KERNEL_REQUEST_TYPE, RUNTIME_NAME
+
 __all__ = ["REQUEST_TYPE", "kernel_config", "main", "wire_pack"]
 
-#: The shell message type of one runtime op (see the module docstring).
-REQUEST_TYPE = "kernelexec_request"
-REPLY_TYPE = "kernelexec_reply"
+#: The shell message type of one runtime op (see the module docstring), from spec.json.
+REQUEST_TYPE = KERNEL_REQUEST_TYPE
+REPLY_TYPE = KERNEL_REPLY_TYPE
 #: Announced in kernel_info_reply (content["kernelexec"]).
 KERNEL_INFO = {"request": REQUEST_TYPE, "version": 1}
 
@@ -187,7 +189,7 @@ def _kernel_class() -> Any:
 
         def _answer(self) -> dict[str, Any]:
             shell: Any = self.shell
-            runtime = shell.user_ns.get("__kernelexec__")
+            runtime = shell.user_ns.get(RUNTIME_NAME)
             if runtime is None:
                 return _error_reply("RuntimeError", "the kernelexec runtime is not installed")
             try:

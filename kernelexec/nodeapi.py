@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .convert import Encoder, from_json
+from .protocol import EVENTS_COMM
 
 if TYPE_CHECKING:
     from .runtime import Request, Runtime
@@ -40,7 +41,7 @@ __all__ = [
     "script_helpers",
 ]
 
-COMM_ID = "kernelexec-events"
+COMM_ID = EVENTS_COMM
 _TOPIC = b"comm-" + COMM_ID.encode()
 LEVELS = {
     "debug": "debug",

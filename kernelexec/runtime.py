@@ -67,6 +67,7 @@ from .nodeapi import (
     normalize_outputs,
     script_helpers,
 )
+from .protocol import RUNTIME_NAME
 from .resultpipe import ResultWriter
 from .wrapping import (
     CompiledCode,
@@ -79,7 +80,7 @@ from .wrapping import (
 __all__ = ["Request", "Runtime", "install"]
 
 _CURRENT: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
-    "kernelexec_request", default=None
+    "kernelexec_current_message", default=None
 )
 _SCRIPT_OUTPUTS = ("result", "output_topic", "additional_data")
 _UNSET: Any = object()
@@ -653,9 +654,9 @@ class Runtime:
 
 def install(shell: Any) -> Runtime:
     """Create the runtime of a kernel and put it in the user namespace as ``__kernelexec__``."""
-    previous = shell.user_ns.get("__kernelexec__")
+    previous = shell.user_ns.get(RUNTIME_NAME)
     if isinstance(previous, Runtime):
         previous.close()
     runtime = Runtime(shell)
-    shell.user_ns["__kernelexec__"] = runtime
+    shell.user_ns[RUNTIME_NAME] = runtime
     return runtime

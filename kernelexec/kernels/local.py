@@ -22,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
 from ..kernel import REQUEST_TYPE, wire_pack
+from ..protocol import EVENTS_COMM
 from ..resultpipe import ResultPipe
 from .base import KernelHandle, LaunchSpec, execute_content
 from .channels import Channels
@@ -30,7 +31,7 @@ __all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec"]
 
 log = logging.getLogger("kernelexec.kernel")
 
-EVENTS_COMM_ID = "kernelexec-events"
+EVENTS_COMM_ID = EVENTS_COMM
 _DEATH_POLL_SECONDS = 0.05
 #: The bridge's own secrets, kept out of the kernels' environment.
 _BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")

@@ -13,12 +13,17 @@ from importlib import resources
 from typing import Any
 
 __all__ = [
+    "BATCH_VERSION",
     "BLOB_PREFIX",
     "BLOB_TABLE",
     "BLOB_THRESHOLD",
     "ERROR_CODES",
+    "EVENTS_COMM",
+    "KERNEL_REPLY_TYPE",
+    "KERNEL_REQUEST_TYPE",
     "MARKER",
     "PROTOCOL_VERSION",
+    "RUNTIME_NAME",
     "load_spec",
     "spec_text",
 ]
@@ -44,3 +49,15 @@ BLOB_THRESHOLD: int = _SPEC["value_encoding"]["blob_threshold_bytes"]
 BLOB_PREFIX: str = _SPEC["value_encoding"]["blob_prefix"]
 #: the frame field that carries a message's blob table (value_encoding.blob_table)
 BLOB_TABLE: str = _SPEC["value_encoding"]["blob_table"]["field"]
+#: since this version a WebSocket message may carry an array of frames ("transport")
+BATCH_VERSION: tuple[int, int] = (
+    int(_SPEC["batch_version"].split(".")[0]), int(_SPEC["batch_version"].split(".")[1])
+)
+_KERNEL = _SPEC["kernel"]
+#: the shell message of one runtime op, and its reply (spec "kernel")
+KERNEL_REQUEST_TYPE: str = _KERNEL["request_type"]
+KERNEL_REPLY_TYPE: str = _KERNEL["reply_type"]
+#: the comm that carries runtime events on IOPub
+EVENTS_COMM: str = _KERNEL["events_comm"]
+#: the runtime object's name in the kernel's user namespace
+RUNTIME_NAME: str = _KERNEL["runtime_name"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..protocol import ERROR_CODES, PROTOCOL_VERSION, load_spec
+from ..protocol import BATCH_VERSION, ERROR_CODES, PROTOCOL_VERSION, load_spec
 
 __all__ = [
     "CLIENT_FRAMES",
@@ -222,8 +222,6 @@ def major_version(version: str) -> int | None:
 
 
 PROTOCOL_MAJOR = major_version(PROTOCOL_VERSION)
-#: The first protocol version whose peers accept a JSON array of frames in one message.
-BATCH_VERSION = (1, 1)
 
 
 def batching(version: str) -> bool:

@@ -49,7 +49,7 @@ module.exports = {
     CONFIG_FIELDS: spec.config_fields,
     SERVER_FRAMES: Object.keys(spec.server_frames),
     // Since this version a WebSocket message may carry an array of frames (spec "transport").
-    BATCH_VERSION: "1.1",
+    BATCH_VERSION: spec.batch_version,
     configDefaults,
     compatible,
     atLeast,

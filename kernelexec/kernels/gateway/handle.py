@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from ...config import EnvConfig
 from ...errors import GatewayError, KernelDiedError
+from ...protocol import EVENTS_COMM, KERNEL_REQUEST_TYPE
 from ..base import KernelHandle, execute_content
 from .blob_transfer import BLOBS_COMM_ID, blobs_to_buffers, buffers_to_blobs, has_gw_refs
 from .bootstrap import BOOTSTRAP_INFO, is_bootstrap
@@ -34,9 +35,9 @@ __all__ = ["EVENTS_COMM_ID", "GatewayKernel", "make_gateway_kernel"]
 log = logging.getLogger(__package__)
 
 #: comm_msg carrying a runtime event whose blobs travel as its buffers
-EVENTS_COMM_ID = "kernelexec-events"
-#: the shell message of one runtime op (kernelexec/kernel.py's REQUEST_TYPE)
-REQUEST_TYPE = "kernelexec_request"
+EVENTS_COMM_ID = EVENTS_COMM
+#: the shell message of one runtime op (spec.json "kernel")
+REQUEST_TYPE = KERNEL_REQUEST_TYPE
 _T = TypeVar("_T")
 
 

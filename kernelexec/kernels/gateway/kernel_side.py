@@ -37,6 +37,10 @@ Fix = Callable[[dict[str, Any], "str | None"], dict[str, Any]]
 #: the shell message of one runtime op (kernelexec.kernel.REQUEST_TYPE) and its reply
 REQUEST_TYPE = "kernelexec_request"
 REPLY_TYPE = "kernelexec_reply"
+#: comm of the runtime's events, and the runtime's name in the user namespace
+#: (these four: spec.json "kernel", checked by tests/test_contract_homes.py)
+EVENTS_COMM = "kernelexec-events"
+RUNTIME_NAME = "__kernelexec__"
 #: comm_id of the output blobs of one request (blob_transfer.BLOBS_COMM_ID)
 BLOBS_COMM_ID = "kernelexec-gw-blobs"
 #: what the execute_reply payload of the bootstrap says (source) to the handle
@@ -158,7 +162,7 @@ class KernelexecGateway:
     def _answer(self) -> dict[str, Any]:
         try:
             self.before()
-            runtime = _shell().user_ns.get("__kernelexec__")
+            runtime = _shell().user_ns.get(RUNTIME_NAME)
             if runtime is None:
                 return _error_reply("RuntimeError", "the kernelexec runtime is not installed")
             payload = [{"source": "kernelexec", "data": runtime.respond()}]
@@ -181,7 +185,7 @@ class KernelexecGateway:
             self._walk(ev, self._packer(buffers))
             if not buffers:
                 return original(ev)
-            self._send("kernelexec-events", ev, channel.parent, buffers)
+            self._send(EVENTS_COMM, ev, channel.parent, buffers)
             return None
 
         channel.event = event

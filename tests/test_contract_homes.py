@@ -1,0 +1,76 @@
+"""One home per contract: the constants both sides of a boundary share live in spec.json, and
+no module spells them itself (it imports them from kernelexec.protocol or lib/protocol.js).
+A module that writes one of these strings again fails here, naming the file and the line."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from kernelexec.protocol import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = load_spec()
+#: kernel_side.py runs in a stock kernel before the bundle is there: it spells the kernel
+#: constants itself, and test_the_gateway_kernel_side_agrees_with_the_spec checks them.
+EXEMPT = {ROOT / "kernelexec/kernels/gateway/kernel_side.py"}
+
+
+def _sources() -> list[Path]:
+    python = sorted((ROOT / "kernelexec").rglob("*.py"))
+    js = sorted((ROOT / "nodered-node/lib").glob("*.js")) + sorted(
+        (ROOT / "nodered-node/nodes").glob("*.js")
+    )
+    return [p for p in python + js if p not in EXEMPT]
+
+
+def _spelled(value: str) -> list[str]:
+    pattern = re.compile(r"""["']""" + re.escape(value) + r"""["']""")
+    found = []
+    for path in _sources():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
+def test_no_module_spells_a_kernel_contract_constant() -> None:
+    shared = [SPEC["batch_version"], SPEC["value_encoding"]["marker_key"]]
+    shared += [value for key, value in SPEC["kernel"].items() if key != "doc"]
+    spelled = {value: _spelled(value) for value in shared}
+    assert spelled == {value: [] for value in shared}
+
+
+def test_every_error_code_the_code_raises_is_in_the_spec() -> None:
+    """Codes given as literals (``code="X"``, ``code: "X"``, ``bridgeError("X"``,
+    ``{"code": "X"``) are spec codes: an error code has its home in spec.json too."""
+    pattern = re.compile(
+        r"""(?:\bcode\s*[=:]\s*|["']code["']\s*:\s*|bridgeError\(\s*)["']([A-Z][A-Z_]+)["']"""
+    )
+    unknown = []
+    for path in _sources():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for code in pattern.findall(line):
+                if code not in SPEC["error_codes"]:
+                    unknown.append(f"{path.relative_to(ROOT)}:{number}: {code}")
+    assert unknown == []
+
+
+def test_the_gateway_kernel_side_agrees_with_the_spec() -> None:
+    kernel = SPEC["kernel"]
+    tree = ast.parse((ROOT / "kernelexec/kernels/gateway/kernel_side.py").read_text("utf-8"))
+    constants = {
+        node.targets[0].id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
+        and node.targets[0].id in ("REQUEST_TYPE", "REPLY_TYPE", "EVENTS_COMM", "RUNTIME_NAME")
+    }
+    assert constants == {
+        "REQUEST_TYPE": kernel["request_type"],
+        "REPLY_TYPE": kernel["reply_type"],
+        "EVENTS_COMM": kernel["events_comm"],
+        "RUNTIME_NAME": kernel["runtime_name"],
+    }
