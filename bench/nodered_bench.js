@@ -134,8 +134,10 @@ function procTable() {
         try {
             const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
             const tail = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+            const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
             const cmd = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").join(" ").trim();
-            table.push({ pid: Number(entry), ppid: Number(tail[1]), cpu: Number(tail[11]) + Number(tail[12]), cmd });
+            const cpu = Number(tail[11]) + Number(tail[12]);
+            table.push({ pid: Number(entry), ppid: Number(tail[1]), cpu, cmd, comm });
         } catch (err) {
             // the process ended while we looked
         }
@@ -171,12 +173,18 @@ function rssMiB(pid) {
 /** Every pid seen as a descendant of this process (to tell our /dev/shm files from others'). */
 const seenPids = new Set([process.pid]);
 
+/** A kernel: launched (python -m kernelexec.kernel) or forked from the kernel template, which
+ * shares its command line but not its process name (kernelexec/kernels/template.py). */
+function isKernel(p) {
+    return p.cmd.includes("kernelexec.kernel") && p.comm !== "kx-template";
+}
+
 function kernelexecProcesses() {
     const table = procTable();
     const mine = descendants(process.pid, table);
     mine.forEach((p) => seenPids.add(p.pid));
     const bridge = mine.find((p) => p.cmd.includes("kernelexec serve"));
-    const kernels = bridge ? descendants(bridge.pid, table).filter((p) => p.cmd.includes("kernelexec.kernel")) : [];
+    const kernels = bridge ? descendants(bridge.pid, table).filter(isKernel) : [];
     return { bridge, kernels, all: mine };
 }
 
@@ -191,7 +199,7 @@ function cpuSnapshot() {
     return {
         node_red: (usage.user + usage.system) / 1000,
         bridge: sum(mine.filter((p) => p.cmd.includes("kernelexec serve"))),
-        kernels: sum(mine.filter((p) => p.cmd.includes("kernelexec.kernel"))),
+        kernels: sum(mine.filter((p) => p.cmd.includes("kernelexec.kernel"))), // template's included
         floor: sum(mine.filter((p) => p.cmd.includes("floor_worker.py"))),
     };
 }

@@ -18,9 +18,24 @@ from server_support import wait_for_file
 from kernelexec import blobs
 from kernelexec.config import PoolConfig
 from kernelexec.errors import SetupError
+from kernelexec.kernels import forking
+from kernelexec.kernels.local import LocalKernel, kernel_environment
+from kernelexec.kernels.template import TEMPLATE_COMM
 from kernelexec.pool import MemoryHooks, Pool, make_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(
+    loop_scope="module", scope="module", params=["launched", "forked"], autouse=True
+)
+async def kernel_start(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """Every test here runs on kernels jupyter_client launches and on kernels forked from a
+    kernel template, as a bridge does (kernels/forking.py)."""
+    if request.param == "forked":
+        assert forking.start_template(kernel_environment()) is not None
+    yield str(request.param)
+    forking.stop_template()
 
 
 async def started(code: str, **fields: Any) -> tuple[Pool, MemoryHooks]:
@@ -39,7 +54,7 @@ async def closed(pool: Pool) -> None:
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def echo() -> AsyncIterator[Pool]:
+async def echo(kernel_start: str) -> AsyncIterator[Pool]:
     pool, _ = await started("return msg", node_id="echo")
     yield pool
     await closed(pool)
@@ -90,6 +105,17 @@ class Preforks:
 
 def payloads(result: dict[str, Any], port: int = 0) -> list[Any]:
     return [m.get("payload") for m in result["outputs"][port]]
+
+
+async def test_kernels_start_the_way_the_parameter_says(echo: Pool, kernel_start: str) -> None:
+    kernel = echo.workers[0].kernel
+    assert isinstance(kernel, LocalKernel) and kernel._km is not None
+    forked = isinstance(kernel._km.provisioner, forking.ForkProvisioner)
+    assert forked == (kernel_start == "forked")
+    process = psutil.Process(kernel.pid)
+    assert process.ppid() == os.getpid()  # a forked kernel too is this process's own child
+    assert process.cmdline()[1:3] == ["-m", "kernelexec.kernel"]  # and looks like a kernel
+    assert process.name() != TEMPLATE_COMM.decode()
 
 
 async def test_return_dict_goes_to_output_1(echo: Pool) -> None:

@@ -176,6 +176,7 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
         where = f"{args.host}:{args.port}"
         print(f"kernelexec serve: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    _start_kernel_template()
     stopped = asyncio.Event()
     reasons: list[str] = []
 
@@ -196,12 +197,31 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
         await stopped.wait()
         await server.stop(reasons[0])
     finally:
+        _stop_kernel_template()
         for watcher in watchers:
             watcher.cancel()
         if published is not None:
             with contextlib.suppress(OSError):
                 os.unlink(published)
     return 0
+
+
+def _start_kernel_template() -> None:
+    """Kernels of the bridge's own interpreter fork from a template (kernels/forking.py):
+    started now, while the node connects, so the first pool finds it ready."""
+    from ..kernels import forking
+    from ..kernels.local import kernel_environment
+
+    try:
+        forking.start_template(kernel_environment())
+    except OSError as exc:
+        log.warning("No kernel template (%s): kernels are launched one by one", exc)
+
+
+def _stop_kernel_template() -> None:
+    from ..kernels import forking
+
+    forking.stop_template()
 
 
 def publish_runtime_file(url: str, token: str) -> str | None:

@@ -60,6 +60,8 @@ class LaunchSpec:
     the connection file's path. ``env`` is added to the bridge's environment. ``cwd`` is
     the kernel's working directory. ``transport`` is "tcp" or "ipc" (ipc works inside a
     network namespace). ``cleanup`` is run (best effort) after the kernel is gone.
+    ``forkable``: the bridge's own interpreter and no isolation, so the kernel may be forked
+    from the bridge's kernel template (kernels/forking.py) instead of launched.
     """
 
     argv: tuple[str, ...]
@@ -68,6 +70,7 @@ class LaunchSpec:
     transport: str = "ipc"
     cleanup: Callable[[], None] | None = None
     description: str = ""
+    forkable: bool = False
 
 
 class KernelHandle(ABC):

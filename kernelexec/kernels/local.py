@@ -24,10 +24,11 @@ from ..errors import KernelDiedError
 from ..kernel import REQUEST_TYPE, wire_pack
 from ..protocol import EVENTS_COMM
 from ..resultpipe import ResultPipe
+from . import forking
 from .base import KernelHandle, LaunchSpec, execute_content
 from .channels import Channels
 
-__all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec"]
+__all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec", "kernel_environment"]
 
 log = logging.getLogger("kernelexec.kernel")
 
@@ -40,7 +41,7 @@ _BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")
 def default_launch_spec(cwd: str | None = None) -> LaunchSpec:
     """The bridge's own interpreter, our tuned kernel, no isolation."""
     argv = (sys.executable, "-m", "kernelexec.kernel", "-f", "{connection_file}")
-    return LaunchSpec(argv=argv, cwd=cwd, description=sys.executable)
+    return LaunchSpec(argv=argv, cwd=cwd, description=sys.executable, forkable=True)
 
 
 def _ipc_path() -> str:
@@ -52,6 +53,16 @@ def _ipc_path() -> str:
     directory = jupyter_runtime_dir()
     os.makedirs(directory, mode=0o700, exist_ok=True)
     return os.path.join(directory, f"kernelexec-{uuid.uuid4().hex[:12]}")
+
+
+def kernel_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A kernel's environment: the bridge's, ``extra``, without the bridge's own secrets."""
+    env = {**os.environ, **(extra or {})}
+    env.pop("JPY_PARENT_PID", None)
+    for secret in _BRIDGE_SECRETS:  # user code needs neither (it would let it drive the bridge)
+        env.pop(secret, None)
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
+    return env
 
 
 class LocalKernel(KernelHandle):
@@ -78,14 +89,11 @@ class LocalKernel(KernelHandle):
             display_name="kernelexec",
             language="python",
             interrupt_mode="signal",
+            metadata=forking.provisioner_metadata() if forking.template_for(self._launch) else {},
         )
         km.session.pack = wire_pack  # a lone surrogate in a msg becomes U+FFFD, not a hang
         self._km = km
-        env = {**os.environ, **self._launch.env}
-        env.pop("JPY_PARENT_PID", None)
-        for secret in _BRIDGE_SECRETS:  # user code needs neither (it would let it drive the bridge)
-            env.pop(secret, None)
-        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
+        env = kernel_environment(self._launch.env)
         if self.result_pipe is None:  # kept across restarts (the same fd number is passed)
             self.result_pipe = ResultPipe()
         pipe = self.result_pipe

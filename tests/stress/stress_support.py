@@ -15,6 +15,7 @@ import psutil
 from server_support import TOKEN, BridgeProcess, Client
 
 from kernelexec import blobs
+from kernelexec.kernels.template import TEMPLATE_COMM
 
 __all__ = [
     "KERNEL_PATTERN",
@@ -29,6 +30,7 @@ __all__ = [
 MARK = "KERNELEXEC_STRESS_RUN"
 #: What `pgrep -af 'ipykernel|kernelexec.kernel'` looks for.
 KERNEL_PATTERN = re.compile(r"ipykernel|kernelexec\.kernel")
+TEMPLATE_NAME = TEMPLATE_COMM.decode()
 BRIDGE_PATTERN = re.compile(r"kernelexec serve")
 
 
@@ -131,7 +133,20 @@ class StressBridge(BridgeProcess):
         return code, err, procs, files
 
     def kernel_pids(self) -> list[int]:
-        return [p.pid for p in self.descendants() if KERNEL_PATTERN.search(" ".join(_cmd(p)))]
+        """The bridge's kernels, launched or forked (not the kernel template they fork from,
+        which shares their command line: kernels/template.py names it TEMPLATE_COMM)."""
+        return [
+            p.pid
+            for p in self.descendants()
+            if KERNEL_PATTERN.search(" ".join(_cmd(p))) and _name(p) != TEMPLATE_NAME
+        ]
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return str(process.name())
+    except psutil.Error:
+        return ""
 
 
 def _cmd(process: psutil.Process) -> list[str]:

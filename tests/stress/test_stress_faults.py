@@ -395,7 +395,7 @@ async def test_configure_storm_leaves_no_kernel_behind(bridge: StressBridge) -> 
         await client.send(type="configure", node_id="storm", config=config)
         await asyncio.sleep((i % 7) * 0.05)  # 0 to 300 ms: cancels starts at every stage
     result = await client.execute("storm", "storm-last", {"payload": None})
-    assert result["outputs"] == [[{"payload": 29}]], result
+    assert result["outputs"] == [[{"payload": 29}]], json.dumps(result)
     deadline = time.monotonic() + 30
     while len(bridge.kernel_pids()) != 2:
         assert time.monotonic() < deadline, f"kernels alive: {len(bridge.kernel_pids())}, want 2"

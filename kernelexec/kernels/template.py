@@ -1,0 +1,221 @@
+"""The kernel template: a process that has imported the kernel and forks kernels on demand.
+
+Started by the bridge (:mod:`.forking`) as ``python -m kernelexec.kernels.template FD PID``
+with the bridge's own interpreter and environment. It imports what a kernel imports (ipykernel,
+IPython, zmq, debugpy, kernelexec's in-kernel runtime: ~0.3 s of the ~0.36 s a kernel takes
+to start, docs/performance.md) and then, single-threaded, waits on FD (one end of a
+SOCK_SEQPACKET socketpair only the bridge, PID, holds) for fork requests: one JSON datagram,
+the fds to pass with it.
+
+A fork request is answered with ``{"pid": N}`` or ``{"error": text}``. The child is made
+with ``clone(CLONE_PARENT)``: its parent is the bridge, not the template, so jupyter_client
+and the bridge wait for it, signal it and read its exit status exactly as for a kernel they
+launched themselves (:class:`.forking.ForkedProcess`). In the child: a new session (the
+kernel's process group, as jupyter_client's launch gives it), the request's fds at their
+numbers, its working directory and environment, then ``kernelexec.kernel.main`` with the
+request's arguments. The child never returns into the template's loop (``os._exit``).
+
+What a forked kernel shares with its template: the interpreter's start (sys.path, sys.flags,
+the hash seed); the environment is the request's. The ``random`` module is reseeded at fork
+(CPython's own at-fork hook). The template dies with the bridge (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+#: what a kernel imports (kernelexec.kernel.main and the runtime's first op)
+PRELOAD = (
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.iostream",
+    "ipykernel.heartbeat",
+    "ipykernel.comm",
+    "ipykernel.debugger",
+    "IPython",
+    "zmq",
+    "kernelexec.kernel",
+    "kernelexec.kernels.decoding",
+    "kernelexec.runtime",
+    "kernelexec.nodeapi",
+    "kernelexec.guard",
+    "kernelexec.convert",
+    "kernelexec.blobs",
+    "kernelexec.wrapping",
+)
+#: the module the template runs in a child; a request runs ``python -m`` this, nothing else
+KERNEL_MODULE = "kernelexec.kernel"
+_CLONE_PARENT = 0x00008000
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+#: the template's process name (/proc/PID/comm), so tools tell it from its kernels, which
+#: share its command line ("python", as a launched kernel's)
+TEMPLATE_COMM = b"kx-template"
+_MAX_REQUEST = 1 << 20
+_MAX_FDS = 8
+
+
+def can_fork_kernels() -> bool:
+    """Whether this machine has what the template needs (Linux, a known clone syscall)."""
+    return sys.platform.startswith("linux") and platform.machine() in _SYS_CLONE
+
+
+def _clone_sibling() -> int:
+    """fork(), but the child's parent is this process's parent (CLONE_PARENT), with CPython's
+    own before/after-fork steps around it, as os.fork does. The GIL is held throughout."""
+    libc = ctypes.PyDLL(None, use_errno=True)
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    flags = _CLONE_PARENT | signal.SIGCHLD
+    pid = int(libc.syscall(_SYS_CLONE[platform.machine()], flags, 0, 0, 0, 0))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"clone: {os.strerror(error)}")
+    return pid
+
+
+def _set_comm(name: bytes) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+def _set_cmdline(argv: list[str]) -> None:
+    """Rewrite this process's command line (/proc/PID/cmdline, what ps and pgrep show) in
+    place, as setproctitle does: within the room the original arguments took (the template
+    is started with a padding argument for this), NUL-padded."""
+    with open("/proc/self/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49)
+    room = end - start
+    data = b"\0".join(a.encode() for a in argv)[: room - 1]
+    ctypes.memmove(start, data + b"\0" * (room - len(data)), room)
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the bridge died before prctl took effect
+        os._exit(0)
+
+
+def _check(request: Any, fds: list[int]) -> tuple[list[str], dict[str, str], str, list[int]]:
+    argv = request.get("argv")
+    env = request.get("env")
+    cwd = request.get("cwd") or os.getcwd()
+    targets = request.get("fds") or []
+    prefix = [sys.executable, "-m", KERNEL_MODULE]
+    if (
+        not isinstance(argv, list)
+        or argv[:3] != prefix
+        or not all(isinstance(a, str) for a in argv)
+    ):
+        msg = f"not a kernel command of this interpreter: {argv!r}"
+        raise ValueError(msg)
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        msg = "env must map names to strings"
+        raise ValueError(msg)
+    if not isinstance(cwd, str):
+        msg = f"cwd must be a path: {cwd!r}"
+        raise ValueError(msg)
+    if len(targets) != len(fds) or not all(isinstance(t, int) and t > 2 for t in targets):
+        msg = f"fds {targets!r} do not match the {len(fds)} passed"
+        raise ValueError(msg)
+    return argv[3:], env, cwd, targets
+
+
+def _become_kernel(
+    channel: socket.socket,
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    fds: list[int],
+    targets: list[int],
+) -> None:
+    """In the child: the kernel's session, fds, cwd and environment, then the kernel."""
+    code = 1
+    try:
+        channel.close()
+        _set_comm(b"python")
+        _set_cmdline([sys.executable, "-m", KERNEL_MODULE, *args])  # ps shows a kernel
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        moved = [os.dup(fd) for fd in fds]  # out of the way of the targets
+        for fd in fds:
+            os.close(fd)
+        for fd, target in zip(moved, targets, strict=True):
+            os.dup2(fd, target, inheritable=True)
+            os.close(fd)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        from kernelexec import kernel
+
+        # ipykernel read JPY_PARENT_PID into a trait default at import, in the template
+        args = [*args, f"--IPKernelApp.parent_handle={env.get('JPY_PARENT_PID') or 0}"]
+        sys.argv = [kernel.__file__ or KERNEL_MODULE, *args]
+        kernel.main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _serve(channel: socket.socket) -> None:
+    """One request a datagram (SOCK_SEQPACKET), one answer each; until the bridge hangs up."""
+    while True:
+        data, fds, _flags, _addr = socket.recv_fds(channel, _MAX_REQUEST, _MAX_FDS)
+        if not data:
+            return
+        try:
+            args, env, cwd, targets = _check(json.loads(data), fds)
+            pid = _clone_sibling()
+            if pid == 0:
+                _become_kernel(channel, args, env, cwd, fds, targets)
+            answer: dict[str, Any] = {"pid": pid}
+        except Exception as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        channel.send(json.dumps(answer).encode())
+
+
+def main(argv: list[str]) -> None:
+    """``FD PID PADDING``: the socket, the bridge's pid, room for the kernels' command lines."""
+    parent = int(argv[1])
+    channel = socket.socket(fileno=int(argv[0]))
+    _die_with_parent(parent)
+    _set_comm(TEMPLATE_COMM)
+    _set_cmdline([sys.executable, "-m", "kernelexec.kernels.template"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the bridge
+    for name in PRELOAD:
+        __import__(name)
+    channel.send(b'{"ready": true}')
+    _serve(channel)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
