@@ -89,7 +89,14 @@ class CodeSyntaxError(ExecutionError):
 
 
 class ExecutionTimeout(ExecutionError):
+    """The code ran past its timeout. ``kernel_stuck``: it did not stop when interrupted
+    either, so its kernel must be replaced (the worker reads this flag, never the text)."""
+
     code = "TIMEOUT"
+
+    def __init__(self, message: str, *, kernel_stuck: bool = False, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.kernel_stuck = kernel_stuck
 
 
 class KernelDiedError(ExecutionError):

@@ -318,7 +318,7 @@ class Worker:
                 f"the code ran longer than the timeout ({self.config.timeout:g} s) and did not "
                 "stop when interrupted; the kernel was restarted"
             )
-            raise ExecutionTimeout(text)
+            raise ExecutionTimeout(text, kernel_stuck=True)
         reply = task.result()
         if reply.get("status") != "ok":
             text = f"the code was interrupted after the timeout ({self.config.timeout:g} s)"
@@ -327,7 +327,8 @@ class Worker:
 
     async def _recover(self, error: KernelexecError) -> None:
         """After a dead or stuck kernel: a fresh one (setup runs again)."""
-        if isinstance(error, ExecutionTimeout) and self.kernel.is_alive() and not _stuck(error):
+        interrupted = isinstance(error, ExecutionTimeout) and not error.kernel_stuck
+        if interrupted and self.kernel.is_alive():
             return
         try:
             await self.restart()
@@ -381,10 +382,6 @@ def _batch_item(job: Job, timeout: float) -> dict[str, Any]:
     if job.blobs:
         item[BLOB_TABLE] = job.blobs
     return item
-
-
-def _stuck(error: KernelexecError) -> bool:
-    return "did not stop when interrupted" in error.message
 
 
 def _payload(reply: dict[str, Any]) -> dict[str, Any]:
