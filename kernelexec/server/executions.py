@@ -91,13 +91,10 @@ class Executions:
         """The hot path: hand the message to a ready pool without a task of its own (the
         result future's done callback answers). None when :meth:`_execute` must do it."""
         pool = entry.pool
-        submit_nowait = getattr(pool, "submit_nowait", None)
-        if submit_nowait is None or not entry.settled.is_set() or entry.failure is not None:
+        if pool is None or not entry.settled.is_set() or entry.failure is not None:
             return None
         try:
-            future: asyncio.Future[Any] | None = (
-                submit_nowait(req_id, msg) if table is None else submit_nowait(req_id, msg, table)
-            )
+            future: asyncio.Future[Any] | None = pool.submit_nowait(req_id, msg, table)
         except Exception as exc:  # answered as INTERNAL by _answered, like _execute does
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
