@@ -6,9 +6,12 @@ On one hot kernel started by ``make_pool`` (1 worker, ``return msg``):
               (client -> zmq -> ipykernel shell -> run_cell -> reply), kernelexec's tuned kernel
     runtime   execute_request ``__kernelexec__.handle()`` with a ``run`` op of one message:
               the in-kernel runtime on the path stock kernels get (decode, call, encode)
-    request   ``kernelexec_request`` with the same op: the path kernelexec's kernel gets
-              (no run_cell, no busy/idle status)
-    pool      ``pool.submit``: adds the pool's queue, the worker's bookkeeping and events
+    request   ``kernelexec_request`` with the same op: the Jupyter path kernelexec's kernel
+              gets (no run_cell, no busy/idle status)
+    lane      the same op down the lane (kernelexec/lane.py): a pipe into the kernel's loop,
+              the answer up the result pipe
+    pool_jupyter  ``pool.submit`` on a pool with ``message_path: jupyter``
+    pool      ``pool.submit`` (the lane): adds the pool's queue, the worker's bookkeeping
 
 The floor for comparison: the same message through bench/floor_worker.py over a pipe.
 
@@ -45,6 +48,7 @@ async def timed(count: int, step: Any) -> list[float]:
 
 async def run(count: int) -> dict[str, Any]:
     pool = await make_kernelexec("hot")
+    pool_jupyter = await make_kernelexec("hot", "jupyter")
     floor = FloorClient()
     await floor.start()
     kernel = pool.workers[0].kernel
@@ -63,6 +67,15 @@ async def run(count: int) -> dict[str, Any]:
         reply = await kernel.request({"op": "run", "batch": batch})
         assert reply.get("status") == "ok", reply
 
+    async def lane(i: int) -> None:
+        batch = [{"req_id": f"l-{i}", "msg": small_msg(i), "timeout": 0}]
+        reply = await kernel.lane_request({"op": "run", "batch": batch})
+        assert reply.get("status") == "ok", reply
+
+    async def submit_jupyter(i: int) -> None:
+        result = await pool_jupyter.submit(f"j-{i}", small_msg(i))
+        assert not result.get("error"), result
+
     async def submit(i: int) -> None:
         result = await pool.submit(f"p-{i}", small_msg(i))
         assert not result.get("error"), result
@@ -76,6 +89,8 @@ async def run(count: int) -> dict[str, Any]:
         "jupyter": jupyter,
         "runtime": runtime,
         "request": request,
+        "lane": lane,
+        "pool_jupyter": submit_jupyter,
         "pool": submit,
     }
     samples: dict[str, list[float]] = {name: [] for name in steps}
@@ -88,6 +103,7 @@ async def run(count: int) -> dict[str, Any]:
     finally:
         await floor.close()
         await pool.close()
+        await pool_jupyter.close()
     out = {name: summary(values) for name, values in samples.items()}
     out["pool_exec_ms"] = summary(exec_ms)
     return out
@@ -103,8 +119,9 @@ def main() -> int:
         print(f"{name:14s} p50 {s['p50']:7.3f} ms  p90 {s['p90']:7.3f}  p99 {s['p99']:7.3f}")
     print(
         f"kernelexec_request saves {result['runtime']['p50'] - result['request']['p50']:.3f} ms "
-        f"against the execute_request; the pool adds "
-        f"{result['pool']['p50'] - result['request']['p50']:.3f} ms"
+        f"against the execute_request; the lane saves "
+        f"{result['request']['p50'] - result['lane']['p50']:.3f} ms more; the pool adds "
+        f"{result['pool']['p50'] - result['lane']['p50']:.3f} ms"
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -221,13 +221,13 @@ def _restore(value: Any, buffers: list[bytes]) -> Any:
 # -- kernelexec pools --
 
 
-async def make_kernelexec(mode: str) -> Any:
+async def make_kernelexec(mode: str, message_path: str = "lane") -> Any:
     from kernelexec.config import PoolConfig
     from kernelexec.pool import MemoryHooks, make_pool
 
+    fields = {"code": "return msg", "mode": mode, "workers": 1, "queue_limit": 20000}
     config = PoolConfig.from_dict(
-        f"engine-bench-{mode}",
-        {"code": "return msg", "mode": mode, "workers": 1, "queue_limit": 20000},
+        f"engine-bench-{mode}-{message_path}", {**fields, "message_path": message_path}
     )
     pool = make_pool(config, MemoryHooks())
     started = time.perf_counter()

@@ -395,8 +395,10 @@ def breakdown_lines(
             "runtime",
             "stock-kernel path: execute_request `__kernelexec__.handle()`, run op of 1 msg",
         ),
-        ("request", "kernelexec's path: `kernelexec_request`, the same op"),
-        ("pool", "+ pool and worker: `pool.submit`"),
+        ("request", "Jupyter path of kernelexec's kernel: `kernelexec_request`, the same op"),
+        ("pool_jupyter", "+ pool and worker on the Jupyter path: `pool.submit`"),
+        ("lane", "the lane (kernelexec/lane.py): the same op down a pipe into the kernel's loop"),
+        ("pool", "+ pool and worker on the lane: `pool.submit` (the default)"),
     )
     for key, text in steps:
         s = breakdown.get(key)

@@ -17,6 +17,7 @@ from .protocol import load_spec
 __all__ = ["EnvConfig", "PoolConfig"]
 
 Mode = Literal["hot", "cold"]
+MessagePath = Literal["lane", "jupyter"]
 
 
 def _field_spec(name: str) -> dict[str, Any]:
@@ -142,6 +143,7 @@ class PoolConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     workdir: str = ""
     notebook: str = ""
+    message_path: MessagePath = "lane"
 
     @classmethod
     def from_dict(cls, node_id: str, data: dict[str, Any]) -> PoolConfig:
@@ -157,6 +159,8 @@ class PoolConfig:
         mode = values["mode"]
         if mode not in ("hot", "cold"):
             raise _fail("mode", mode, "'hot' or 'cold'")
+        if values["message_path"] not in ("lane", "jupyter"):
+            raise _fail("message_path", values["message_path"], "'lane' or 'jupyter'")
         if not isinstance(values["keep_order"], bool):
             raise _fail("keep_order", values["keep_order"], "true or false")
         if not isinstance(values["env"], dict):
@@ -176,6 +180,7 @@ class PoolConfig:
             env=EnvConfig.from_dict(values["env"]),
             workdir=_check_str("workdir", values["workdir"]),
             notebook=_check_str("notebook", values["notebook"]),
+            message_path=values["message_path"],
         )
 
     def replace(self, **changes: Any) -> PoolConfig:

@@ -24,12 +24,15 @@ by the kernel too (the writer half): standard library and kernelexec.kernel only
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import stat
 import struct
 from typing import Any
+
+from .lane import SEQ
 
 __all__ = ["ResultPipe", "ResultWriter"]
 
@@ -78,6 +81,10 @@ class ResultWriter:
     def result(self, result: dict[str, Any]) -> None:
         self._write(result)
 
+    def answer(self, frame: dict[str, Any]) -> None:
+        """The answer to a lane request (kernelexec/lane.py), after its RESULTs."""
+        self._write(frame)
+
     def _encode(self, obj: Any) -> bytes:
         if _orjson is not None:
             try:  # ~1 us; wire_pack imports on every call (~8 us)
@@ -122,6 +129,8 @@ class ResultPipe:
         self.results: dict[str, dict[str, Any]] = {}
         self.batch_started = False
         self._reading = False
+        #: Lane requests waiting for their answer frame, by sequence number.
+        self.answer_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
 
     def attach(self) -> None:
         """Read whenever data arrives (the kernel must never wait long on a full pipe)."""
@@ -184,12 +193,28 @@ class ResultPipe:
     def _take(self, frame: Any) -> None:
         if not isinstance(frame, dict):
             return
+        if SEQ in frame:
+            self._answered(frame)
+            return
         if "batch" in frame:
             self.batch_started = self.batch_started or frame["batch"] in self._wanted
             return
         req_id = frame.get("req_id")
         if isinstance(req_id, str) and req_id in self._wanted:
             self.results.setdefault(req_id, frame)
+
+    def _answered(self, frame: dict[str, Any]) -> None:
+        """A lane answer: its waiter gets the reply a ``kernelexec_request`` would have."""
+        waiter = self.answer_waiters.get(frame[SEQ]) if isinstance(frame[SEQ], int) else None
+        if waiter is None or waiter.done():  # not ours (a previous kernel's): dropped
+            return
+        reply: dict[str, Any]
+        if frame.get("interrupted") is True:
+            reply = {"status": "error", "ename": "KeyboardInterrupt", "evalue": "interrupted"}
+        else:
+            answer = frame.get("answer")
+            reply = {"status": "ok", "payload": [{"source": "kernelexec", "data": answer}]}
+        waiter.set_result(reply)
 
     def close(self) -> None:
         if self._reading:

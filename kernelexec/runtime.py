@@ -33,6 +33,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import os
+import signal
 import sys
 import threading
 import time
@@ -57,6 +58,7 @@ from .guard import (
     kill_started_since,
     signals_held,
 )
+from .lane import RequestReader, answer_frame
 from .nodeapi import (
     Channel,
     ContextStore,
@@ -203,6 +205,7 @@ class Runtime:
         self.compiled: CompiledCode | None = None
         self._func: Callable[..., Any] | None = None
         self._results: ResultWriter | None = None
+        self._lane: RequestReader | None = None
         self._ran = 0  # messages of the current batch whose code was started
         self._lock = threading.RLock()
         self._active: Request | None = None
@@ -238,6 +241,7 @@ class Runtime:
         self.fork = bool(info.get("fork", False))
         if self.shell is not None:  # a kernel: RESULTs go down the bridge's pipe (resultpipe)
             self._results = ResultWriter.adopt(info.get("result_fd"))
+            self._adopt_lane(info.get("request_fd"))
         if self.shell is not None and os.path.isdir(self.workdir):
             os.chdir(self.workdir)
         self.user_ns.update(
@@ -246,7 +250,31 @@ class Runtime:
         answer = self.set_code(str(info.get("code", "return msg")))
         if self.shell is not None and "result_fd" in info:  # the worker streams only if true
             answer["result_pipe"] = self._results is not None
+        if self.shell is not None and "request_fd" in info:  # the worker uses the lane if true
+            answer["lane"] = self._lane is not None
         return answer
+
+    def _adopt_lane(self, fd: Any) -> None:
+        """Read ``run`` requests from the bridge's request pipe (kernelexec/lane.py)."""
+        if self._lane is not None:
+            self._lane.close()
+        self._lane = RequestReader.adopt(fd, self._lane_request) if self._results else None
+
+    def _lane_request(self, frame: dict[str, Any]) -> None:
+        """One lane frame, on the kernel's main thread: the op's answer down the result
+        pipe, as if it were a shell request (SIGINT interrupts it)."""
+        request = frame.get("request")
+        answer = None
+        try:
+            previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                answer = self.dispatch(request if isinstance(request, dict) else {})
+            finally:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_IGN)
+        except KeyboardInterrupt:  # the worker's backstop interrupt, outside the code's guard
+            answer = None
+        if self._results is not None:
+            self._results.answer(answer_frame(frame.get("lane"), answer))
 
     def prefork(self) -> dict[str, Any]:
         """Cold mode: fork the next message's child now, while the node is idle."""
@@ -647,8 +675,11 @@ class Runtime:
         self._alarm = Alarm()
 
     def close(self) -> None:
-        """Stop the event loop thread and put sys.stdout/sys.stderr back."""
+        """Stop the event loop thread and the lane; put sys.stdout/sys.stderr back."""
         self.loop.close()
+        if self._lane is not None:
+            self._lane.close()
+            self._lane = None
         self._capture.uninstall()
 
 

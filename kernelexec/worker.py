@@ -102,6 +102,8 @@ class Worker:
         self._batch_ids: set[str] = set()
         #: The result pipe fd the runtime in the kernel adopted (sent in the init op).
         self._pipe_fd = -1
+        #: Whether ``run`` ops take the lane (the runtime adopted the request pipe too).
+        self._lane = False
         kernel.on_event = self._on_kernel_event
 
     @property
@@ -126,14 +128,18 @@ class Worker:
             text = f"could not load the kernelexec runtime in the kernel: {_reply_error(reply)}"
             raise KernelexecError(text)
         node = self._node_info()
-        pipe = self.kernel.result_pipe
+        pipe, lane = self.kernel.result_pipe, self.kernel.request_pipe
         if pipe is not None:
             pipe.reset()
             node["result_fd"] = pipe.write_fd
+            if lane is not None and self.config.message_path == "lane":
+                node["request_fd"] = lane.read_fd
         self._pipe_fd = -1
+        self._lane = False
         answer = await self._op({"op": "init", "node": node}, error_cls=None)
         if pipe is not None and answer.get("result_pipe") is True:  # the runtime holds it
             self._pipe_fd = pipe.write_fd
+            self._lane = answer.get("lane") is True  # it reads the request pipe
         if self.config.setup.strip():
             await self._op({"op": "setup", "code": self.config.setup}, error_cls=SetupError)
 
@@ -153,7 +159,8 @@ class Worker:
     async def _op(
         self, request: dict[str, Any], *, error_cls: type[KernelexecError] | None
     ) -> dict[str, Any]:
-        data = _payload(await self.kernel.request(request))
+        send = self.kernel.lane_request if self._lane else self.kernel.request
+        data = _payload(await send(request))  # after init, in order with the runs
         if data.get("error"):
             error = error_from_dict(data["error"])
             if error_cls is not None and not isinstance(error, error_cls):
@@ -294,9 +301,10 @@ class Worker:
             pipe.end()
 
     async def _run_with_backstop(self, request: dict[str, Any], count: int) -> dict[str, Any]:
+        send = self.kernel.lane_request if self._lane else self.kernel.request
         if self.config.timeout <= 0:  # no backstop: no task to watch either
-            return _payload(await self.kernel.request(request))
-        task = asyncio.ensure_future(self.kernel.request(request))
+            return _payload(await send(request))
+        task = asyncio.ensure_future(send(request))
         try:
             return await self._backstop(task, count)
         finally:

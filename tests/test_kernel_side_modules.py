@@ -18,6 +18,7 @@ STDLIB_ONLY = (
     "kernelexec.convert",
     "kernelexec.errors",
     "kernelexec.guard",
+    "kernelexec.lane",
     "kernelexec.nodeapi",
     "kernelexec.prewarm",
     "kernelexec.protocol",

@@ -26,21 +26,33 @@ from kernelexec.pool import MemoryHooks, Pool, make_pool
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
+#: The message path of the pools the tests start (set by the ``kernel_start`` fixture).
+PATHS = {"message_path": "lane"}
+
+
 @pytest_asyncio.fixture(
-    loop_scope="module", scope="module", params=["launched", "forked"], autouse=True
+    loop_scope="module", scope="module", params=["launched", "forked", "jupyter"], autouse=True
 )
 async def kernel_start(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """Every test here runs on kernels jupyter_client launches and on kernels forked from a
-    kernel template, as a bridge does (kernels/forking.py)."""
+    kernel template, as a bridge does (kernels/forking.py), both taking the lane
+    (kernelexec/lane.py); and once more on launched kernels reached by the Jupyter path
+    (``message_path: jupyter``, a kernelexec_request on the shell channel)."""
     if request.param == "forked":
         assert forking.start_template(kernel_environment()) is not None
+    PATHS["message_path"] = "jupyter" if request.param == "jupyter" else "lane"
     yield str(request.param)
+    PATHS["message_path"] = "lane"
     forking.stop_template()
+
+
+def config_of(node_id: str, fields: dict[str, Any]) -> PoolConfig:
+    return PoolConfig.from_dict(node_id, {**PATHS, **fields})
 
 
 async def started(code: str, **fields: Any) -> tuple[Pool, MemoryHooks]:
     hooks = MemoryHooks()
-    config = PoolConfig.from_dict(fields.pop("node_id", "n1"), {"code": code, **fields})
+    config = config_of(fields.pop("node_id", "n1"), {"code": code, **fields})
     pool = make_pool(config, hooks)
     await pool.start()
     return pool, hooks
@@ -112,6 +124,7 @@ async def test_kernels_start_the_way_the_parameter_says(echo: Pool, kernel_start
     assert isinstance(kernel, LocalKernel) and kernel._km is not None
     forked = isinstance(kernel._km.provisioner, forking.ForkProvisioner)
     assert forked == (kernel_start == "forked")
+    assert echo.workers[0]._lane == (kernel_start != "jupyter")  # the runtime took the lane
     process = psutil.Process(kernel.pid)
     assert process.ppid() == os.getpid()  # a forked kernel too is this process's own child
     assert process.cmdline()[1:3] == ["-m", "kernelexec.kernel"]  # and looks like a kernel
@@ -271,7 +284,7 @@ async def test_dead_kernel_fails_only_its_message_and_is_replaced() -> None:
 
 async def test_setup_failure_is_one_clear_error_and_fails_messages_fast() -> None:
     hooks = MemoryHooks()
-    config = PoolConfig.from_dict(
+    config = config_of(
         "bad", {"code": "return msg", "setup": "x = 1\nraise ValueError('no db')"}
     )
     pool = make_pool(config, hooks)
@@ -404,7 +417,7 @@ async def test_live_link_to_a_broken_notebook_is_a_clear_config_error(tmp_path: 
     script = tmp_path / "broken.py"
     script.write_text("# %% node\nreturn (\n")
     hooks = MemoryHooks()
-    config = PoolConfig.from_dict("nb", {"notebook": str(script)})
+    config = config_of("nb", {"notebook": str(script)})
     pool = make_pool(config, hooks)
     try:
         with pytest.raises(Exception, match="not valid Python"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..lane import RequestPipe
     from ..resultpipe import ResultPipe
 
 __all__ = [
@@ -81,6 +82,8 @@ class KernelHandle(ABC):
     on_stream: StreamCallback | None = None
     #: Local kernels: the pipe down which the runtime streams RESULTs (kernelexec.resultpipe).
     result_pipe: ResultPipe | None = None
+    #: Local kernels: the pipe that carries ``run`` ops into the kernel (kernelexec.lane).
+    request_pipe: RequestPipe | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -106,6 +109,11 @@ class KernelHandle(ABC):
         handle whose kernel speaks ``kernelexec_request`` (kernelexec/kernel.py) sends that
         instead: same content and reply shape, without IPython's cell machinery."""
         return await self.execute(HANDLE_CODE, op)
+
+    async def lane_request(self, op: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`request` through the lane (kernelexec/lane.py), once the runtime in the
+        kernel said it reads ``request_pipe`` (Worker); same reply. This default: request."""
+        return await self.request(op)
 
     async def shell_request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
         """Send one plain Jupyter shell request (complete_request, inspect_request) and return

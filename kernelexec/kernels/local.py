@@ -22,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
 from ..kernel import REQUEST_TYPE, wire_pack
+from ..lane import RequestPipe, request_frame
 from ..protocol import EVENTS_COMM
 from ..resultpipe import ResultPipe
 from . import forking
@@ -96,8 +97,11 @@ class LocalKernel(KernelHandle):
         env = kernel_environment(self._launch.env)
         if self.result_pipe is None:  # kept across restarts (the same fd number is passed)
             self.result_pipe = ResultPipe()
-        pipe = self.result_pipe
-        await km.start_kernel(env=env, cwd=self._launch.cwd, pass_fds=(pipe.write_fd,))
+            self.request_pipe = RequestPipe()
+        pipe, lane = self.result_pipe, self.request_pipe
+        assert lane is not None
+        fds = (pipe.write_fd, lane.read_fd)
+        await km.start_kernel(env=env, cwd=self._launch.cwd, pass_fds=fds)
         pipe.attach()
         self._connect()
         await self._wait_ready()
@@ -143,6 +147,8 @@ class LocalKernel(KernelHandle):
         self._disconnect(KernelDiedError("the kernel was restarted"))
         if self.result_pipe is not None:
             self.result_pipe.reset()
+        if self.request_pipe is not None:  # the old kernel is being killed: it reads no more
+            self.request_pipe.discard()
         await km.restart_kernel(now=True)
         self._connect()
         await self._wait_ready()
@@ -162,6 +168,9 @@ class LocalKernel(KernelHandle):
             if self.result_pipe is not None:
                 self.result_pipe.close()
                 self.result_pipe = None
+            if self.request_pipe is not None:
+                self.request_pipe.close()
+                self.request_pipe = None
             if self._launch.cleanup is not None:
                 with contextlib.suppress(Exception):
                     self._launch.cleanup()
@@ -218,6 +227,24 @@ class LocalKernel(KernelHandle):
         reply = await self._await_reply(future, None)
         content: dict[str, Any] = reply["content"]
         return content
+
+    async def lane_request(self, op: dict[str, Any]) -> dict[str, Any]:
+        """The op down the request pipe, its answer from the result pipe (kernelexec/lane.py);
+        KernelDiedError when the kernel dies first, as for a shell request."""
+        pipe, lane = self.result_pipe, self.request_pipe
+        if pipe is None or lane is None:
+            return await self.request(op)
+        seq = lane.next_seq()
+        key = f"lane-{seq}"
+        future = self._expect(key)  # failed by _watch_process when the kernel dies
+        pipe.answer_waiters[seq] = future
+        try:
+            await lane.send(request_frame(seq, op))
+            return await future
+        finally:
+            pipe.answer_waiters.pop(seq, None)
+            if self._channels is not None:
+                self._channels.pending.pop(key, None)
 
     async def shell_request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
         channels = self._require_channels()

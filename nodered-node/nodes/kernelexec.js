@@ -40,6 +40,7 @@ function poolConfig(n, envNode, settings) {
         timeout: seconds(timeout),
         queue_limit: integer(n.queueLimit, "queue_limit"),
         keep_order: n.keepOrder === true || n.keepOrder === "true",
+        message_path: n.messagePath === "jupyter" ? "jupyter" : "lane",
         env: envNode ? envNode.envConfig() : {},
         notebook: typeof n.notebook === "string" ? n.notebook.trim() : "",
     };

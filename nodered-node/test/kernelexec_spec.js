@@ -508,19 +508,20 @@ describe("kernelexec node life cycle", function () {
             user: "nobody", gateway_url: "http://gw:8888", gateway_token: "secret",
         });
         assert.deepStrictEqual(env.bridgeOptions(), { python: "/opt/py/bin/python" });
-        const config = poolConfig({ name: "n", func: "return msg", initialize: "import os", finalize: "", outputs: "2", mode: "cold", workers: "3", timeout: "1.5", queueLimit: "10", keepOrder: true, notebook: " /nb/node.ipynb " }, env);
+        const config = poolConfig({ name: "n", func: "return msg", initialize: "import os", finalize: "", outputs: "2", mode: "cold", workers: "3", timeout: "1.5", queueLimit: "10", keepOrder: true, messagePath: "jupyter", notebook: " /nb/node.ipynb " }, env);
         for (const key of Object.keys(config)) {
             assert.ok(key in CONFIG_FIELDS, `${key} is a spec config field`);
         }
         assert.deepStrictEqual(Object.assign({}, config, { env: null }), {
             name: "n", code: "return msg", setup: "import os", stop: "", outputs: 2, mode: "cold", workers: 3,
-            timeout: 1.5, queue_limit: 10, keep_order: true, env: null, notebook: "/nb/node.ipynb",
+            timeout: 1.5, queue_limit: 10, keep_order: true, message_path: "jupyter", env: null, notebook: "/nb/node.ipynb",
         });
         const defaults = poolConfig({}, null);
         assert.strictEqual(defaults.code, CONFIG_FIELDS.code.default);
         assert.strictEqual(defaults.workers, CONFIG_FIELDS.workers.default);
         assert.strictEqual(defaults.queue_limit, CONFIG_FIELDS.queue_limit.default);
         assert.strictEqual(defaults.timeout, 0);
+        assert.strictEqual(defaults.message_path, CONFIG_FIELDS.message_path.default);
     });
 
     it("fails a running message and removes its blob files when the node is stopped", async function () {

@@ -172,6 +172,7 @@ describe("protocol spec copy", function () {
         assert.strictEqual(Number(value("workers")), f.workers.default);
         assert.strictEqual(Number(value("queueLimit")), f.queue_limit.default);
         assert.strictEqual(value("keepOrder"), String(f.keep_order.default));
+        assert.strictEqual(JSON.parse(value("messagePath")), f.message_path.default);
     });
 
     it("uses no console.* in runtime code", function () {

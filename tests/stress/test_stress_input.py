@@ -351,16 +351,19 @@ async def test_an_unexpected_error_fails_the_batch_and_the_worker_keeps_serving(
     await pool.start()
     try:
         kernel = pool.workers[0].kernel
-        original = kernel.request
         injected = []
 
-        async def flaky(op: dict[str, Any]) -> Any:
-            if op.get("op") == "run" and not injected:
-                injected.append(1)
-                raise RuntimeError("injected fault")
-            return await original(op)
+        def flaky(original: Any) -> Any:
+            async def request(op: dict[str, Any]) -> Any:
+                if op.get("op") == "run" and not injected:
+                    injected.append(1)
+                    raise RuntimeError("injected fault")
+                return await original(op)
 
-        monkeypatch.setattr(kernel, "request", flaky)
+            return request
+
+        for path in ("request", "lane_request"):  # the Jupyter path and the lane
+            monkeypatch.setattr(kernel, path, flaky(getattr(kernel, path)))
         first = await asyncio.wait_for(pool.submit("a", {"payload": 1}), 20)
         assert first["error"]["code"] == "INTERNAL" and "injected" in first["error"]["message"]
         second = await asyncio.wait_for(pool.submit("b", {"payload": 2}), 20)
