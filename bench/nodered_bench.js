@@ -52,6 +52,7 @@ const SUBJECTS = {
     function: { label: "function node (JS, in process)", node: { type: "function", func: "return msg;", outputs: 1, noerr: 0, initialize: "", finalize: "", libs: [] } },
     floor: { label: "floor (plain Python process over a pipe)", node: { type: "bench-floor", python: PYTHON } },
     hot1: { label: "kernelexec hot, 1 worker", kx: true, node: Object.assign({ type: "kernelexec", mode: "hot", workers: 1 }, KX_DEFAULTS) },
+    hot1j: { label: "kernelexec hot, 1 worker, Jupyter path", kx: true, node: Object.assign({ type: "kernelexec", mode: "hot", workers: 1 }, KX_DEFAULTS, { messagePath: "jupyter" }) },
     hot4: { label: "kernelexec hot, 4 workers", kx: true, node: Object.assign({ type: "kernelexec", mode: "hot", workers: 4 }, KX_DEFAULTS) },
     cold: { label: "kernelexec cold, 1 worker", kx: true, cold: true, node: Object.assign({ type: "kernelexec", mode: "cold", workers: 1 }, KX_DEFAULTS) },
 };

@@ -17,11 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["function", "floor", "hot1", "hot4", "cold"]
+ORDER = ["function", "floor", "hot1", "hot1j", "hot4", "cold"]
 SHORT = {
     "function": "function\nnode",
     "floor": "floor\n(pipe)",
     "hot1": "kernelexec\nhot x1",
+    "hot1j": "kernelexec\nhot x1\nJupyter path",
     "hot4": "kernelexec\nhot x4",
     "cold": "kernelexec\ncold",
 }
@@ -29,6 +30,7 @@ COLORS = {
     "function": "#9e9e9e",
     "floor": "#4c72b0",
     "hot1": "#dd8452",
+    "hot1j": "#e6b38a",
     "hot4": "#c44e52",
     "cold": "#8172b3",
 }

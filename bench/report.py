@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 from targets import evaluate  # noqa: E402
 
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
-NR_ORDER = ["function", "floor", "hot1", "hot4", "cold"]
+NR_ORDER = ["function", "floor", "hot1", "hot1j", "hot4", "cold"]
 
 
 def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
