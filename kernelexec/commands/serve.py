@@ -95,6 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shut down when stdin reaches end of file (the parent died)",
     )
     parser.add_argument(
+        "--node-fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="also serve the protocol on this inherited Unix socket (the Node-RED node that "
+        "started the bridge; no token: the socket is the credential; kernelexec/server/pipe.py)",
+    )
+    parser.add_argument(
         "--parent-pid",
         type=int,
         default=None,
@@ -176,6 +184,16 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
         where = f"{args.host}:{args.port}"
         print(f"kernelexec serve: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    node_connection = None
+    if getattr(args, "node_fd", None) is not None:
+        from ..server.pipe import serve_inherited_socket
+
+        try:
+            node_connection = await serve_inherited_socket(bridge, args.node_fd)
+        except (OSError, ValueError) as exc:
+            print(f"kernelexec serve: --node-fd {args.node_fd}: {exc}", file=sys.stderr)
+            await server.stop("the node's socket is unusable")
+            return 1
     _start_kernel_template()
     stopped = asyncio.Event()
     reasons: list[str] = []
@@ -196,6 +214,8 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
         _announce(server, None if given_token else token)
         await stopped.wait()
         await server.stop(reasons[0])
+        if node_connection is not None:
+            node_connection.close()
     finally:
         _stop_kernel_template()
         for watcher in watchers:

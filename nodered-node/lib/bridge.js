@@ -23,6 +23,7 @@ const { spawn } = require("child_process");
 const crypto = require("crypto");
 const readline = require("readline");
 const WebSocket = require("ws");
+const { PipeSocket } = require("./pipe_socket");
 const codec = require("./codec");
 const protocol = require("./protocol");
 const pythonSetup = require("./python_setup");
@@ -154,6 +155,11 @@ class Bridge {
 
     spawnProcess(generation) {
         const args = ["-m", "kernelexec", "serve", "--port", "0", "--watch-stdin", "--parent-pid", String(process.pid)];
+        const stdio = ["pipe", "pipe", "pipe"];
+        if (useSocketPair()) {   // the node's connection: fd 3, see lib/pipe_socket.js
+            args.push("--node-fd", "3");
+            stdio.push("pipe");
+        }
         // PYDEVD_DISABLE_FILE_VALIDATION: ipykernel's debugger would print a frozen-modules warning
         // from every kernel, which would reach the node log as warnings.
         const env = Object.assign({ PYDEVD_DISABLE_FILE_VALIDATION: "1" }, process.env, { KERNELEXEC_TOKEN: this.token, PYTHONUNBUFFERED: "1" });
@@ -161,7 +167,7 @@ class Bridge {
         try {
             // Own process group: a Ctrl-C in Node-RED's terminal must not stop the bridge under the
             // nodes' feet; Node-RED stops it in order (close frames, then stdin EOF).
-            child = spawn(this.python, args, { env, stdio: ["pipe", "pipe", "pipe"], detached: true });
+            child = spawn(this.python, args, { env, stdio, detached: true });
         } catch (err) {
             this.fail(generation, this.spawnError(err));
             return;
@@ -198,6 +204,10 @@ class Bridge {
         }
         if (this.child) {
             clearTimeout(this.child.readyTimer);
+        }
+        if (this.child && this.child.stdio[3]) {
+            this.use(new PipeSocket(this.child.stdio[3], protocol.MAX_FRAME_BYTES), generation, t("kernelexec.log.bridgeSocket"));
+            return;
         }
         const url = info.ws_url || (info.url && /^wss?:/.test(info.url) ? info.url : null) ||
             `ws://${info.host && info.host !== "0.0.0.0" ? info.host : "127.0.0.1"}:${info.port}/ws`;
@@ -250,6 +260,11 @@ class Bridge {
             setImmediate(() => this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: err.message }))));
             return;
         }
+        this.use(ws, generation, url);
+    }
+
+    /** Speak the protocol over `ws` (a WebSocket, or a PipeSocket to a bridge we started). */
+    use(ws, generation, url) {
         this.ws = ws;
         this.dropOutbox();   // single frames until this connection's welcome says otherwise
         ws.on("open", () => this.sendRaw({ type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME }));
@@ -612,6 +627,15 @@ class Bridge {
         });
         return this.stopping;
     }
+}
+
+/**
+ * Whether a bridge this runtime starts is spoken to over an inherited socket pair (the
+ * default) or over its WebSocket like any other client (KERNELEXEC_BRIDGE_TRANSPORT=websocket:
+ * for comparison and troubleshooting).
+ */
+function useSocketPair() {
+    return process.env.KERNELEXEC_BRIDGE_TRANSPORT !== "websocket";
 }
 
 function bridgeOptions(options) {

@@ -5,6 +5,7 @@ const assert = require("assert");
 const fs = require("fs");
 const path = require("path");
 const bridges = require("../lib/bridge");
+const { PipeSocket } = require("../lib/pipe_socket");
 const S = require("./support");
 
 const { helper } = S;
@@ -474,6 +475,30 @@ describe("kernelexec node life cycle", function () {
     afterEach(async function () {
         await S.unload();
     });
+
+    for (const transport of ["pipe", "websocket"]) {
+        it(`speaks to the bridge it started over ${transport === "pipe" ? "the inherited socket pair (default)" : "its WebSocket when KERNELEXEC_BRIDGE_TRANSPORT=websocket"}`, async function () {
+            const before = process.env.KERNELEXEC_BRIDGE_TRANSPORT;
+            if (transport === "websocket") {
+                process.env.KERNELEXEC_BRIDGE_TRANSPORT = "websocket";
+            }
+            try {
+                await S.load(N.kernelexecNode, S.tab([py("n1", "msg['payload'] += 1\nreturn msg"), { id: "out", type: "helper" }]));
+                const got = S.messages(helper.getNode("out"), 1);
+                helper.getNode("n1").receive({ payload: 1 });
+                assert.strictEqual((await got)[0].payload, 2);
+                const [bridge] = bridges.active();
+                assert.strictEqual(bridge.ws instanceof PipeSocket, transport === "pipe");
+                assert.strictEqual(bridge.child.spawnargs.includes("--node-fd"), transport === "pipe");
+            } finally {
+                if (before === undefined) {
+                    delete process.env.KERNELEXEC_BRIDGE_TRANSPORT;
+                } else {
+                    process.env.KERNELEXEC_BRIDGE_TRANSPORT = before;
+                }
+            }
+        });
+    }
 
     it("leaves no bridge, kernel or file behind after a redeploy and unload", async function () {
         const flow = S.tab([py("n1", "return msg", { workers: 2, finalize: "print('stopping')" }), { id: "out", type: "helper" }]);

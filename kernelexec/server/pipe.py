@@ -1,0 +1,101 @@
+"""The bridge protocol over a socket the Node-RED node handed the bridge at its start.
+
+A bridge that Node-RED starts itself (``kernelexec serve --node-fd 3``) inherits one end of a
+Unix socket pair as fd 3 (Node's ``stdio: [..., "pipe"]``). The node speaks the same protocol
+over it as over the WebSocket (docs/protocol.md): the same frames, a message being one JSON
+frame or an array of frames, each message prefixed by its length (4 bytes, big-endian). The
+socket is the credential: only the two processes hold it, so there is no token and no Host
+header to check, and no WebSocket framing, masking or HTTP upgrade to pay for (most of the
+bridge's own time per message under Tornado's WebSocket, docs/performance.md).
+
+The WebSocket endpoint stays for every other client (a bridge started by hand, `kernelexec
+attach`, /metrics); the node uses it when it was given a bridge URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+
+from .bridge import Bridge
+from .session import Session
+
+__all__ = ["PipeConnection", "serve_inherited_socket"]
+
+log = logging.getLogger("kernelexec.server")
+
+_HEADER = struct.Struct(">I")
+
+
+class PipeConnection(asyncio.Protocol):
+    """One node connection over an inherited socket: a :class:`Session`'s transport."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        #: The largest message the node may send (what the WebSocket handler allows).
+        self.limit = 2 * bridge.options.max_frame_bytes
+        self.session: Session | None = None
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.session = Session(self.bridge, self)
+        self.bridge.sessions.add(self.session)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, start)
+            if size > self.limit:
+                log.warning("Node connection: a %d-byte message is over the limit; closing", size)
+                self.close()
+                return
+            stop = start + _HEADER.size + size
+            if stop > len(buffer):
+                break
+            message = bytes(buffer[start + _HEADER.size : stop])
+            start = stop
+            if self.session is not None:
+                self.session.handle(message)
+        del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session, self.session = self.session, None
+        if session is not None and session.ended is None:
+            reason = "the node's connection closed"
+            session.ended = reason
+            self.bridge.spawn(session.end(reason))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- the Session's Transport ------------------------------------------------------------
+    def write_message(self, message: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_HEADER.pack(len(message)) + message)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def serve_inherited_socket(bridge: Bridge, fd: int) -> PipeConnection:
+    """Serve the protocol on the inherited socket ``fd`` (kept out of the kernels)."""
+    os.set_inheritable(fd, False)
+    sock = socket.socket(fileno=fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        msg = f"--node-fd {fd} is not a Unix stream socket (family {sock.family}, type {sock.type})"
+        raise ValueError(msg)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.connect_accepted_socket(lambda: PipeConnection(bridge), sock)
+    return connection

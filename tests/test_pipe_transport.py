@@ -1,0 +1,141 @@
+"""The protocol over the socket pair a Node-RED node hands the bridge it starts (--node-fd).
+
+The Node-RED tests (nodered-node/test) all speak to their bridges this way; here the Python
+side alone: the handshake, a message, the limit, the end of the connection, a bad fd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+from server_support import bridge_env, still_running
+
+from kernelexec.protocol import PROTOCOL_VERSION, load_spec
+
+pytestmark = pytest.mark.asyncio
+HEADER = struct.Struct(">I")
+
+
+class NodeEnd:
+    """The node's end of the socket pair, with the bridge process behind it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], ours: socket.socket) -> None:
+        self.proc = proc
+        self.ours = ours
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_unix_connection(sock=self.ours)
+
+    def send(self, frame: Any) -> None:
+        assert self.writer is not None
+        self.send_raw(json.dumps(frame).encode())
+
+    def send_raw(self, body: bytes, size: int | None = None) -> None:
+        assert self.writer is not None
+        self.writer.write(HEADER.pack(len(body) if size is None else size) + body)
+
+    async def frame(self, kind: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The next frame of type ``kind`` (others, e.g. pool_state starting, are skipped)."""
+        assert self.reader is not None
+        while True:
+            head = await asyncio.wait_for(self.reader.readexactly(HEADER.size), timeout)
+            body = await asyncio.wait_for(self.reader.readexactly(HEADER.unpack(head)[0]), timeout)
+            parsed = json.loads(body)
+            for frame in parsed if isinstance(parsed, list) else [parsed]:
+                if frame.get("type") == kind:
+                    return dict(frame)
+
+
+@pytest_asyncio.fixture
+async def node_end() -> AsyncIterator[NodeEnd]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = theirs.fileno()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernelexec", "serve", "--port", "0", "--node-fd", str(fd)],
+        pass_fds=(fd,),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, **bridge_env()},
+    )
+    theirs.close()
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["port"] > 0
+    end = NodeEnd(proc, ours)
+    await end.open()
+    try:
+        yield end
+    finally:
+        assert end.writer is not None
+        end.writer.close()
+        with contextlib.suppress(OSError):
+            await end.writer.wait_closed()
+        if proc.poll() is None:
+            proc.terminate()
+        proc.communicate(timeout=30)
+
+
+async def greeted(end: NodeEnd) -> None:
+    end.send({"type": "hello", "protocol_version": PROTOCOL_VERSION, "client": "test"})
+    welcome = await end.frame("welcome")
+    assert welcome["protocol_version"] == PROTOCOL_VERSION
+
+
+async def test_the_protocol_runs_over_the_socket_without_a_token(node_end: NodeEnd) -> None:
+    await greeted(node_end)
+    node_end.send({"type": "configure", "node_id": "n1", "config": {"code": "return msg"}})
+    assert (await node_end.frame("pool_state"))["state"] in ("starting", "ready")
+    node_end.send({"type": "execute", "node_id": "n1", "req_id": "r1", "msg": {"payload": 7}})
+    result = await node_end.frame("result")
+    assert result["req_id"] == "r1" and result["outputs"] == [[{"payload": 7}]]
+
+
+async def test_the_end_of_the_connection_closes_its_pools(node_end: NodeEnd) -> None:
+    await greeted(node_end)
+    node_end.send({"type": "configure", "node_id": "n1", "config": {"code": "return msg"}})
+    node_end.send({"type": "execute", "node_id": "n1", "req_id": "r1", "msg": {}})
+    await node_end.frame("result")
+    kernels = psutil.Process(node_end.proc.pid).children(recursive=True)
+    kernels = [p for p in kernels if "kernelexec.kernel" in p.cmdline()]  # not the template
+    assert kernels
+    assert node_end.writer is not None
+    node_end.writer.close()
+    assert await still_running(kernels, timeout=30) == []
+    assert node_end.proc.poll() is None  # the bridge itself goes on (stdin, signals end it)
+
+
+async def test_a_message_over_the_limit_closes_the_connection(node_end: NodeEnd) -> None:
+    await greeted(node_end)
+    node_end.send_raw(b"{}", size=2 * int(load_spec()["max_frame_bytes"]) + 1)
+    assert node_end.reader is not None
+    assert await asyncio.wait_for(node_end.reader.read(), 30) == b""  # closed by the bridge
+
+
+async def test_a_descriptor_that_is_not_a_socket_is_refused_at_start() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kernelexec", "serve", "--port", "0", "--node-fd", str(read_fd)],
+            pass_fds=(read_fd,),
+            capture_output=True,
+            env={**os.environ, **bridge_env()},
+            timeout=60,
+        )
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert proc.returncode == 1
+    assert f"--node-fd {read_fd}" in proc.stderr.decode() and "socket" in proc.stderr.decode()
