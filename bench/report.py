@@ -83,7 +83,7 @@ def header_lines(nr: dict[str, Any]) -> list[str]:
 def target_lines(nr: dict[str, Any]) -> list[str]:
     rows = [[r.name, r.measured, r.must, r.aim, f"**{r.status}**"] for r in evaluate(nr)]
     return [
-        "### Targets (issue 6)",
+        "### Targets (issue 14)",
         "",
         *table(["figure", "measured (this run)", "must", "aim", "status"], rows),
     ]
@@ -411,7 +411,7 @@ def breakdown_lines(
     if nr_hot is not None:
         rows.append(
             [
-                "+ Node-RED node, WebSocket, bridge: hot x1 in the Node-RED bench",
+                "+ Node-RED node, socket pair, bridge: hot x1 in the Node-RED bench",
                 fmt(nr_lat.get("min"), 3),
                 fmt(nr_hot, 3),
                 fmt(nr_lat.get("p90"), 3),
