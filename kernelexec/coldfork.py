@@ -34,6 +34,7 @@ from . import blobs
 from .errors import ExecutionTimeout, KernelDiedError
 from .prewarm import BackgroundCopy, copy_shared_pages, enabled
 from .reaper import Reaper, kill_group, wait_status
+from .results import failed_result
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -327,17 +328,8 @@ def _failed(
 ) -> dict[str, Any]:
     if req_id is not None:
         blobs.remove_request_blobs(req_id, directory=runtime.blob_dir, pid=runtime.pid)
-    return {
-        "req_id": req_id,
-        "outputs": [[] for _ in range(runtime.outputs)],
-        "logs": [],
-        "status": [],
-        "stdout": "",
-        "error": error,
-        "done": True,
-        "sent": 0,
-        "exec_ms": round((time.perf_counter() - started) * 1000.0, 3),
-    }
+    exec_ms = (time.perf_counter() - started) * 1000.0
+    return failed_result(req_id, error, outputs=runtime.outputs, exec_ms=exec_ms)
 
 
 _REAPER = Reaper()

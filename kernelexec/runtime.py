@@ -71,6 +71,7 @@ from .nodeapi import (
 )
 from .protocol import RUNTIME_NAME
 from .resultpipe import ResultWriter
+from .results import empty_outputs, make_result
 from .wrapping import (
     CompiledCode,
     compile_node_code,
@@ -504,18 +505,17 @@ class Runtime:
         self, req: Request, outputs: list[list[Any]] | None, stdout: str, exec_ms: float
     ) -> dict[str, Any]:
         uses_done = self.compiled is not None and self.compiled.uses_done
-        result = {
-            "req_id": req.req_id,
-            "outputs": outputs if outputs is not None else [[] for _ in range(self.outputs)],
-            "logs": req.logs,
-            "status": [],
-            "stdout": stdout,
-            "error": req.error,
-            "done": req.error is not None or not uses_done,
-            "sent": req.sent,
-            "status_events": req.statuses,
-            "exec_ms": round(exec_ms, 3),
-        }
+        result = make_result(
+            req.req_id,
+            outputs if outputs is not None else empty_outputs(self.outputs),
+            logs=req.logs,
+            stdout=stdout,
+            error=req.error,
+            done=req.error is not None or not uses_done,
+            sent=req.sent,
+            exec_ms=exec_ms,
+        )
+        result["status_events"] = req.statuses  # the worker's, dropped before the protocol
         if req.table and req.error is None:
             result[blobs.TABLE] = req.table
         return result

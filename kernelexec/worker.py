@@ -28,6 +28,7 @@ from .errors import (
 from .kernels.base import HANDLE_CODE, KernelHandle
 from .protocol import BLOB_TABLE
 from .resultpipe import ResultPipe
+from .results import failed_result as result_with_error
 
 __all__ = ["BOOTSTRAP_CODE", "HANDLE_CODE", "Job", "Worker", "WorkerState", "failed_result"]
 
@@ -241,7 +242,7 @@ class Worker:
         except Exception as exc:  # a bug must fail the batch, not end the pool's loop silently
             log.exception("Kernel %s: running a batch failed", self.name)
             bug = KernelexecError(f"the bridge could not run this message: {exc!r}")
-            results = [_failed(job.req_id, bug) for job in jobs]
+            results = [failed_result(job.req_id, bug) for job in jobs]
         finally:
             self._forget_batch(pipe)
             if self.state is WorkerState.BUSY:
@@ -259,7 +260,7 @@ class Worker:
         RESULT, the message that was running fails with ``error``, the rest run again.
         Without a pipe (gateway kernels) nobody knows which ran: all fail."""
         if pipe is None:
-            return [_failed(job.req_id, _unaccounted(error, len(jobs))) for job in jobs]
+            return [failed_result(job.req_id, _unaccounted(error, len(jobs))) for job in jobs]
         pipe.drain()  # everything the kernel wrote before it died is in the pipe now
         pipe.reset()  # a frame cut short by the interrupt or the death must not stay
         results: list[dict[str, Any] | None] = []
@@ -270,7 +271,7 @@ class Worker:
                 results.append(result)
             elif running:
                 behind = len(jobs) - len(results) - 1
-                results.append(_failed(job.req_id, _while_running(error, behind)))
+                results.append(failed_result(job.req_id, _while_running(error, behind)))
                 self._drop_unsent_files(job.req_id)
                 running = False
             else:
@@ -429,7 +430,7 @@ def _collected(
 
 
 def _missing(req_id: str) -> dict[str, Any]:
-    return _failed(req_id, KernelexecError(f"the kernel returned no result for {req_id}"))
+    return failed_result(req_id, KernelexecError(f"the kernel returned no result for {req_id}"))
 
 
 def _while_running(error: KernelexecError, behind: int) -> KernelexecError:
@@ -458,20 +459,7 @@ def _unaccounted(error: KernelexecError, count: int) -> KernelexecError:
     return error
 
 
-def _failed(req_id: str, error: KernelexecError) -> dict[str, Any]:
-    return {
-        "req_id": req_id,
-        "outputs": [],
-        "logs": [],
-        "status": [],
-        "stdout": "",
-        "error": error.to_dict(),
-        "done": True,
-        "sent": 0,
-        "exec_ms": 0.0,
-    }
-
-
 def failed_result(req_id: str, error: KernelexecError) -> dict[str, Any]:
     """A RESULT that carries only an error (queue full, pool closed, setup failed...)."""
-    return _failed(req_id, error)
+    return result_with_error(req_id, error.to_dict())
+

@@ -74,3 +74,20 @@ def test_the_gateway_kernel_side_agrees_with_the_spec() -> None:
         "EVENTS_COMM": kernel["events_comm"],
         "RUNTIME_NAME": kernel["runtime_name"],
     }
+
+
+def test_only_the_results_module_builds_a_result() -> None:
+    """A RESULT (or result frame) is made by kernelexec/results.py, so every producer (the
+    runtime, a cold child, the worker, the bridge) sends the same fields: a dict display with
+    a RESULT's "outputs" and "done" keys anywhere else fails here."""
+    home = ROOT / "kernelexec/results.py"
+    builders = []
+    for path in sorted((ROOT / "kernelexec").rglob("*.py")):
+        if path in EXEMPT or path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                if {"outputs", "done"} <= keys:
+                    builders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert builders == []

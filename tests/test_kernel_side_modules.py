@@ -24,6 +24,7 @@ STDLIB_ONLY = (
     "kernelexec.protocol",
     "kernelexec.reaper",
     "kernelexec.resultpipe",
+    "kernelexec.results",
     "kernelexec.runtime",
     "kernelexec.wrapping",
 )

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..results import failed_result
 from .frames import FrameError, describe, error_object
 from .pools import PoolEntry
 
@@ -23,19 +24,9 @@ log = logging.getLogger("kernelexec.server")
 
 def error_result(node_id: str, req_id: str, error: dict[str, Any]) -> dict[str, Any]:
     """A result frame for a message the pool never answered."""
-    return {
-        "type": "result",
-        "node_id": node_id,
-        "req_id": req_id,
-        "outputs": [],
-        "logs": [],
-        "status": [],
-        "stdout": "",
-        "error": error,
-        "done": True,
-        "sent": 0,
-        "timing": {"queued_ms": 0.0, "exec_ms": 0.0},
-    }
+    frame = {"type": "result", "node_id": node_id, **failed_result(req_id, error)}
+    frame["timing"] = {"queued_ms": 0.0, "exec_ms": frame.pop("exec_ms")}
+    return frame
 
 
 def _exec_seconds(result: dict[str, Any]) -> float | None:
