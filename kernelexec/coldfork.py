@@ -31,7 +31,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from . import blobs
-from .errors import ExecutionTimeout, KernelDiedError
+from .errors import ExecutionTimeoutError, KernelDiedError
 from .prewarm import BackgroundCopy, copy_shared_pages, enabled
 from .reaper import Reaper, kill_group, wait_status
 from .results import failed_result
@@ -303,7 +303,7 @@ def _handle_frame(runtime: Runtime, frame: dict[str, Any], to_child: int) -> dic
 
 
 def _timeout_error(message: str) -> dict[str, Any]:
-    return ExecutionTimeout(message, type_name="TimeoutError").to_dict()
+    return ExecutionTimeoutError(message, type_name="TimeoutError").to_dict()
 
 
 def _timeout(timeout: float) -> dict[str, Any]:

@@ -6,7 +6,7 @@
     ├── ExecutionError                         the message could not produce a result
     │   ├── UserCodeError     USER_ERROR       the node's code raised
     │   ├── CodeSyntaxError   SYNTAX_ERROR     the node's code does not compile
-    │   ├── ExecutionTimeout  TIMEOUT          ran longer than the timeout
+    │   ├── ExecutionTimeoutError  TIMEOUT          ran longer than the timeout
     │   ├── KernelDiedError   KERNEL_DIED      the kernel process died
     │   └── ConversionError   CONVERSION_ERROR a value cannot cross to/from JSON
     ├── SetupError            SETUP_FAILED     setup code raised
@@ -27,7 +27,7 @@ __all__ = [
     "ConversionError",
     "EnvironmentBuildError",
     "ExecutionError",
-    "ExecutionTimeout",
+    "ExecutionTimeoutError",
     "GatewayError",
     "KernelDiedError",
     "KernelexecError",
@@ -88,7 +88,7 @@ class CodeSyntaxError(ExecutionError):
     code = "SYNTAX_ERROR"
 
 
-class ExecutionTimeout(ExecutionError):
+class ExecutionTimeoutError(ExecutionError):
     """The code ran past its timeout. ``kernel_stuck``: it did not stop when interrupted
     either, so its kernel must be replaced (the worker reads this flag, never the text)."""
 
@@ -130,7 +130,7 @@ _BY_CODE: dict[str, type[KernelexecError]] = {
         QueueFullError,
         UserCodeError,
         CodeSyntaxError,
-        ExecutionTimeout,
+        ExecutionTimeoutError,
         KernelDiedError,
         ConversionError,
         SetupError,

@@ -45,7 +45,7 @@ from . import blobs
 from .convert import Encoder, InputBlobs, from_json
 from .errors import (
     ConversionError,
-    ExecutionTimeout,
+    ExecutionTimeoutError,
     KernelexecError,
     SetupError,
     UserCodeError,
@@ -492,13 +492,14 @@ class Runtime:
         else:
             message = f"the code ran longer than its timeout of {timeout:g} s and was stopped"
         info = describe(exc)
-        return ExecutionTimeout(
+        return ExecutionTimeoutError(
             message, type_name="TimeoutError", traceback=info["traceback"], line=info["line"]
         ).to_dict()
 
     def _interrupted_result(self, req_id: str | None) -> dict[str, Any]:
         message = "not run: an earlier message of the batch was interrupted"
-        req = Request(req_id, error=ExecutionTimeout(message, type_name="TimeoutError").to_dict())
+        error = ExecutionTimeoutError(message, type_name="TimeoutError")
+        req = Request(req_id, error=error.to_dict())
         return self._result(req, None, "", 0.0)
 
     def _result(

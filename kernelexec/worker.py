@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import PoolConfig
 from .errors import (
-    ExecutionTimeout,
+    ExecutionTimeoutError,
     KernelDiedError,
     KernelexecError,
     SetupError,
@@ -327,16 +327,16 @@ class Worker:
                 f"the code ran longer than the timeout ({self.config.timeout:g} s) and did not "
                 "stop when interrupted; the kernel was restarted"
             )
-            raise ExecutionTimeout(text, kernel_stuck=True)
+            raise ExecutionTimeoutError(text, kernel_stuck=True)
         reply = task.result()
         if reply.get("status") != "ok":
             text = f"the code was interrupted after the timeout ({self.config.timeout:g} s)"
-            raise ExecutionTimeout(text)
+            raise ExecutionTimeoutError(text)
         return _payload(reply)
 
     async def _recover(self, error: KernelexecError) -> None:
         """After a dead or stuck kernel: a fresh one (setup runs again)."""
-        interrupted = isinstance(error, ExecutionTimeout) and not error.kernel_stuck
+        interrupted = isinstance(error, ExecutionTimeoutError) and not error.kernel_stuck
         if interrupted and self.kernel.is_alive():
             return
         try:

@@ -25,7 +25,7 @@ from ..base import KernelHandle, execute_content
 from .blob_transfer import BLOBS_COMM_ID, blobs_to_buffers, buffers_to_blobs, has_gw_refs
 from .bootstrap import BOOTSTRAP_INFO, is_bootstrap
 from .channels import KernelChannels
-from .rest import NotFound, RestClient
+from .rest import GatewayNotFoundError, RestClient
 from .settings import GatewaySettings, check_kernel_variable, kernel_env
 from .staging import needs_staging, stage
 from .wire import Message
@@ -106,7 +106,7 @@ class GatewayKernel(KernelHandle):
                 retries=self.settings.retries,
                 creates=True,
             )
-        except NotFound as exc:
+        except GatewayNotFoundError as exc:
             msg = (
                 f"gateway {self.settings.url} has no kernel API or no kernel spec "
                 f"{self.settings.kernel_name!r} ({exc}); check gateway_url and kernel_name"
@@ -131,7 +131,7 @@ class GatewayKernel(KernelHandle):
             return
         try:
             specs = await self._rest.call("GET", "/api/kernelspecs")
-        except NotFound:
+        except GatewayNotFoundError:
             return
         names = sorted((specs or {}).get("kernelspecs") or {})
         if names and self.settings.kernel_name not in names:
@@ -159,7 +159,7 @@ class GatewayKernel(KernelHandle):
                 timeout=self.settings.start_timeout,
                 retries=2,
             )
-        except (NotFound, GatewayError) as exc:
+        except (GatewayNotFoundError, GatewayError) as exc:
             # culled, lost by a restarted gateway, or a restart that failed: a new kernel
             log.warning(
                 "gateway kernel %s could not be restarted (%s); starting a new one",
@@ -187,7 +187,7 @@ class GatewayKernel(KernelHandle):
             return
         try:
             await self._rest.call("POST", f"/api/kernels/{self.kernel_id}/interrupt")
-        except NotFound:
+        except GatewayNotFoundError:
             self._mark_dead("the gateway no longer knows the kernel")
 
     async def shutdown(self, *, now: bool = False) -> None:
@@ -205,7 +205,7 @@ class GatewayKernel(KernelHandle):
             return
         try:
             await self._rest.call("DELETE", f"/api/kernels/{kernel_id}", retries=retries)
-        except NotFound:
+        except GatewayNotFoundError:
             pass
         except GatewayError as exc:
             log.warning("gateway kernel %s may be left running: %s", kernel_id, exc)
@@ -411,7 +411,7 @@ class GatewayKernel(KernelHandle):
             model = await self._rest.call("GET", f"/api/kernels/{self.kernel_id}", retries=1)
             state = model.get("execution_state") if isinstance(model, dict) else None
             gateway = f"the gateway reports the kernel {state!r}" if state else ""
-        except NotFound as exc:
+        except GatewayNotFoundError as exc:
             gateway = f"the gateway no longer knows the kernel ({exc})"
         except GatewayError as exc:
             gateway = f"the gateway did not say why ({exc})"
@@ -458,7 +458,7 @@ class GatewayKernel(KernelHandle):
     async def _check_exists(self) -> None:
         try:
             model = await self._rest.call("GET", f"/api/kernels/{self.kernel_id}", retries=1)
-        except NotFound:
+        except GatewayNotFoundError:
             self._mark_dead("the gateway no longer knows the kernel (culled or deleted)")
             return
         except GatewayError:

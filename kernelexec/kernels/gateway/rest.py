@@ -21,14 +21,14 @@ from ...errors import GatewayError
 from .settings import GatewaySettings
 from .wire import dumps
 
-__all__ = ["NotFound", "RestClient"]
+__all__ = ["GatewayNotFoundError", "RestClient"]
 
 log = logging.getLogger(__package__)
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 599})
 
 
-class NotFound(Exception):
+class GatewayNotFoundError(Exception):
     """HTTP 404: the gateway does not know the kernel (or has no such API)."""
 
 
@@ -83,7 +83,7 @@ class RestClient:
         retries: int | None = None,
         creates: bool = False,
     ) -> Any:
-        """One REST call, retried on transient failures; 404 raises NotFound.
+        """One REST call, retried on transient failures; 404 raises GatewayNotFoundError.
 
         ``creates``: the call makes something (a kernel): a timed-out attempt may have
         succeeded on the server, so it is not repeated (which could leave a kernel behind).
@@ -143,7 +143,7 @@ class RestClient:
         if response.code < 300:
             return _Ok(json.loads(response.body) if response.body else None)
         if response.code == 404:
-            raise NotFound(_reason(response))
+            raise GatewayNotFoundError(_reason(response))
         if response.code in (401, 403) and b"Resource Limit" not in (response.body or b""):
             reason = _reason(response)
             hint = "check gateway_token (sent as 'Authorization: token ...')"
