@@ -33,6 +33,7 @@ from .errors import (
     SetupError,
 )
 from .kernels.base import KernelHandle, LaunchSpec
+from .protocol import PoolState
 from .worker import BOOTSTRAP_CODE, Job, Worker, WorkerState, failed_result
 
 __all__ = ["MemoryHooks", "Pool", "PoolHooks", "PoolStats", "make_pool", "node_workdir"]
@@ -148,7 +149,7 @@ class Pool:
         self.hooks = hooks
         self.workdir = node_workdir(config.node_id, config.workdir)
         self.workers: list[Worker] = []
-        self.state = "new"
+        self.state = PoolState.NEW
         self.error: KernelexecError | None = None
         self._queue: collections.deque[Job] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -166,7 +167,7 @@ class Pool:
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Start every worker; raises the first setup or environment error (and retries)."""
-        self._set_state("starting")
+        self._set_state(PoolState.STARTING)
         try:
             self._load_notebook()
             self.workers = [await self._make_worker(i) for i in range(self.config.workers)]
@@ -183,7 +184,7 @@ class Pool:
             self._fail(first)
             self._retry = asyncio.ensure_future(self._retry_failed())
             raise first
-        self._set_state("ready")
+        self._set_state(PoolState.READY)
 
     # -- live link to a notebook --------------------------------------------------------
     def _load_notebook(self) -> None:
@@ -205,7 +206,7 @@ class Pool:
                 node_id, {"type": "log", "req_id": None, "level": "warn", "text": text}
             )
             return
-        if change.action not in ("code", "restart", "stop") or self.state == "closed":
+        if change.action not in ("code", "restart", "stop") or self.closed:
             return
         new = change.new
         self.config = self.config.replace(code=new.code, setup=new.setup, stop=new.stop)
@@ -254,7 +255,7 @@ class Pool:
             from . import envs
 
             if env.requirements:
-                self._set_state("installing")
+                self._set_state(PoolState.INSTALLING)
             return await envs.prepare_launch(
                 env, node_id=self.config.node_id, workdir=self.workdir, progress=self._progress
             )
@@ -263,22 +264,22 @@ class Pool:
         return default_launch_spec(cwd=self.workdir)
 
     def _progress(self, detail: str) -> None:
-        self._set_state("installing", detail)
+        self._set_state(PoolState.INSTALLING, detail)
 
     async def _retry_failed(self) -> None:
         """Failed setup: restart failed workers with growing delays, not in a storm."""
         delay = RETRY_FIRST
-        while self.state != "closed":
+        while not self.closed:
             failed = [w for w in self.workers if w.state is WorkerState.FAILED]
             if not failed:
                 self.error = None
-                self._set_state("ready")
+                self._set_state(PoolState.READY)
                 self._wakeup.set()
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
             for worker in failed:
-                if self.state == "closed":
+                if self.closed:
                     return
                 try:
                     await worker.restart()
@@ -287,9 +288,9 @@ class Pool:
 
     async def close(self) -> None:
         """Fail what waits, let running messages finish (bounded), run stop code, stop."""
-        if self.state == "closed":
+        if self.closed:
             return
-        self._set_state("closed")
+        self._set_state(PoolState.CLOSED)
         for task in (self._retry, self._watcher):
             if task is not None:
                 task.cancel()
@@ -394,9 +395,9 @@ class Pool:
         return True
 
     def _refusal(self) -> KernelexecError | None:
-        if self.state == "closed":
+        if self.closed:
             return PoolClosedError(f"the node {self.config.node_id} is closed")
-        if self.error is not None and self.state == "error":
+        if self.error is not None and self.state is PoolState.ERROR:
             return self.error
         if len(self._queue) >= self.config.queue_limit:
             text = (
@@ -409,7 +410,7 @@ class Pool:
 
     async def _serve(self, worker: Worker) -> None:
         """One worker's loop: take the waiting messages (a batch, see _share), run, answer."""
-        while self.state != "closed" or (self._queue and worker.state is WorkerState.READY):
+        while not self.closed or (self._queue and worker.state is WorkerState.READY):
             if not self._queue or worker.state is not WorkerState.READY:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -438,8 +439,8 @@ class Pool:
                 continue
             if result is not None:
                 self._resolve(job, result, None)
-            elif job.reruns >= MAX_RERUNS or self.state == "closed":
-                self._resolve(job, {}, _not_run(job, self.state == "closed"))
+            elif job.reruns >= MAX_RERUNS or self.closed:
+                self._resolve(job, {}, _not_run(job, self.closed))
             else:
                 job.reruns += 1
                 job.started = 0.0
@@ -455,7 +456,8 @@ class Pool:
         self._wakeup.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), IDLE_BEFORE_PREFORK)
-        if not self._queue and worker.state is WorkerState.READY and self.state != "closed":
+        idle = not self._queue and worker.state is WorkerState.READY
+        if idle and not self.closed:
             await worker.prefork()
 
     @property
@@ -543,6 +545,11 @@ class Pool:
         return json.dumps(answer)
 
     # -- state --------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Closed for good (read anew after every await: close() may run meanwhile)."""
+        return self.state is PoolState.CLOSED
+
     def stats(self) -> PoolStats:
         busy = sum(1 for w in self.workers if w.state is WorkerState.BUSY)
         return PoolStats(
@@ -583,9 +590,9 @@ class Pool:
 
     def _fail(self, error: KernelexecError) -> None:
         self.error = error
-        self._set_state("error")
+        self._set_state(PoolState.ERROR)
 
-    def _set_state(self, state: str, detail: str = "") -> None:
+    def _set_state(self, state: PoolState, detail: str = "") -> None:
         self.state = state
         stats = self.stats()
         self.hooks.on_state(
@@ -595,7 +602,7 @@ class Pool:
                 "busy": stats.busy,
                 "total": stats.total,
                 "queued": stats.queued,
-                "error": self.error.to_dict() if self.error and state == "error" else None,
+                "error": self.error.to_dict() if self.error and state is PoolState.ERROR else None,
                 "detail": detail,
             },
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,13 @@ def test_nodered_copy_is_byte_identical() -> None:
 def test_the_package_loads_the_file_it_ships() -> None:
     assert spec_text().encode("utf-8") == SOURCE.read_bytes()
     assert load_spec()["version"] == PROTOCOL_VERSION
+
+
+def test_the_pool_states_are_the_spec_s() -> None:
+    """PoolState (kernelexec.protocol) names exactly spec.json's pool_states, plus NEW (the
+    Pool API's state before start, never sent); a state frame carries the plain value."""
+    from kernelexec.protocol import PoolState, load_spec
+
+    assert {state.value for state in PoolState} - {"new"} == set(load_spec()["pool_states"])
+    assert json.dumps({"state": PoolState.READY}) == '{"state": "ready"}'
+    assert f"{PoolState.ERROR}" == "error"

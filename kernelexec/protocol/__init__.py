@@ -7,6 +7,7 @@ side fails when they differ).
 
 from __future__ import annotations
 
+import enum
 import json
 from functools import cache
 from importlib import resources
@@ -24,6 +25,7 @@ __all__ = [
     "MARKER",
     "PROTOCOL_VERSION",
     "RUNTIME_NAME",
+    "PoolState",
     "load_spec",
     "spec_text",
 ]
@@ -61,3 +63,19 @@ KERNEL_REPLY_TYPE: str = _KERNEL["reply_type"]
 EVENTS_COMM: str = _KERNEL["events_comm"]
 #: the runtime object's name in the kernel's user namespace
 RUNTIME_NAME: str = _KERNEL["runtime_name"]
+
+
+class PoolState(str, enum.Enum):
+    """A pool's state: the values of spec.json ``pool_states`` (tests/test_protocol_spec.py
+    holds them equal), plus NEW, the Pool API's state before ``start()``, never sent. A str, so
+    it goes into frames and compares as its value."""
+
+    NEW = "new"
+    STARTING = "starting"
+    INSTALLING = "installing"
+    READY = "ready"
+    ERROR = "error"
+    CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return str(self.value)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from ..protocol import load_spec
+from ..protocol import PoolState, load_spec
 from .metrics import BridgeMetrics
 from .pools import PoolFactory, PoolRegistry, default_pool_factory
 
@@ -94,7 +94,7 @@ class Bridge:
         task.add_done_callback(self.tasks.discard)
 
     def _pool_stats(self) -> list[tuple[str, Any, bool]]:
-        return [(e.node_id, e.counts(), e.state == "ready") for e in self.registry]
+        return [(e.node_id, e.counts(), e.state is PoolState.READY) for e in self.registry]
 
     def _counts(self) -> tuple[int, int]:
         return len(self.sessions), len(self.registry)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import PoolConfig
 from ..errors import KernelexecError
+from ..protocol import PoolState
 from .frames import error_object
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ STATE_INTERVAL = 0.25
 #: Seconds a closed pool's results get to arrive before the bridge fails the messages.
 RESULT_GRACE = 1.0
 #: States after which messages can be handed to the pool (or failed at once).
-_SETTLED = frozenset({"ready", "error", "closed"})
+_SETTLED = frozenset({PoolState.READY, PoolState.ERROR, PoolState.CLOSED})
 
 
 class PoolLike(Protocol):
@@ -137,7 +138,7 @@ class PoolEntry:
         self.owner = owner
         self.registry = registry
         self.pool: PoolLike | None = None
-        self.state = "starting"
+        self.state = PoolState.STARTING
         self.error: dict[str, Any] | None = None
         self.detail = ""
         #: Set once the pool is ready or failed to start: messages wait for it.
@@ -214,7 +215,7 @@ class PoolEntry:
         self._flush = None
         self.send_state()
 
-    def set_state(self, state: str, *, error: dict[str, Any] | None = None) -> None:
+    def set_state(self, state: PoolState, *, error: dict[str, Any] | None = None) -> None:
         self.state, self.error = state, error
         if state in _SETTLED:
             self.settled.set()
@@ -226,10 +227,11 @@ class PoolEntry:
             return
         self.detail = str(state.get("detail") or "")
         new_state = state.get("state")
-        if isinstance(new_state, str) and new_state != self.state and new_state != "closed":
-            if new_state == "ready":
+        changed = isinstance(new_state, str) and new_state != self.state
+        if changed and new_state != PoolState.CLOSED:
+            if new_state == PoolState.READY:
                 self.failure = None
-            self.set_state(new_state, error=state.get("error"))
+            self.set_state(PoolState(new_state), error=state.get("error"))
         else:
             self.load_changed()
 
@@ -242,7 +244,7 @@ class PoolEntry:
     def begin_failed(self, previous: PoolEntry | None, error: dict[str, Any]) -> None:
         """No pool (bad config): every message gets ``error``; the previous pool closes."""
         self.failure = error
-        self.set_state("error", error=error)
+        self.set_state(PoolState.ERROR, error=error)
         if previous is not None:
             previous.close()
 
@@ -256,19 +258,19 @@ class PoolEntry:
             if self.pool is None:
                 await self._fail(exc.to_dict())
             else:  # the pool retries a failed setup; meanwhile it refuses messages
-                self.set_state("error", error=exc.to_dict())
+                self.set_state(PoolState.ERROR, error=exc.to_dict())
         except Exception as exc:
             log.exception("Pool of node %s failed to start", self.node_id)
             message = f"the pool of node {self.node_id} failed to start: {exc!r}"
             await self._fail(error_object("INTERNAL", message, type(exc).__name__))
         else:
-            if self.state in ("starting", "installing"):
-                self.set_state("ready")
+            if self.state in (PoolState.STARTING, PoolState.INSTALLING):
+                self.set_state(PoolState.READY)
             self.settled.set()
 
     async def _fail(self, error: dict[str, Any]) -> None:
         self.failure = error
-        self.set_state("error", error=error)
+        self.set_state(PoolState.ERROR, error=error)
         pool, self.pool = self.pool, None
         if pool is not None:
             await self.registry.close_pool(self.node_id, pool)
@@ -283,7 +285,7 @@ class PoolEntry:
         return asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
-        self.state = "closed"
+        self.state = PoolState.CLOSED
         self.failure = self.failure or error_object(
             "POOL_CLOSED", f"the pool of node {self.node_id} was closed"
         )
