@@ -33,15 +33,13 @@ import contextlib
 import json
 import os
 import stat
-import struct
 from collections.abc import Callable
 from typing import Any
 
+from .framing import F_SETPIPE_SZ, PIPE_SIZE, framed, take_frames
+
 __all__ = ["RequestPipe", "RequestReader", "answer_frame", "request_frame"]
 
-_HEADER = struct.Struct(">I")
-_F_SETPIPE_SZ = 1031  # Linux: a batch of small messages fits without a wait on the kernel
-_PIPE_SIZE = 1 << 20
 #: The key of a lane frame's sequence number (requests and answers).
 SEQ = "lane"
 
@@ -55,7 +53,7 @@ def _fast_dumps(body: Any) -> bytes | None:
     if _orjson is None:
         return None
     try:
-        return bytes(_orjson.dumps(body))
+        return _orjson.dumps(body)
     except (TypeError, ValueError):
         return None
 
@@ -72,7 +70,7 @@ def request_frame(seq: int, op: dict[str, Any]) -> bytes:
         from .kernel import wire_pack  # what the shell channel's messages are packed with
 
         data = wire_pack(body)
-    return _HEADER.pack(len(data)) + data
+    return framed(data)
 
 
 def answer_frame(seq: Any, answer: dict[str, Any] | None) -> dict[str, Any]:
@@ -90,7 +88,7 @@ class RequestPipe:
         with contextlib.suppress(OSError):  # pragma: no branch - Linux only
             import fcntl
 
-            fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+            fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, PIPE_SIZE)
         self._seq = 0
 
     def next_seq(self) -> int:
@@ -124,7 +122,7 @@ class RequestPipe:
         """Empty the pipe: what a dead kernel did not read must not reach the next one."""
         while self.read_fd >= 0:
             try:
-                if not os.read(self.read_fd, _PIPE_SIZE):
+                if not os.read(self.read_fd, PIPE_SIZE):
                     return
             except OSError:  # EAGAIN: empty
                 return
@@ -170,7 +168,7 @@ class RequestReader:
 
     def _readable(self) -> None:
         try:
-            chunk = os.read(self.fd, _PIPE_SIZE)
+            chunk = os.read(self.fd, PIPE_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -183,17 +181,14 @@ class RequestReader:
             self._handle(frame)
 
     def _frames(self) -> list[dict[str, Any]]:
-        buffer, frames, start = self._buffer, [], 0
-        while len(buffer) - start >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer, start)
-            stop = start + _HEADER.size + size
-            if stop > len(buffer):
-                break
-            frame = _loads(bytes(buffer[start + _HEADER.size : stop]))
-            start = stop
+        frames = []
+        for body in take_frames(self._buffer):
+            try:
+                frame = _loads(body)
+            except ValueError:  # only the bridge writes here: never, but never fatal either
+                continue
             if isinstance(frame, dict):
                 frames.append(frame)
-        del buffer[:start]
         return frames
 
     def close(self) -> None:

@@ -29,17 +29,13 @@ import contextlib
 import json
 import os
 import stat
-import struct
 from typing import Any
 
+from .framing import F_SETPIPE_SZ, PIPE_SIZE, framed, take_frames
 from .lane import SEQ
 
 __all__ = ["ResultPipe", "ResultWriter"]
 
-_HEADER = struct.Struct(">I")
-#: F_SETPIPE_SZ (Linux): a larger pipe lets a burst of results go without a wait on the reader.
-_F_SETPIPE_SZ = 1031
-_PIPE_SIZE = 1 << 20
 
 try:
     import orjson as _orjson
@@ -94,8 +90,7 @@ class ResultWriter:
         return self._slow(obj)
 
     def _write(self, obj: Any) -> None:
-        data = self._encode(obj)
-        frame = _HEADER.pack(len(data)) + data
+        frame = framed(self._encode(obj))
         written = os.write(self.fd, frame)
         if written < len(frame):  # a frame larger than the pipe's free space
             view = memoryview(frame)[written:]
@@ -103,10 +98,10 @@ class ResultWriter:
                 view = view[os.write(self.fd, view) :]
 
 
-def _loads(data: memoryview) -> Any:
+def _loads(data: bytes) -> Any:
     if _orjson is not None:
         return _orjson.loads(data)
-    return json.loads(bytes(data))
+    return json.loads(data)
 
 
 class ResultPipe:
@@ -123,7 +118,7 @@ class ResultPipe:
         with contextlib.suppress(OSError):  # pragma: no branch - Linux only
             import fcntl
 
-            fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+            fcntl.fcntl(self.read_fd, F_SETPIPE_SZ, PIPE_SIZE)
         self._buffer = bytearray()
         self._wanted: set[str] = set()
         self.results: dict[str, dict[str, Any]] = {}
@@ -159,7 +154,7 @@ class ResultPipe:
         """Read all that is in the pipe now; keep the frames of the current batch."""
         while self.read_fd >= 0:
             try:
-                chunk = os.read(self.read_fd, _PIPE_SIZE)
+                chunk = os.read(self.read_fd, PIPE_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -170,25 +165,13 @@ class ResultPipe:
             self._frames()
 
     def _frames(self) -> None:
-        buffer = self._buffer
-        view = memoryview(buffer)
-        start, end = 0, len(buffer)
-        try:
-            while end - start >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(buffer, start)
-                stop = start + _HEADER.size + size
-                if stop > end:
-                    break
-                try:
-                    frame = _loads(view[start + _HEADER.size : stop])
-                except ValueError:  # not our framing (a stray writer): start clean
-                    start = end
-                    break
-                start = stop
-                self._take(frame)
-        finally:
-            view.release()
-        del buffer[:start]
+        for body in take_frames(self._buffer):
+            try:
+                frame = _loads(body)
+            except ValueError:  # not our framing (a stray writer): start clean
+                self._buffer.clear()
+                return
+            self._take(frame)
 
     def _take(self, frame: Any) -> None:
         if not isinstance(frame, dict):

@@ -58,7 +58,7 @@ from .guard import (
     kill_started_since,
     signals_held,
 )
-from .lane import RequestReader, answer_frame
+from .lane import SEQ, RequestReader, answer_frame
 from .nodeapi import (
     Channel,
     ContextStore,
@@ -256,7 +256,7 @@ class Runtime:
         return answer
 
     def _adopt_lane(self, fd: Any) -> None:
-        """Read ``run`` requests from the bridge's request pipe (kernelexec/lane.py)."""
+        """Read the ops after init from the bridge's request pipe (kernelexec/lane.py)."""
         if self._lane is not None:
             self._lane.close()
         self._lane = RequestReader.adopt(fd, self._lane_request) if self._results else None
@@ -275,7 +275,7 @@ class Runtime:
         except KeyboardInterrupt:  # the worker's backstop interrupt, outside the code's guard
             answer = None
         if self._results is not None:
-            self._results.answer(answer_frame(frame.get("lane"), answer))
+            self._results.answer(answer_frame(frame.get(SEQ), answer))
 
     def prefork(self) -> dict[str, Any]:
         """Cold mode: fork the next message's child now, while the node is idle."""

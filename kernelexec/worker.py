@@ -160,8 +160,7 @@ class Worker:
     async def _op(
         self, request: dict[str, Any], *, error_cls: type[KernelexecError] | None
     ) -> dict[str, Any]:
-        send = self.kernel.lane_request if self._lane else self.kernel.request
-        data = _payload(await send(request))  # after init, in order with the runs
+        data = _payload(await self._send(request))
         if data.get("error"):
             error = error_from_dict(data["error"])
             if error_cls is not None and not isinstance(error, error_cls):
@@ -301,11 +300,17 @@ class Worker:
         if pipe is not None:
             pipe.end()
 
+    async def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One op to the kernel: down the lane once the runtime took it (every op after init
+        then, so they stay in order), else as a Jupyter shell request."""
+        if self._lane:
+            return await self.kernel.lane_request(request)
+        return await self.kernel.request(request)
+
     async def _run_with_backstop(self, request: dict[str, Any], count: int) -> dict[str, Any]:
-        send = self.kernel.lane_request if self._lane else self.kernel.request
         if self.config.timeout <= 0:  # no backstop: no task to watch either
-            return _payload(await send(request))
-        task = asyncio.ensure_future(send(request))
+            return _payload(await self._send(request))
+        task = asyncio.ensure_future(self._send(request))
         try:
             return await self._backstop(task, count)
         finally:

@@ -17,6 +17,7 @@ STDLIB_ONLY = (
     "kernelexec.coldfork",
     "kernelexec.convert",
     "kernelexec.errors",
+    "kernelexec.framing",
     "kernelexec.guard",
     "kernelexec.lane",
     "kernelexec.nodeapi",

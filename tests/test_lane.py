@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from server_support import wait_for_file
 
 from kernelexec.config import PoolConfig
 from kernelexec.errors import ConfigError
+from kernelexec.framing import framed
 from kernelexec.lane import RequestPipe, RequestReader, answer_frame, request_frame
 from kernelexec.pool import MemoryHooks, make_pool
 from kernelexec.resultpipe import ResultPipe, ResultWriter
@@ -24,26 +24,40 @@ from kernelexec.resultpipe import ResultPipe, ResultWriter
 pytestmark = pytest.mark.asyncio
 
 
-async def until(check: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def test_frames_of_any_size_arrive_whole_and_in_order() -> None:
     """A frame larger than the pipe waits for the reader instead of blocking the loop."""
     pipe = RequestPipe()
+    sizes = [0, 10, 3 << 20, 5, 1 << 20]
     got: list[dict[str, Any]] = []
-    reader = RequestReader.adopt(os.dup(pipe.read_fd), got.append)
+    all_in = asyncio.Event()
+
+    def handle(frame: dict[str, Any]) -> None:
+        got.append(frame)
+        if len(got) == len(sizes):
+            all_in.set()
+
+    reader = RequestReader.adopt(os.dup(pipe.read_fd), handle)
     assert reader is not None
     try:
-        sizes = [0, 10, 3 << 20, 5, 1 << 20]
         for seq, size in enumerate(sizes):
             await pipe.send(request_frame(seq, {"op": "run", "text": "x" * size}))
-        await until(lambda: len(got) == len(sizes))
+        await asyncio.wait_for(all_in.wait(), 30)
         assert [frame["lane"] for frame in got] == list(range(len(sizes)))
         assert [len(frame["request"]["text"]) for frame in got] == sizes
+    finally:
+        reader.close()
+        pipe.close()
+
+
+async def test_a_frame_that_is_not_json_is_skipped_and_the_next_one_read() -> None:
+    pipe = RequestPipe()
+    got: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    reader = RequestReader.adopt(os.dup(pipe.read_fd), got.put_nowait)
+    assert reader is not None
+    try:
+        await pipe.send(framed(b"{not json"))
+        await pipe.send(request_frame(2, {"op": "run"}))
+        assert (await asyncio.wait_for(got.get(), 30))["lane"] == 2
     finally:
         reader.close()
         pipe.close()

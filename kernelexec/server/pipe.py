@@ -18,16 +18,14 @@ import asyncio
 import logging
 import os
 import socket
-import struct
 
+from ..framing import framed, take_frames
 from .bridge import Bridge
 from .session import Session
 
 __all__ = ["PipeConnection", "serve_inherited_socket"]
 
 log = logging.getLogger("kernelexec.server")
-
-_HEADER = struct.Struct(">I")
 
 
 class PipeConnection(asyncio.Protocol):
@@ -50,23 +48,16 @@ class PipeConnection(asyncio.Protocol):
         self.bridge.sessions.add(self.session)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer, start)
-            if size > self.limit:
-                log.warning("Node connection: a %d-byte message is over the limit; closing", size)
-                self.close()
-                return
-            stop = start + _HEADER.size + size
-            if stop > len(buffer):
-                break
-            message = bytes(buffer[start + _HEADER.size : stop])
-            start = stop
+        self._buffer += data
+        try:
+            messages = take_frames(self._buffer, self.limit)
+        except ValueError as exc:
+            log.warning("Node connection: %s; closing", exc)
+            messages = []
+            self.close()
+        for message in messages:
             if self.session is not None:
                 self.session.handle(message)
-        del buffer[:start]
 
     def connection_lost(self, exc: Exception | None) -> None:
         session, self.session = self.session, None
@@ -80,7 +71,7 @@ class PipeConnection(asyncio.Protocol):
     # -- the Session's Transport ------------------------------------------------------------
     def write_message(self, message: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_HEADER.pack(len(message)) + message)
+            self._transport.write(framed(message))
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if self._transport is not None:
