@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .errors import KernelexecError
 from .protocol import load_spec
 
 __all__ = [
@@ -103,8 +104,10 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 Entry = dict[str, Any]
 
 
-class BlobError(ValueError):
+class BlobError(KernelexecError, ValueError):
     """A table entry or a blob file that is not what the writer's pattern promises."""
+
+    code = "CONVERSION_ERROR"
 
 
 def blob_dir() -> str:

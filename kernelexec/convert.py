@@ -62,7 +62,7 @@ _INF = math.inf
 InputBlobs = dict[int, tuple[bytes, str, int]]
 
 
-class _Unsendable(Exception):
+class _Unsendable(Exception):  # noqa: N818 (a private signal, caught in this module)
     """Internal: raised at the failing value, gathers the path while unwinding."""
 
     def __init__(self, reason: str) -> None:

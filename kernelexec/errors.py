@@ -5,6 +5,7 @@
     ├── QueueFullError        QUEUE_FULL       queue at queue_limit, message refused
     ├── ExecutionError                         the message could not produce a result
     │   ├── UserCodeError     USER_ERROR       the node's code raised
+    │   │   └── NodeApiError  USER_ERROR       the node API refused a call of the code
     │   ├── CodeSyntaxError   SYNTAX_ERROR     the node's code does not compile
     │   ├── ExecutionTimeoutError  TIMEOUT          ran longer than the timeout
     │   ├── KernelDiedError   KERNEL_DIED      the kernel process died
@@ -12,14 +13,27 @@
     ├── SetupError            SETUP_FAILED     setup code raised
     ├── PoolClosedError       POOL_CLOSED      the pool closed under the message
     ├── EnvironmentBuildError ENV_FAILED       environment or isolation unavailable
-    └── GatewayError          GATEWAY_ERROR    a Jupyter gateway failed us
+    ├── GatewayError          GATEWAY_ERROR    a Jupyter gateway failed us
+    └── (outside errors.py, each beside the code that raises it)
+        FrameError            BAD_FRAME and the other frame codes (server/frames.py)
+        BlobError             CONVERSION_ERROR a blob file or reference is not ours (blobs.py)
+        SandboxError          ENV_FAILED       the sandbox wrapper cannot apply an option
+        GatewayNotFoundError  GATEWAY_ERROR    HTTP 404 from a gateway (kernels/gateway/rest.py)
+        AttachError           BRIDGE_FAILED    ``kernelexec attach`` finds no bridge or kernel
+        NodeCodeError         (the node's code) ``%%node`` shows the code's own error
+        ContextAccessError, LinkCallError, LinkCallTimeout: NodeApiError (nodeapi.py;
+                              LinkCallTimeout keeps the name the user guide gives it)
+
+Two exceptions stay outside on purpose: guard.MessageTimeout is a BaseException like
+KeyboardInterrupt, so that the node's ``except Exception`` cannot swallow its timeout, and
+convert._Unsendable is a private signal between two functions of one module.
 
 Messages say what went wrong, with which value, and what to do.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = [
     "CodeSyntaxError",
@@ -31,18 +45,21 @@ __all__ = [
     "GatewayError",
     "KernelDiedError",
     "KernelexecError",
+    "NodeApiError",
     "PoolClosedError",
     "QueueFullError",
     "SetupError",
     "UserCodeError",
     "error_from_dict",
+    "own_error",
 ]
 
 
 class KernelexecError(Exception):
     """Base of every kernelexec error; ``to_dict`` gives the protocol's error object."""
 
-    code: ClassVar[str] = "INTERNAL"
+    #: the spec.json error code; a class sets its own, FrameError sets one per instance
+    code: str = "INTERNAL"
 
     def __init__(
         self,
@@ -82,6 +99,12 @@ class ExecutionError(KernelexecError):
 
 class UserCodeError(ExecutionError):
     code = "USER_ERROR"
+
+
+class NodeApiError(UserCodeError, RuntimeError):
+    """Raised into the node's code by the node API (a refused context key, a failed link
+    call). The code may catch it; uncaught, it is the code's own error, reported with the
+    code's traceback like any other (the runtime does not take it for one of its own)."""
 
 
 class CodeSyntaxError(ExecutionError):
@@ -139,6 +162,14 @@ _BY_CODE: dict[str, type[KernelexecError]] = {
         GatewayError,
     )
 }
+
+
+def own_error(exc: object) -> KernelexecError | None:
+    """``exc`` if kernelexec reports it as itself (``to_dict``), None if it is the node code's
+    error: a NodeApiError the code did not catch is the code's own, traceback and all."""
+    if isinstance(exc, KernelexecError) and not isinstance(exc, NodeApiError):
+        return exc
+    return None
 
 
 def error_from_dict(data: dict[str, Any]) -> KernelexecError:

@@ -15,6 +15,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
 
+from .errors import ExecutionError
 from .notebook import NodeOptions, NotebookError, parse_node_options, parse_sample
 
 __all__ = ["KernelexecMagics", "NodeCodeError", "NodeResult", "load_ipython_extension"]
@@ -138,11 +139,18 @@ def _html_msg(msg: dict[str, Any]) -> str:
     return text + (image or "")
 
 
-class NodeCodeError(Exception):
-    """The node's code failed in ``%%node``; shows the user's traceback only."""
+class NodeCodeError(ExecutionError):
+    """The node's code failed in ``%%node``; shows the user's traceback only. Its code is the
+    error object's (USER_ERROR, TIMEOUT, CONVERSION_ERROR...)."""
 
     def __init__(self, error: dict[str, Any]) -> None:
-        super().__init__(error.get("message"))
+        super().__init__(
+            str(error.get("message")),
+            type_name=error.get("type"),
+            traceback=error.get("traceback"),
+            line=error.get("line"),
+        )
+        self.code = str(error.get("code") or ExecutionError.code)
         self.error = error
 
     def _render_traceback_(self) -> list[str]:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .convert import Encoder, from_json
+from .errors import NodeApiError
 from .protocol import EVENTS_COMM
 
 if TYPE_CHECKING:
@@ -55,16 +56,17 @@ LEVELS = {
 }
 
 
-class ContextAccessError(RuntimeError):
-    """A context get/set/keys was refused or could not be answered."""
+class ContextAccessError(NodeApiError):
+    """A context get/set/keys was refused or could not be answered (a RuntimeError)."""
 
 
-class LinkCallError(RuntimeError):
+class LinkCallError(NodeApiError):
     """node.linkcall failed: Node-RED's own message (no such target, several, bad msg)."""
 
 
-class LinkCallTimeout(LinkCallError, TimeoutError):
-    """node.linkcall got no answer from a ``link out`` (return mode) within its timeout."""
+class LinkCallTimeout(LinkCallError, TimeoutError):  # noqa: N818 (the documented name)
+    """node.linkcall got no answer from a ``link out`` (return mode) within its timeout.
+    Named as the user guide has always named it, as node code and its logs see it."""
 
 
 #: What a link call waits for by default, in seconds (the function node's 5000 ms).

@@ -49,6 +49,7 @@ from .errors import (
     KernelexecError,
     SetupError,
     UserCodeError,
+    own_error,
 )
 from .guard import (
     Alarm,
@@ -123,8 +124,9 @@ def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -
 def _error_of(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
-    if isinstance(value, KernelexecError):
-        return value.to_dict()
+    own = own_error(value)
+    if own is not None:
+        return own.to_dict()
     if isinstance(value, BaseException):
         return user_error(value)
     return UserCodeError(str(value), type_name="NodeError").to_dict()
@@ -348,9 +350,10 @@ class Runtime:
                 f"unknown kernelexec op {op!r}; expected init, setup, run, stop, code or prefork"
             )
             return {"error": KernelexecError(message).to_dict()}
-        except KernelexecError as exc:
-            return {"error": exc.to_dict()}
         except Exception as exc:
+            own = own_error(exc)
+            if own is not None:
+                return {"error": own.to_dict()}
             return {"error": user_error(exc, KernelexecError)}
 
     def respond(self) -> dict[str, Any]:
@@ -477,8 +480,9 @@ class Runtime:
             self._drop_blobs(req)
             return self._timeout_error(exc, timeout)
         self._drop_blobs(req)
-        if isinstance(exc, KernelexecError):
-            return exc.to_dict()
+        own = own_error(exc)
+        if own is not None:
+            return own.to_dict()
         if isinstance(exc, SystemExit):
             return UserCodeError(
                 f"the code called exit({exc.code!r})", type_name="SystemExit"

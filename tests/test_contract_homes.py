@@ -91,3 +91,31 @@ def test_only_the_results_module_builds_a_result() -> None:
                 if {"outputs", "done"} <= keys:
                     builders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert builders == []
+
+
+#: The two exceptions kernelexec defines outside its error tree, on purpose (errors.py says why).
+OUTSIDE_THE_TREE = {"MessageTimeout", "_Unsendable"}
+
+
+def test_every_exception_kernelexec_defines_is_in_the_error_tree() -> None:
+    """Each ``class X(...)`` that derives from an exception is a KernelexecError with a code
+    from spec.json (imported, so the check sees the real bases, not the names written)."""
+    import importlib
+    import inspect
+
+    from kernelexec.errors import KernelexecError
+
+    outside: list[str] = []
+    for path in sorted((ROOT / "kernelexec").rglob("*.py")):
+        if path in EXEMPT or path.name == "__main__.py":
+            continue
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = importlib.import_module(".".join(p for p in parts if p != "__init__"))
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or not issubclass(cls, BaseException):
+                continue
+            if name in OUTSIDE_THE_TREE:
+                continue
+            if not issubclass(cls, KernelexecError) or cls.code not in SPEC["error_codes"]:
+                outside.append(f"{module.__name__}.{name}")
+    assert outside == []

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..blobs import pid_alive
+from ..errors import KernelexecError
 from ..protocol import PROTOCOL_VERSION
 
 __all__ = [
@@ -41,8 +42,10 @@ __all__ = [
 TIMEOUT = 10.0
 
 
-class AttachError(Exception):
+class AttachError(KernelexecError):
     """The bridge could not be asked, or has no attachable kernel for the node."""
+
+    code = "BRIDGE_FAILED"
 
 
 def websocket_url(url: str) -> str:

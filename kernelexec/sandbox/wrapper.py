@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import EnvironmentBuildError
 from .cgroups import CgroupDir, enable_v2_controllers, mkdir_retry, remove_kernel_cgroup
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
     "ENV_ALLOWED_PREFIXES",
     "EXIT_SANDBOX_FAILED",
     "USER_SUBDIR",
-    "SandboxFailure",
+    "SandboxError",
     "allowed_environment",
     "apply",
     "drop_capabilities",
@@ -53,7 +54,7 @@ IFF_UP = 0x1
 EXIT_SANDBOX_FAILED = 97
 
 
-class SandboxFailure(Exception):
+class SandboxError(EnvironmentBuildError):
     """The wrapper could not apply an option; the kernel does not start."""
 
 
@@ -62,7 +63,7 @@ def _write(path: Path, value: str) -> None:
         path.write_text(value)
     except OSError as exc:
         msg = f"cannot write {value!r} to {path}: {exc.strerror or exc}"
-        raise SandboxFailure(msg) from None
+        raise SandboxError(msg) from None
 
 
 # --------------------------------------------------------------------------- cgroups
@@ -81,7 +82,7 @@ def _join_cgroup(cg: CgroupDir, memory: int | None, cpu: float | None) -> None:
             )
     except OSError as exc:
         msg = f"cannot create cgroup {directory}: {exc.strerror or exc}"
-        raise SandboxFailure(msg) from None
+        raise SandboxError(msg) from None
     _set_limits(cg.kind, directory, memory, cpu)
     _write(directory / "cgroup.procs", str(pid))
 
@@ -142,7 +143,7 @@ def _leave_network() -> None:
         _loopback_up()
     except OSError as exc:
         msg = f"cannot create a network namespace: {exc.strerror or exc}"
-        raise SandboxFailure(msg) from None
+        raise SandboxError(msg) from None
 
 
 # --------------------------------------------------------------------------- user
@@ -188,12 +189,12 @@ def _runtime_dirs(runtime_dir: str, uid: int, gid: int) -> tuple[int, str]:
         holder = _open_dir(runtime_dir)
     except OSError as exc:
         msg = f"cannot open the runtime directory {runtime_dir}: {exc.strerror or exc}"
-        raise SandboxFailure(msg) from None
+        raise SandboxError(msg) from None
     try:
         info = os.fstat(holder)
         if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             msg = f"runtime directory {runtime_dir} must be root's and writable by root only"
-            raise SandboxFailure(msg)
+            raise SandboxError(msg)
         os.fchmod(holder, 0o711)  # whatever the umask: the user passes through
         with contextlib.suppress(FileExistsError):
             os.mkdir(USER_SUBDIR, 0o700, dir_fd=holder)
@@ -204,7 +205,7 @@ def _runtime_dirs(runtime_dir: str, uid: int, gid: int) -> tuple[int, str]:
     if info.st_uid not in (0, uid):
         os.close(own)
         msg = f"{runtime_dir}/{USER_SUBDIR} belongs to uid {info.st_uid}, not the kernel user"
-        raise SandboxFailure(msg)
+        raise SandboxError(msg)
     os.fchown(own, uid, gid)
     os.fchmod(own, 0o700)
     return own, os.path.join(runtime_dir, USER_SUBDIR)
@@ -240,7 +241,7 @@ def _relocate(connection_file: str, user_dir: tuple[int, str], uid: int, gid: in
             info = json.load(fh)
     except (OSError, ValueError) as exc:
         msg = f"cannot read the connection file {connection_file}: {exc}"
-        raise SandboxFailure(msg) from None
+        raise SandboxError(msg) from None
     dir_fd, dir_path = user_dir
     name = f"k{os.getpid()}"
     if info.get("transport") == "ipc":
@@ -265,7 +266,7 @@ def drop_capabilities() -> None:
     for cap in range(last + 1):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
             msg = f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}"
-            raise SandboxFailure(msg)
+            raise SandboxError(msg)
 
 
 def _become(
@@ -283,7 +284,7 @@ def _become(
         entry = pwd.getpwnam(user)
     except KeyError:
         msg = f"no such user {user!r}"
-        raise SandboxFailure(msg) from None
+        raise SandboxError(msg) from None
     uid, gid = entry.pw_uid, entry.pw_gid
     user_dir = None
     try:
@@ -300,7 +301,7 @@ def _become(
         os.setuid(uid)
     except OSError as exc:
         msg = f"cannot switch to user {user!r}: {exc.strerror or exc}"
-        raise SandboxFailure(msg) from None
+        raise SandboxError(msg) from None
     home = entry.pw_dir
     if not (os.path.isdir(home) and os.access(home, os.W_OK)) and user_dir:
         home = user_dir  # IPython and friends want a writable home (system users have none)
@@ -312,7 +313,7 @@ def _become(
     cwd = os.getcwd()
     if not os.access(cwd, os.R_OK | os.W_OK | os.X_OK):
         msg = f"user {user!r} cannot write its working directory {cwd}"
-        raise SandboxFailure(msg)
+        raise SandboxError(msg)
     return connection_file
 
 
@@ -355,7 +356,7 @@ def _refuse_root_without_user(args: argparse.Namespace) -> None:
             f"{', '.join(fences)} as root need --user: a root kernel can leave its cgroup, "
             "raise its rlimits and re-enter the host network (docs/security.md)"
         )
-        raise SandboxFailure(msg)
+        raise SandboxError(msg)
 
 
 def apply(args: argparse.Namespace, command: list[str]) -> list[str]:
@@ -384,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         command = apply(args, command)
-    except SandboxFailure as exc:
+    except SandboxError as exc:
         sys.stderr.write(f"kernelexec sandbox: {exc}\n")
         return EXIT_SANDBOX_FAILED
     try:

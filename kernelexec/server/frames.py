@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import KernelexecError
 from ..protocol import BATCH_VERSION, ERROR_CODES, PROTOCOL_VERSION, load_spec
 
 __all__ = [
@@ -72,8 +73,11 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class FrameError(Exception):
-    """A client frame that cannot be handled; becomes an ``error`` frame, never a crash."""
+class FrameError(KernelexecError):
+    """A client frame that cannot be handled; becomes an ``error`` frame, never a crash. Its
+    code is the frame's: BAD_FRAME, FRAME_TOO_LARGE, NOT_CONFIGURED, POOL_CLOSED..."""
+
+    code = "BAD_FRAME"
 
     def __init__(
         self,
@@ -85,7 +89,6 @@ class FrameError(Exception):
     ) -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
         self.req_id = req_id
         self.node_id = node_id
 

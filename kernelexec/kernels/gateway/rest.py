@@ -17,7 +17,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
-from ...errors import GatewayError
+from ...errors import GatewayError, KernelexecError
 from .settings import GatewaySettings
 from .wire import dumps
 
@@ -28,8 +28,11 @@ log = logging.getLogger(__package__)
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 599})
 
 
-class GatewayNotFoundError(Exception):
-    """HTTP 404: the gateway does not know the kernel (or has no such API)."""
+class GatewayNotFoundError(KernelexecError):
+    """HTTP 404: the gateway does not know the kernel (or has no such API). Not a
+    GatewayError: the handle tells "gone" from "failing" by this class."""
+
+    code = "GATEWAY_ERROR"
 
 
 @dataclass
