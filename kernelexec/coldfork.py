@@ -24,31 +24,48 @@ import json
 import os
 import select
 import signal
-import struct
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import blobs
 from .errors import ExecutionTimeoutError, KernelDiedError
+from .framing import HEADER, framed, take_frames
 from .prewarm import BackgroundCopy, copy_shared_pages, enabled
 from .reaper import Reaper, kill_group, wait_status
 from .results import failed_result
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from .nodeapi import Channel
 
-__all__ = ["PipeChannel", "discard_spare", "prefork", "run_in_child"]
+__all__ = ["ForkHost", "PipeChannel", "discard_spare", "prefork", "run_in_child"]
 
-_HEADER = struct.Struct(">I")
+
+class ForkHost(Protocol):
+    """What cold mode needs of the runtime it forks (kernelexec/runtime.py's ``Runtime``):
+    its channel and outputs, where its blobs are, and in the child, a runtime that talks
+    through the pipe and runs the message there. Cold mode knows nothing else of it."""
+
+    channel: Channel
+    outputs: int
+    blob_dir: str | None
+    pid: int
+
+    def become_child(self, channel: Channel) -> None: ...
+
+    def run_here(
+        self, msg: Any, req_id: str | None, timeout: float, table: Any = None
+    ) -> dict[str, Any]: ...
+
+    def note_interrupted(self) -> None: ...
+
 #: Seconds a child that gave its result lives on before its process group is killed.
 LINGER = 0.02
 
 
 def _write_frame(fd: int, obj: Any) -> None:
-    data = json.dumps(obj, allow_nan=False).encode("utf-8")
-    view = memoryview(_HEADER.pack(len(data)) + data)
+    view = memoryview(framed(json.dumps(obj, allow_nan=False).encode("utf-8")))
     while view:
         view = view[os.write(fd, view):]
 
@@ -66,7 +83,7 @@ def _read_exact(fd: int, size: int) -> bytes:
 
 
 def _read_frame(fd: int) -> Any:
-    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
+    (size,) = HEADER.unpack(_read_exact(fd, HEADER.size))
     return json.loads(_read_exact(fd, size))
 
 
@@ -107,14 +124,7 @@ class _FrameReader:
         if not chunk:
             return None
         self.buffer += chunk
-        frames = []
-        while len(self.buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self.buffer)
-            if len(self.buffer) < _HEADER.size + size:
-                break
-            frames.append(json.loads(self.buffer[_HEADER.size : _HEADER.size + size]))
-            del self.buffer[: _HEADER.size + size]
-        return frames
+        return [json.loads(body) for body in take_frames(self.buffer)]
 
 
 def _fork() -> int:
@@ -123,7 +133,7 @@ def _fork() -> int:
         return os.fork()
 
 
-def _child(runtime: Runtime, fds: tuple[int, int, int, int], *, spare: bool) -> None:
+def _child(runtime: ForkHost, fds: tuple[int, int, int, int], *, spare: bool) -> None:
     """In the child: wait for the message on the pipe, run it, write the RESULT, exit.
 
     Never returns. A spare child (forked ahead of time) first copies the pages it shares with
@@ -184,7 +194,7 @@ class _Spare:
 _SPARE: list[_Spare] = []
 
 
-def _fork_child(runtime: Runtime, *, spare: bool = False) -> _Spare:
+def _fork_child(runtime: ForkHost, *, spare: bool = False) -> _Spare:
     """Fork a child that waits for its message (see _child)."""
     to_parent_r, to_parent_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
@@ -199,7 +209,7 @@ def _fork_child(runtime: Runtime, *, spare: bool = False) -> _Spare:
 _KERNEL_COPY = BackgroundCopy()
 
 
-def prefork(runtime: Runtime) -> None:
+def prefork(runtime: ForkHost) -> None:
     """Fork the next message's child now, while the node is idle (op ``prefork``); then the
     kernel takes back its own pages in the background (kernelexec/prewarm.py)."""
     if not _SPARE:
@@ -215,7 +225,7 @@ def discard_spare() -> None:
         _SPARE.pop().discard()
 
 
-def _take_child(runtime: Runtime) -> _Spare:
+def _take_child(runtime: ForkHost) -> _Spare:
     while _SPARE:
         spare = _SPARE.pop()
         if spare.alive():
@@ -225,7 +235,7 @@ def _take_child(runtime: Runtime) -> _Spare:
 
 
 def run_in_child(
-    runtime: Runtime, msg: Any, req_id: str | None, timeout: float, table: Any = None
+    runtime: ForkHost, msg: Any, req_id: str | None, timeout: float, table: Any = None
 ) -> dict[str, Any]:
     """Run ``msg`` in a fresh child (the spare, or one forked now), relay its events; the
     RESULT (never raises)."""
@@ -259,7 +269,7 @@ def run_in_child(
 
 
 def _parent(
-    runtime: Runtime, pid: int, from_child: int, to_child: int, req_id: str | None,
+    runtime: ForkHost, pid: int, from_child: int, to_child: int, req_id: str | None,
     timeout: float, started: float,
 ) -> tuple[dict[str, Any], bool]:
     """The child's RESULT and True, or a failure RESULT and False (timeout, death)."""
@@ -281,12 +291,12 @@ def _parent(
                 if result is not None:
                     return result, True
     except KeyboardInterrupt:
-        runtime._interrupted = True
+        runtime.note_interrupted()
         message = "interrupted: the message ran longer than the worker allowed"
         return _failed(runtime, req_id, started, _timeout_error(message)), False
 
 
-def _handle_frame(runtime: Runtime, frame: dict[str, Any], to_child: int) -> dict[str, Any] | None:
+def _handle_frame(runtime: ForkHost, frame: dict[str, Any], to_child: int) -> dict[str, Any] | None:
     kind = frame.get("kind")
     if kind == "event":
         runtime.channel.event(frame["event"])
@@ -324,7 +334,7 @@ def _died(pid: int) -> dict[str, Any]:
 
 
 def _failed(
-    runtime: Runtime, req_id: str | None, started: float, error: dict[str, Any]
+    runtime: ForkHost, req_id: str | None, started: float, error: dict[str, Any]
 ) -> dict[str, Any]:
     if req_id is not None:
         blobs.remove_request_blobs(req_id, directory=runtime.blob_dir, pid=runtime.pid)

@@ -24,7 +24,7 @@ from .errors import NodeApiError
 from .protocol import EVENTS_COMM
 
 if TYPE_CHECKING:
-    from .runtime import Request, Runtime
+    from .results import Request
 
 __all__ = [
     "COMM_ID",
@@ -38,6 +38,7 @@ __all__ = [
     "LocalChannel",
     "MemoryContext",
     "Node",
+    "NodeHost",
     "normalize_outputs",
     "script_helpers",
 ]
@@ -79,6 +80,33 @@ class Channel(Protocol):
 
     def context(self, request: dict[str, Any]) -> dict[str, Any]:
         """Ask for a context operation; blocks; returns {"value", "error"}."""
+
+
+class NodeHost(Protocol):
+    """What the node API needs of the runtime that hosts it (kernelexec/runtime.py's
+    ``Runtime``): the node's identity, its channel and context stores, and the events of
+    the message running now. The node API knows nothing else of the runtime."""
+
+    node_id: str
+    node_name: str
+    outputs: int
+    workdir: str
+    channel: Channel
+    flow: ContextStore
+    global_: ContextStore
+    env: Env
+
+    def current_request(self) -> Request | None: ...
+
+    def emit_send(self, req: Request | None, outputs: list[list[Any]]) -> None: ...
+
+    def emit_done(self, req: Request | None, error: Any = None) -> None: ...
+
+    def emit_status(self, req: Request | None, status: dict[str, Any]) -> None: ...
+
+    def emit_log(self, req: Request | None, level: str, text: Any) -> None: ...
+
+    def emit_error(self, req: Request | None, text: Any, for_msg: bool) -> None: ...
 
 
 class KernelChannel:
@@ -230,7 +258,7 @@ class Node:
 
     __slots__ = ("_request", "_runtime")
 
-    def __init__(self, runtime: Runtime, request: Request | None = None) -> None:
+    def __init__(self, runtime: NodeHost, request: Request | None = None) -> None:
         self._runtime = runtime
         self._request = request
 
@@ -339,7 +367,7 @@ class ContextStore:
 
     __slots__ = ("_runtime", "scope")
 
-    def __init__(self, runtime: Runtime, scope: str) -> None:
+    def __init__(self, runtime: NodeHost, scope: str) -> None:
         self._runtime = runtime
         self.scope = scope
 
@@ -424,7 +452,7 @@ class Env:
 
     __slots__ = ("_runtime",)
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: NodeHost) -> None:
         self._runtime = runtime
 
     def get(self, name: str, default: Any = None) -> Any:
@@ -453,7 +481,7 @@ def _inside(workdir: str, name: str) -> str:
     return path
 
 
-def script_helpers(runtime: Runtime) -> dict[str, Any]:
+def script_helpers(runtime: NodeHost) -> dict[str, Any]:
     """``log``, ``save_file``, ``read_file``, ``run_command`` for script-style code."""
 
     def log(text: Any, level: str = "info") -> None:

@@ -12,9 +12,37 @@ Runs inside the kernel too: standard library only.
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["empty_outputs", "failed_result", "make_result"]
+if TYPE_CHECKING:
+    from .convert import InputBlobs
+
+__all__ = ["Request", "empty_outputs", "failed_result", "make_result"]
+
+#: slots where the kernel's Python has them (3.10+); a gateway kernel may run Python 3.9
+_SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(eq=False, **_SLOTS)
+class Request:
+    """One message being run: what its RESULT collects."""
+
+    req_id: str | None
+    ticks: int = 0
+    inputs: InputBlobs = field(default_factory=dict)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    sent: int = 0
+    #: status events emitted while it ran (delivered before its result, like sends)
+    statuses: int = 0
+    finished: bool = False
+    #: Names of the blob files already handed over in send events: their reader removes them.
+    handed: set[str] = field(default_factory=set)
+    #: The blob table of the outputs (the result's ``blobs``).
+    table: list[dict[str, Any]] = field(default_factory=list)
+
 
 
 def empty_outputs(count: int) -> list[list[Any]]:

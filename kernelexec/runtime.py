@@ -34,15 +34,13 @@ import contextlib
 import contextvars
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
-from . import blobs
-from .convert import Encoder, InputBlobs, from_json
+from . import blobs, coldfork
+from .convert import Encoder, from_json
 from .errors import (
     ConversionError,
     ExecutionTimeoutError,
@@ -72,7 +70,7 @@ from .nodeapi import (
 )
 from .protocol import RUNTIME_NAME
 from .resultpipe import ResultWriter
-from .results import empty_outputs, make_result
+from .results import Request, empty_outputs, make_result
 from .wrapping import (
     CompiledCode,
     compile_node_code,
@@ -88,29 +86,6 @@ _CURRENT: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
 )
 _SCRIPT_OUTPUTS = ("result", "output_topic", "additional_data")
 _UNSET: Any = object()
-
-
-#: slots where the kernel's Python has them (3.10+); a gateway kernel may run Python 3.9
-_SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
-
-
-@dataclass(eq=False, **_SLOTS)
-class Request:
-    """One message being run: what its RESULT collects."""
-
-    req_id: str | None
-    ticks: int = 0
-    inputs: InputBlobs = field(default_factory=dict)
-    logs: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, Any] | None = None
-    sent: int = 0
-    #: status events emitted while it ran (delivered before its result, like sends)
-    statuses: int = 0
-    finished: bool = False
-    #: Names of the blob files already handed over in send events: their reader removes them.
-    handed: set[str] = field(default_factory=set)
-    #: The blob table of the outputs (the result's ``blobs``).
-    table: list[dict[str, Any]] = field(default_factory=list)
 
 
 def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -> dict[str, Any]:
@@ -282,17 +257,13 @@ class Runtime:
     def prefork(self) -> dict[str, Any]:
         """Cold mode: fork the next message's child now, while the node is idle."""
         if self.fork:
-            from .coldfork import prefork
-
-            prefork(self)
+            coldfork.prefork(self)
         return {"ok": True}
 
     def set_code(self, code: str) -> dict[str, Any]:
         """Compile new message code (setup state kept). Raises CodeSyntaxError."""
         if self.fork:
-            from .coldfork import discard_spare
-
-            discard_spare()  # forked with the old code
+            coldfork.discard_spare()  # forked with the old code
         compiled = compile_node_code(code, self.node_name)
         func = make_function(compiled, self.user_ns) if compiled.style == "function" else None
         self.compiled, self._func = compiled, func
@@ -420,9 +391,7 @@ class Runtime:
         if self.compiled is None:
             self.init()
         if self.fork:
-            from .coldfork import run_in_child
-
-            return run_in_child(self, msg, req_id, timeout, table)
+            return coldfork.run_in_child(self, msg, req_id, timeout, table)
         return self.run_here(msg, req_id, timeout, table)
 
     async def run_message_async(
@@ -678,6 +647,11 @@ class Runtime:
         self._lock = threading.RLock()
         self.loop = NodeLoop()
         self._alarm = Alarm()
+
+    def note_interrupted(self) -> None:
+        """A SIGINT stopped the message (in the kernel, or in its cold child's parent): the
+        batch's remaining messages are reported as interrupted, not run."""
+        self._interrupted = True
 
     def close(self) -> None:
         """Stop the event loop thread and the lane; put sys.stdout/sys.stderr back."""
