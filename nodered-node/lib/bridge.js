@@ -2,9 +2,11 @@
 // by every kernelexec node of the Node-RED runtime that uses it (register/deregister with a
 // reference count, as 10-mqtt.js does for broker connections).
 //
-// A Bridge owns: the child process (when it started one), the WebSocket, the hello/welcome
-// handshake, restarts with backoff when the process dies, and routing of server frames to the
-// registered clients by node_id. It knows nothing about pools or messages: clients do.
+// A Bridge is the connection: it starts the process (lib/bridge_process.js supervises it) or
+// dials the URL, speaks over the socket pair or the WebSocket (the hello/welcome handshake,
+// versions checked), batches what it sends (lib/outbox.js), dispatches what it receives and
+// routes server frames to the registered clients by node_id, and restarts with backoff when
+// the process or the connection dies. It knows nothing about pools or messages: clients do.
 //
 // Client interface (implemented by lib/runner.js):
 //   client.id                      node id (frames are routed on node_id)
@@ -12,36 +14,24 @@
 //   client.bridgeDown(error)       the connection is gone or could not be made
 //   client.frame(frame)            a server frame for this node
 //
-// Batching (protocol 1.1): once the welcome says the bridge speaks 1.1 or later, the frames sent
-// in one tick leave as one WebSocket message, a JSON array (flushed by setImmediate, or at once
-// when BATCH_FRAMES are queued; a lone frame stays an object, a big one goes alone): one write
-// per tick instead of one per frame. Arrays from the bridge are dispatched in order, in slices
-// of SLICE_MS with a turn of the event loop between them (a burst of results must not stall
+// Arrays of frames from the bridge (protocol 1.1) are dispatched in order, in slices of
+// SLICE_MS with a turn of the event loop between them (a burst of results must not stall
 // Node-RED).
 "use strict";
-const { spawn } = require("child_process");
 const crypto = require("crypto");
-const readline = require("readline");
 const WebSocket = require("ws");
 const { PipeSocket } = require("./pipe_socket");
+const { BridgeProcess, bridgeError, setLogger: setProcessLogger } = require("./bridge_process");
+const { Outbox } = require("./outbox");
 const codec = require("./codec");
 const protocol = require("./protocol");
 const pythonSetup = require("./python_setup");
 const { t } = require("./i18n");
 
-const READY_TIMEOUT_MS = 60000;
-const STOP_GRACE_MS = 3000;   // stdin EOF, then SIGTERM after this, then SIGKILL after twice this
 const EXIT_WAIT_MS = 1000;
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
-const STDERR_TAIL = 16384;
-const REQUIRED_MODULES = /No module named '?([A-Za-z0-9_.]+)'?/;
 const VERSION = require("../package.json").version;
 const CLIENT_NAME = "node-red-kernelexec/" + VERSION;
-// Queued frames that make the bridge write at once (the bridge starts on them while the rest of
-// a burst is encoded), and the size (JSON characters) of an array or of a frame that goes alone.
-// A character is at most 3 UTF-8 bytes: arrays stay far below the protocol's max_frame_bytes.
-const BATCH_FRAMES = 256;
-const BATCH_CHARS = 1 << 20;
 // Received frames are dispatched in slices of this many milliseconds (the clock is read every
 // SLICE_CHECK frames), with a turn of the event loop between slices.
 const SLICE_MS = 10;
@@ -53,27 +43,8 @@ let log = { debug() {}, info() {}, warn() {}, error() {} };
 function setLogger(logger) {
     if (logger) {
         log = logger;
+        setProcessLogger(logger);
     }
-}
-
-/** The bridge logs "<time> <logger> <LEVEL> <message>" on stderr: warnings and errors show. */
-function stderrLine(line) {
-    const level = /\s(WARNING|ERROR|CRITICAL)\s/.exec(line);
-    const text = "[kernelexec bridge] " + line;
-    if (!level) {
-        log.debug(text);
-    } else if (level[1] === "WARNING") {
-        log.warn(text);
-    } else {
-        log.error(text);
-    }
-}
-
-function bridgeError(code, message, hint) {
-    const err = new Error(message);
-    err.code = code;
-    err.hint = hint || null;
-    return err;
 }
 
 class Bridge {
@@ -85,7 +56,7 @@ class Bridge {
         this.token = options.token || crypto.randomBytes(24).toString("hex");
         this.clients = new Map();
         this.requests = new Map();
-        this.child = null;
+        this.process = null;     // the BridgeProcess this runtime started (none for a URL)
         this.ws = null;
         this.welcome = null;
         this.state = "idle";
@@ -94,10 +65,7 @@ class Bridge {
         this.retryTimer = null;
         this.stopping = null;
         this.generation = 0;
-        this.batching = false;   // the bridge reads arrays of frames (welcome >= 1.1)
-        this.outbox = [];        // JSON texts waiting for the end of the tick
-        this.outboxChars = 0;
-        this.flushTimer = null;
+        this.outbox = new Outbox((text) => this.isOpen() && this.ws.send(text));
         this.inbox = [];         // received messages not dispatched yet: {frames, next, generation}
         this.draining = false;
         this.drainTimer = null;
@@ -105,6 +73,11 @@ class Bridge {
 
     get ready() {
         return this.state === "ready";
+    }
+
+    /** The bridge's process (a ChildProcess), when this runtime started it. */
+    get child() {
+        return this.process ? this.process.child : null;
     }
 
     get blobDir() {
@@ -154,59 +127,27 @@ class Bridge {
     }
 
     spawnProcess(generation) {
-        const args = ["-m", "kernelexec", "serve", "--port", "0", "--watch-stdin", "--parent-pid", String(process.pid)];
-        const stdio = ["pipe", "pipe", "pipe"];
-        if (useSocketPair()) {   // the node's connection: fd 3, see lib/pipe_socket.js
-            args.push("--node-fd", "3");
-            stdio.push("pipe");
-        }
-        // PYDEVD_DISABLE_FILE_VALIDATION: ipykernel's debugger would print a frozen-modules warning
-        // from every kernel, which would reach the node log as warnings.
-        const env = Object.assign({ PYDEVD_DISABLE_FILE_VALIDATION: "1" }, process.env, { KERNELEXEC_TOKEN: this.token, PYTHONUNBUFFERED: "1" });
-        let child;
-        try {
-            // Own process group: a Ctrl-C in Node-RED's terminal must not stop the bridge under the
-            // nodes' feet; Node-RED stops it in order (close frames, then stdin EOF).
-            child = spawn(this.python, args, { env, stdio, detached: true });
-        } catch (err) {
-            this.fail(generation, this.spawnError(err));
-            return;
-        }
-        this.child = child;
-        child.stderrTail = "";
-        child.on("error", (err) => this.fail(generation, this.spawnError(err)));
-        child.stdin.on("error", () => {});
-        child.stderr.on("data", (chunk) => {
-            child.stderrTail = (child.stderrTail + chunk.toString()).slice(-STDERR_TAIL);
+        const proc = new BridgeProcess(this.python, this.token, {
+            ready: (info) => this.processReady(proc, info, generation),
+            notReady: (err) => {
+                if (this.state === "starting" && this.generation === generation) {
+                    this.fail(generation, err);
+                    proc.kill("SIGKILL");
+                }
+            },
+            failed: (err) => this.fail(generation, err),
+            exited: (err, code) => this.processExit(proc, generation, err, code),
         });
-        readline.createInterface({ input: child.stderr }).on("line", stderrLine);
-        readline.createInterface({ input: child.stdout }).on("line", (line) => this.stdoutLine(line, generation));
-        child.on("exit", (code, signal) => this.processExit(child, generation, code, signal));
-        child.readyTimer = setTimeout(() => {
-            if (this.state === "starting" && this.generation === generation) {
-                this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.bridgeNotReady", { python: this.python, seconds: READY_TIMEOUT_MS / 1000 })));
-                child.kill("SIGKILL");
-            }
-        }, READY_TIMEOUT_MS);
-        log.info(t("kernelexec.log.bridgeStarting", { python: this.python, pid: child.pid }));
+        this.process = proc;
+        proc.spawn();
     }
 
-    stdoutLine(line, generation) {
-        let info = null;
-        try {
-            info = JSON.parse(line);
-        } catch (ignored) {
-            // not the ready line
-        }
-        if (this.state !== "starting" || this.generation !== generation || !info || typeof info !== "object" || !(info.port || info.url)) {
-            log.debug("[kernelexec bridge] " + line);
+    processReady(proc, info, generation) {
+        if (this.state !== "starting" || this.generation !== generation) {
             return;
         }
-        if (this.child) {
-            clearTimeout(this.child.readyTimer);
-        }
-        if (this.child && this.child.stdio[3]) {
-            this.use(new PipeSocket(this.child.stdio[3], protocol.MAX_FRAME_BYTES), generation, t("kernelexec.log.bridgeSocket"));
+        if (proc.socket) {
+            this.use(new PipeSocket(proc.socket, protocol.MAX_FRAME_BYTES), generation, t("kernelexec.log.bridgeSocket"));
             return;
         }
         const url = info.ws_url || (info.url && /^wss?:/.test(info.url) ? info.url : null) ||
@@ -214,37 +155,17 @@ class Bridge {
         this.connect(url, generation);
     }
 
-    spawnError(err) {
-        if (err.code === "ENOENT") {
-            return bridgeError("BRIDGE_FAILED", t("kernelexec.error.pythonNotFound", { python: this.python }),
-                t("kernelexec.hint.installPython", { python: this.python }));
-        }
-        return bridgeError("BRIDGE_FAILED", t("kernelexec.error.spawnFailed", { python: this.python, error: err.message }));
-    }
-
-    exitError(child, code, signal) {
-        const tail = (child.stderrTail || "").trim();
-        const missing = REQUIRED_MODULES.exec(tail);
-        if (missing) {
-            const hint = t("kernelexec.hint.installKernelexec", { python: this.python, package: pythonSetup.packageHint() });
-            return bridgeError("BRIDGE_FAILED", t("kernelexec.error.missingModule", { python: this.python, module: missing[1] }) + " " + hint, hint);
-        }
-        const last = tail.split("\n").slice(-3).join(" | ");
-        return bridgeError("BRIDGE_FAILED", t("kernelexec.error.bridgeExited", { python: this.python, code: code === null ? signal : code, stderr: last || "-" }));
-    }
-
-    processExit(child, generation, code, signal) {
-        clearTimeout(child.readyTimer);
-        if (this.child === child) {
-            this.child = null;
+    processExit(proc, generation, err, code) {
+        if (this.process === proc) {
+            this.process = null;
         }
         if (this.stopping || this.generation !== generation) {
             return;
         }
         if (this.state === "starting") {
-            this.fail(generation, this.exitError(child, code, signal));
+            this.fail(generation, err);
         } else {
-            this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.bridgeDied", { code: code === null ? signal : code })));
+            this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.bridgeDied", { code })));
         }
     }
 
@@ -266,7 +187,7 @@ class Bridge {
     /** Speak the protocol over `ws` (a WebSocket, or a PipeSocket to a bridge we started). */
     use(ws, generation, url) {
         this.ws = ws;
-        this.dropOutbox();   // single frames until this connection's welcome says otherwise
+        this.outbox.drop();   // single frames until this connection's welcome says otherwise
         ws.on("open", () => this.sendRaw({ type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME }));
         ws.on("message", (data) => this.receive(data, generation));
         ws.on("error", (err) => {
@@ -282,10 +203,10 @@ class Bridge {
             if (this.stopping || this.generation !== generation) {
                 return;
             }
-            if (this.state === "ready" && this.child) {
+            if (this.state === "ready" && this.process) {
                 // Most often the process is dying: give its exit a moment to tell why.
-                const child = this.child;
-                setTimeout(() => child === this.child && this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost"))), EXIT_WAIT_MS);
+                const proc = this.process;
+                setTimeout(() => proc === this.process && this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost"))), EXIT_WAIT_MS);
             } else if (this.state === "ready") {
                 this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost")));
             } else if (this.state === "starting") {
@@ -409,7 +330,7 @@ class Bridge {
             return;
         }
         this.welcome = frame;
-        this.batching = protocol.atLeast(frame.protocol_version, protocol.BATCH_VERSION);
+        this.outbox.batching = protocol.atLeast(frame.protocol_version, protocol.BATCH_VERSION);
         this.state = "ready";
         this.failures = 0;
         this.lastError = null;
@@ -457,64 +378,19 @@ class Bridge {
     }
 
     sendRaw(frame) {
-        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
-            return false;
-        }
         return this.queueText(JSON.stringify(frame));
     }
 
     queueText(text) {
-        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+        if (!this.isOpen()) {
             return false;
         }
-        if (!this.batching) {
-            this.ws.send(text);
-            return true;
-        }
-        if (text.length > BATCH_CHARS) {   // alone, after what was queued before it
-            this.flush();
-            this.ws.send(text);
-            return true;
-        }
-        if (this.outboxChars + text.length + 1 > BATCH_CHARS) {
-            this.flush();
-        }
-        this.outbox.push(text);
-        this.outboxChars += text.length + 1;
-        if (this.outbox.length >= BATCH_FRAMES) {
-            this.flush();
-        } else if (!this.flushTimer) {
-            this.flushTimer = setImmediate(() => this.flush());
-        }
+        this.outbox.queue(text);
         return true;
     }
 
-    /** Write the frames queued in this tick: one message (an array; a lone frame as itself). */
-    flush() {
-        if (this.flushTimer) {
-            clearImmediate(this.flushTimer);
-            this.flushTimer = null;
-        }
-        const texts = this.outbox;
-        if (texts.length === 0) {
-            return;
-        }
-        this.outbox = [];
-        this.outboxChars = 0;
-        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
-            return;   // the connection went away: its close handler fails what was waiting
-        }
-        this.ws.send(texts.length === 1 ? texts[0] : "[" + texts.join(",") + "]");
-    }
-
-    dropOutbox() {
-        if (this.flushTimer) {
-            clearImmediate(this.flushTimer);
-            this.flushTimer = null;
-        }
-        this.outbox = [];
-        this.outboxChars = 0;
-        this.batching = false;
+    isOpen() {
+        return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
     }
 
     track(reqId, client) {
@@ -555,7 +431,7 @@ class Bridge {
     }
 
     teardownConnection() {
-        this.dropOutbox();
+        this.outbox.drop();
         this.dropInbox();
         if (this.ws) {
             const ws = this.ws;
@@ -568,12 +444,10 @@ class Bridge {
     }
 
     killChild() {
-        if (this.child) {
-            const child = this.child;
-            this.child = null;
-            child.stdin.end();
-            child.kill("SIGTERM");
-            setTimeout(() => child.exitCode === null && child.signalCode === null && child.kill("SIGKILL"), STOP_GRACE_MS).unref();
+        if (this.process) {
+            const proc = this.process;
+            this.process = null;
+            proc.kill();
         }
     }
 
@@ -601,8 +475,8 @@ class Bridge {
         this.state = "stopped";
         this.generation += 1;
         this.stopping = new Promise((resolve) => {
-            this.flush();   // e.g. the close frames of the last nodes
-            this.dropOutbox();
+            this.outbox.flush();   // e.g. the close frames of the last nodes
+            this.outbox.drop();
             this.dropInbox();
             if (this.ws) {
                 this.ws.removeAllListeners("close");
@@ -610,32 +484,12 @@ class Bridge {
                 this.ws.close();
                 this.ws = null;
             }
-            const child = this.child;
-            this.child = null;
-            if (!child || child.exitCode !== null || child.signalCode !== null) {
-                resolve();
-                return;
-            }
-            const term = setTimeout(() => child.kill("SIGTERM"), STOP_GRACE_MS);
-            const kill = setTimeout(() => child.kill("SIGKILL"), 2 * STOP_GRACE_MS);
-            child.once("exit", () => {
-                clearTimeout(term);
-                clearTimeout(kill);
-                resolve();
-            });
-            child.stdin.end();
+            const proc = this.process;
+            this.process = null;
+            (proc ? proc.stop() : Promise.resolve()).then(resolve);
         });
         return this.stopping;
     }
-}
-
-/**
- * Whether a bridge this runtime starts is spoken to over an inherited socket pair (the
- * default) or over its WebSocket like any other client (KERNELEXEC_BRIDGE_TRANSPORT=websocket:
- * for comparison and troubleshooting).
- */
-function useSocketPair() {
-    return process.env.KERNELEXEC_BRIDGE_TRANSPORT !== "websocket";
 }
 
 function bridgeOptions(options) {
