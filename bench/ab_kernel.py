@@ -6,7 +6,7 @@ code is the same for both). Messages alternate between A and B (the order flips 
 so that machine noise hits both alike, which makes a small difference visible on a busy
 machine where two separate runs would not.
 
-    cp -r kernelexec /tmp/variant/ && $EDITOR /tmp/variant/kernelexec/coldfork.py
+    cp -r kernelexec /tmp/variant/ && $EDITOR /tmp/variant/kernelexec/kernel/coldfork.py
     .venv/bin/python bench/ab_kernel.py /tmp/variant --mode cold --count 400
 """
 

@@ -8,7 +8,7 @@ On one hot kernel started by ``make_pool`` (1 worker, ``return msg``):
               the in-kernel runtime on the path stock kernels get (decode, call, encode)
     request   ``kernelexec_request`` with the same op: the Jupyter path kernelexec's kernel
               gets (no run_cell, no busy/idle status)
-    lane      the same op down the lane (kernelexec/lane.py): a pipe into the kernel's loop,
+    lane      the same op down the lane (kernelexec/kernel/lane.py): a pipe into the kernel's loop,
               the answer up the result pipe
     pool_jupyter  ``pool.submit`` on a pool with ``message_path: jupyter``
     pool      ``pool.submit`` (the lane): adds the pool's queue, the worker's bookkeeping

@@ -1,4 +1,4 @@
-"""A/B: cold mode with and without the prewarm copies (kernelexec/prewarm.py), sparse messages.
+"""A/B: cold mode with and without the prewarm copies (kernel/prewarm.py), sparse messages.
 
 Two cold pools (1 worker, ``return msg``), one started with KERNELEXEC_PREWARM=0; messages go
 to them in turn, each after an idle gap (so the spare child is forked and copied first).

@@ -1,4 +1,4 @@
-"""What a copy-on-write fault costs here, and what kernelexec/prewarm.py saves.
+"""What a copy-on-write fault costs here, and what kernelexec/kernel/prewarm.py saves.
 
 Writes one byte per page of a 32 MiB region the process wrote before forking, in a child and
 in the parent after the fork, without and with the prewarm copy (the child runs
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernelexec.prewarm import copy_shared_pages
+from kernelexec.kernel.prewarm import copy_shared_pages
 
 
 def write_pages(memory: mmap.mmap) -> float:

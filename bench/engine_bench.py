@@ -8,7 +8,7 @@ Subjects
 
 Workloads: latency (one message in flight; p50/p90/p99), burst (N submitted at once; msgs/s),
 blobs (1, 16, 64 MiB of bytes returned unchanged; MiB/s counting both directions; kernelexec
-gets its input through ``kernelexec.blobs.write_blob`` and its output by reading the returned
+gets its input through ``kernelexec.kernel.blobs.write_blob`` and its output by reading the returned
 ref, and the files are removed, as the Node-RED node does), cold latency back to back.
 
     .venv/bin/python bench/engine_bench.py [--smoke] [--out bench/results/engine.json]
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import floor_worker  # noqa: E402
 
-from kernelexec import blobs  # noqa: E402
+from kernelexec.kernel import blobs  # noqa: E402
 
 MIB = 1 << 20
 FULL = {

@@ -36,8 +36,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from gateway_fixtures import running_gateway  # noqa: E402
 
-from kernelexec.kernels.base import KernelHandle  # noqa: E402
-from kernelexec.kernels.gateway import (  # noqa: E402
+from kernelexec.handles.base import KernelHandle  # noqa: E402
+from kernelexec.handles.gateway import (  # noqa: E402
     GatewayKernel,
     GatewaySettings,
     runtime_bootstrap_code,
@@ -88,7 +88,7 @@ async def with_kernel(
 
 
 async def run(n: int) -> dict[str, dict[str, float]]:
-    from kernelexec.kernels.local import LocalKernel, default_launch_spec
+    from kernelexec.handles.local import LocalKernel, default_launch_spec
 
     results: dict[str, dict[str, float]] = {}
     results["local (LocalKernel, ipc)"] = await with_kernel(
@@ -133,8 +133,8 @@ async def run(n: int) -> dict[str, dict[str, float]]:
 
 async def blob_round_trips(url: str, repeat: int = 5) -> dict[str, dict[str, float]]:
     """A node that returns the bytes it got: blob in, blob out, through the whole pool."""
-    from kernelexec import blobs
     from kernelexec.config import PoolConfig
+    from kernelexec.kernel import blobs
     from kernelexec.pool import MemoryHooks, make_pool
 
     code = "msg['payload'] = bytes(msg['payload'])\nreturn msg"

@@ -175,7 +175,7 @@ function rssMiB(pid) {
 const seenPids = new Set([process.pid]);
 
 /** A kernel: launched (python -m kernelexec.kernel) or forked from the kernel template, which
- * shares its command line but not its process name (kernelexec/kernels/template.py). */
+ * shares its command line but not its process name (kernelexec/handles/template.py). */
 function isKernel(p) {
     return p.cmd.includes("kernelexec.kernel") && p.comm !== "kx-template";
 }

@@ -397,7 +397,7 @@ def breakdown_lines(
         ),
         ("request", "Jupyter path of kernelexec's kernel: `kernelexec_request`, the same op"),
         ("pool_jupyter", "+ pool and worker on the Jupyter path: `pool.submit`"),
-        ("lane", "the lane (kernelexec/lane.py): the same op down a pipe into the kernel's loop"),
+        ("lane", "the lane (kernel/lane.py): the same op down a pipe into the kernel's loop"),
         ("pool", "+ pool and worker on the lane: `pool.submit` (the default)"),
     )
     for key, text in steps:

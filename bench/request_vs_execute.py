@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine_bench import check_result, make_kernelexec, small_msg
 
-from kernelexec.kernels.local import LocalKernel
+from kernelexec.handles.local import LocalKernel
 
 
 async def main(rounds: int, per_round: int) -> None:

@@ -16,12 +16,12 @@
     ├── GatewayError          GATEWAY_ERROR    a Jupyter gateway failed us
     └── (outside errors.py, each beside the code that raises it)
         FrameError            BAD_FRAME and the other frame codes (server/frames.py)
-        BlobError             CONVERSION_ERROR a blob file or reference is not ours (blobs.py)
+        BlobError             CONVERSION_ERROR a blob file or reference not ours (kernel/blobs.py)
         SandboxError          ENV_FAILED       the sandbox wrapper cannot apply an option
-        GatewayNotFoundError  GATEWAY_ERROR    HTTP 404 from a gateway (kernels/gateway/rest.py)
+        GatewayNotFoundError  GATEWAY_ERROR    HTTP 404 from a gateway (handles/gateway/rest.py)
         AttachError           BRIDGE_FAILED    ``kernelexec attach`` finds no bridge or kernel
         NodeCodeError         (the node's code) ``%%node`` shows the code's own error
-        ContextAccessError, LinkCallError, LinkCallTimeout: NodeApiError (nodeapi.py;
+        ContextAccessError, LinkCallError, LinkCallTimeout: NodeApiError (kernel/nodeapi.py;
                               LinkCallTimeout keeps the name the user guide gives it)
 
 Two exceptions stay outside on purpose: guard.MessageTimeout is a BaseException like

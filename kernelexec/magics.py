@@ -1,6 +1,6 @@
 """Notebook magics: ``%%node``, ``%node``, ``%%setup``, ``%%stop``, ``%%sample``.
 
-Loaded by ``%load_ext kernelexec``. The code runs on :mod:`kernelexec.runtime`'s in-process
+Loaded by ``%load_ext kernelexec``. The code runs on :mod:`kernelexec.kernel.runtime`'s in-process
 API, with the notebook's namespace as the node's globals, so a cell behaves exactly as the
 node would in a flow. See docs/notebooks.md.
 """
@@ -164,7 +164,7 @@ class _Session:
     """The notebook's node: one in-process runtime over the notebook's namespace."""
 
     def __init__(self, shell: Any) -> None:
-        from .runtime import Runtime
+        from .kernel.runtime import Runtime
 
         self.shell = shell
         self.events: list[dict[str, Any]] = []
@@ -180,7 +180,7 @@ class _Session:
 
         ``cell``: the code comes from a %%node cell (remembered for the line form).
         """
-        from .convert import to_json
+        from .kernel.convert import to_json
 
         rt = self.runtime
         rt.init(node_id="notebook", name=options.name or "", outputs=_outputs(options), code=code)
@@ -259,8 +259,8 @@ class _Session:
 def _decoded(message: Any, holder: dict[str, Any], directory: str | None) -> Any:
     """An output message with its markers decoded against the blob table of ``holder``
     (the result or send event that carried it)."""
-    from .blobs import TABLE
-    from .convert import from_json
+    from .kernel.blobs import TABLE
+    from .kernel.convert import from_json
 
     req_id = holder.get("req_id")
     return from_json(
@@ -291,7 +291,7 @@ def _outputs(options: NodeOptions) -> int:
 
 
 def _remove_blobs(req_id: str, directory: str | None, pid: int) -> None:
-    from .blobs import remove_request_blobs
+    from .kernel.blobs import remove_request_blobs
 
     remove_request_blobs(req_id, directory=directory, pid=pid)
 

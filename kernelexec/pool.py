@@ -32,7 +32,7 @@ from .errors import (
     QueueFullError,
     SetupError,
 )
-from .kernels.base import KernelHandle, LaunchSpec
+from .handles.base import KernelHandle, LaunchSpec
 from .protocol import PoolState
 from .worker import BOOTSTRAP_CODE, Job, Worker, WorkerState, failed_result
 
@@ -238,12 +238,12 @@ class Pool:
         env = self.config.env
         name = f"{self.config.node_id}#{index}"
         if env.gateway_url:
-            from .kernels import gateway
+            from .handles import gateway
 
             self._bootstrap = gateway.runtime_bootstrap_code()
             kernel: KernelHandle = gateway.make_gateway_kernel(env, node_id=self.config.node_id)
             return kernel
-        from .kernels.local import LocalKernel
+        from .handles.local import LocalKernel
 
         if self._launch is None:
             self._launch = await self._launch_spec()
@@ -259,7 +259,7 @@ class Pool:
             return await envs.prepare_launch(
                 env, node_id=self.config.node_id, workdir=self.workdir, progress=self._progress
             )
-        from .kernels.local import default_launch_spec
+        from .handles.local import default_launch_spec
 
         return default_launch_spec(cwd=self.workdir)
 
@@ -378,7 +378,7 @@ class Pool:
             return True
         import pwd
 
-        from . import blobs
+        from .kernel import blobs
 
         entry = pwd.getpwnam(self.config.env.user)
         copies: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """One kernel's life: start, set up, run batches of messages, time out, restart, stop.
 
-A :class:`Worker` drives one :class:`~kernelexec.kernels.base.KernelHandle`. It speaks the
+A :class:`Worker` drives one :class:`~kernelexec.handles.base.KernelHandle`. It speaks the
 in-kernel contract of docs/internals.md: ops ``init``, ``setup``, ``run``, ``code`` and
 ``stop`` sent by :meth:`KernelHandle.request` (a ``kernelexec_request``, or the execute_request
 of ``__kernelexec__.handle()``), whose answer comes back in the reply payload.
@@ -25,17 +25,17 @@ from .errors import (
     SetupError,
     error_from_dict,
 )
-from .kernels.base import HANDLE_CODE, KernelHandle
+from .handles.base import HANDLE_CODE, KernelHandle
+from .kernel.resultpipe import ResultPipe
+from .kernel.results import failed_result as result_with_error
 from .protocol import BLOB_TABLE
-from .resultpipe import ResultPipe
-from .results import failed_result as result_with_error
 
 __all__ = ["BOOTSTRAP_CODE", "HANDLE_CODE", "Job", "Worker", "WorkerState", "failed_result"]
 
 log = logging.getLogger("kernelexec.worker")
 
 BOOTSTRAP_CODE = (
-    "import kernelexec.runtime as __kernelexec_runtime__\n"
+    "import kernelexec.kernel.runtime as __kernelexec_runtime__\n"
     "__kernelexec__ = __kernelexec_runtime__.install(get_ipython())\n"
     "del __kernelexec_runtime__\n"
 )
@@ -145,7 +145,7 @@ class Worker:
             await self._op({"op": "setup", "code": self.config.setup}, error_cls=SetupError)
 
     def _node_info(self) -> dict[str, Any]:
-        from . import blobs
+        from .kernel import blobs
 
         return {
             "node_id": self.config.node_id,
@@ -284,7 +284,7 @@ class Worker:
         pid = self.kernel.pid
         if pid is None or self.kernel.is_alive():
             return
-        from . import blobs
+        from .kernel import blobs
 
         keep = self._sent_files.get(req_id, set())
         with contextlib.suppress(OSError):

@@ -20,7 +20,9 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import KernelManager
 from jupyter_core.utils import ensure_event_loop
 
-BOOTSTRAP = "import kernelexec.runtime as r; __kernelexec__ = r.install(get_ipython()); del r"
+BOOTSTRAP = (
+    "import kernelexec.kernel.runtime as r; __kernelexec__ = r.install(get_ipython()); del r"
+)
 HANDLE = "__kernelexec__.handle()"
 COMM_ID = "kernelexec-events"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

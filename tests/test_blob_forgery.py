@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from server_support import Client, start_server
 
-from kernelexec import blobs
+from kernelexec.kernel import blobs
 from kernelexec.server import Server
 
 SECRET = "token=do-not-leak"

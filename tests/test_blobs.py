@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelexec import blobs
+from kernelexec.kernel import blobs
 
 
 def _path(tmp_path: Path, entry: dict[str, object]) -> str:
@@ -157,7 +157,7 @@ def test_holders_find_tables_only_where_the_protocol_puts_them() -> None:
 
 
 def test_no_module_spells_the_marker_itself() -> None:
-    """The marker, kinds and table fields come from spec.json through kernelexec.blobs (and
+    """The marker, kinds and table fields come from spec.json through kernelexec.kernel.blobs (and
     nodered-node/lib/protocol.js): no other source file may spell the marker."""
     root = Path(__file__).resolve().parent.parent
     marker = blobs.MARKER

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = load_spec()
 #: kernel_side.py runs in a stock kernel before the bundle is there: it spells the kernel
 #: constants itself, and test_the_gateway_kernel_side_agrees_with_the_spec checks them.
-EXEMPT = {ROOT / "kernelexec/kernels/gateway/kernel_side.py"}
+EXEMPT = {ROOT / "kernelexec/handles/gateway/kernel_side.py"}
 
 
 def _sources() -> list[Path]:
@@ -59,7 +59,7 @@ def test_every_error_code_the_code_raises_is_in_the_spec() -> None:
 
 def test_the_gateway_kernel_side_agrees_with_the_spec() -> None:
     kernel = SPEC["kernel"]
-    tree = ast.parse((ROOT / "kernelexec/kernels/gateway/kernel_side.py").read_text("utf-8"))
+    tree = ast.parse((ROOT / "kernelexec/handles/gateway/kernel_side.py").read_text("utf-8"))
     constants = {
         node.targets[0].id: node.value.value
         for node in tree.body
@@ -77,10 +77,10 @@ def test_the_gateway_kernel_side_agrees_with_the_spec() -> None:
 
 
 def test_only_the_results_module_builds_a_result() -> None:
-    """A RESULT (or result frame) is made by kernelexec/results.py, so every producer (the
+    """A RESULT (or result frame) is made by kernelexec/kernel/results.py, so every producer (the
     runtime, a cold child, the worker, the bridge) sends the same fields: a dict display with
     a RESULT's "outputs" and "done" keys anywhere else fails here."""
-    home = ROOT / "kernelexec/results.py"
+    home = ROOT / "kernelexec/kernel/results.py"
     builders = []
     for path in sorted((ROOT / "kernelexec").rglob("*.py")):
         if path in EXEMPT or path == home:

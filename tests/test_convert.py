@@ -1,4 +1,4 @@
-"""convert: the value table of kernelexec.convert, markers, blobs, errors naming paths."""
+"""convert: the value table of kernelexec.kernel.convert, markers, blobs, errors naming paths."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from kernelexec import blobs
-from kernelexec.convert import BLOB_THRESHOLD, Encoder, InputBlobs, from_json, to_json
 from kernelexec.errors import ConversionError
+from kernelexec.kernel import blobs
+from kernelexec.kernel.convert import BLOB_THRESHOLD, Encoder, InputBlobs, from_json, to_json
 
 
 def strict(value: Any) -> Any:
@@ -226,7 +226,10 @@ def test_numpy_arrays_and_scalars() -> None:
 def test_numpy_is_not_imported_by_convert() -> None:
     import subprocess
 
-    code = "import sys, kernelexec.convert as c; c.to_json({'a': 1}); print('numpy' in sys.modules)"
+    code = (
+        "import sys, kernelexec.kernel.convert as c; c.to_json({'a': 1}); "
+        "print('numpy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

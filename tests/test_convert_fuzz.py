@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernelexec import blobs
-from kernelexec.convert import Encoder, from_json, to_json
+from kernelexec.kernel import blobs
+from kernelexec.kernel.convert import Encoder, from_json, to_json
 
 scalars = st.none() | st.booleans() | st.integers() | st.text() | st.floats()
 small_bytes = st.binary(max_size=64)

@@ -1,4 +1,4 @@
-"""kernelexec/kernels/decoding.py against jupyter_client's own Session encoding."""
+"""kernelexec/kernel/decoding.py against jupyter_client's own Session encoding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import zmq
 from jupyter_client.session import Session
 
-from kernelexec.kernels.decoding import decode
+from kernelexec.kernel.decoding import decode
 
 
 def frames_of(session: Session, *, topic: bytes | None = b"kernel.x.comm_msg") -> list[zmq.Frame]:

@@ -27,8 +27,8 @@ import pytest
 from kernelexec import envs
 from kernelexec.config import EnvConfig, PoolConfig
 from kernelexec.errors import ConfigError, EnvironmentBuildError
-from kernelexec.kernels.base import LaunchSpec
-from kernelexec.kernels.local import LocalKernel
+from kernelexec.handles.base import LaunchSpec
+from kernelexec.handles.local import LocalKernel
 
 BASE_PYTHON = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else sys.executable
 REQUIREMENTS = ["six"]
@@ -439,7 +439,7 @@ async def test_pool_in_isolated_managed_env_recovers_after_oom(
 async def test_a_pool_running_as_another_user_reads_the_messages_blob_files(
     built: tuple[envs.EnvInfo, float, list[str]], workdir: str, test_user: str
 ) -> None:
-    from kernelexec import blobs
+    from kernelexec.kernel import blobs
     from kernelexec.pool import MemoryHooks, make_pool
 
     env = {"python": BASE_PYTHON, "requirements": REQUIREMENTS, "user": test_user}
@@ -542,7 +542,7 @@ async def test_a_user_pool_never_chowns_a_file_the_message_names(
     """The root bridge hands a `user` kernel copies it makes of the frame's own blob files
     (fchown on its fd), never a path from the message: a forged reference to a root-only file,
     or a table entry that is a symlink to it, leaves the file root's and 0600."""
-    from kernelexec import blobs
+    from kernelexec.kernel import blobs
     from kernelexec.pool import MemoryHooks, make_pool
 
     env = {"python": BASE_PYTHON, "requirements": REQUIREMENTS, "user": test_user}

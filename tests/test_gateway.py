@@ -34,22 +34,20 @@ from gateway_fixtures import (
 )
 from server_support import wait_for_file
 
-from kernelexec.blobs import pid_alive
 from kernelexec.config import EnvConfig
 from kernelexec.errors import GatewayError, KernelDiedError
-from kernelexec.kernels.gateway import (
+from kernelexec.handles.gateway import (
     EVENTS_COMM_ID,
     GatewayKernel,
     GatewaySettings,
     make_gateway_kernel,
     runtime_bootstrap_code,
 )
+from kernelexec.kernel.blobs import pid_alive
 
 pytestmark = [pytest.mark.gateway, pytest.mark.timeout(90)]
 
 TOKEN = "kernelexec-test-token"
-HAS_RUNTIME = (Path(__file__).parent.parent / "kernelexec" / "runtime.py").is_file()
-needs_runtime = pytest.mark.skipif(not HAS_RUNTIME, reason="kernelexec.runtime not there yet")
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +403,6 @@ async def test_a_kernel_that_stops_answering_fails_the_bootstrap_in_bounded_time
     assert gateway_kernel_ids(url, TOKEN) == []
 
 
-@needs_runtime
 @pytest.mark.timeout(120)
 async def test_a_gateway_that_drops_kernelexec_request_gets_execute_requests() -> None:
     """Does the gateway pass a shell message type it does not know? Kernel Gateway and
@@ -551,10 +548,11 @@ def test_shipped_code_parses_as_python_3_9() -> None:
     (match, parenthesised context managers, except*...) in any module it ships."""
     import ast
 
-    from kernelexec.kernels.gateway.bootstrap import shipped_sources
+    from kernelexec.handles.gateway.bootstrap import shipped_sources
 
     files = shipped_sources()
-    assert "kernelexec/runtime.py" in files and "kernelexec/kernels/gateway/kernel_side.py" in files
+    assert "kernelexec/kernel/runtime.py" in files
+    assert "kernelexec/handles/gateway/kernel_side.py" in files
     for name, source in files.items():
         try:
             tree = ast.parse(source, filename=name, feature_version=(3, 9))
@@ -606,7 +604,7 @@ def test_kernelexec_run_on_a_kernel_that_never_answers_ends(gateway_url: str) ->
 
 
 def test_gateway_options_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kernelexec.kernels.gateway.settings import with_options
+    from kernelexec.handles.gateway.settings import with_options
 
     assert GatewaySettings.from_url("http://h:1").bootstrap_timeout == 60.0
     monkeypatch.setenv("KERNELEXEC_GATEWAY_BOOTSTRAP_TIMEOUT", "7")
@@ -669,7 +667,6 @@ def outs(result: dict[str, Any], port: int = 0) -> list[Any]:
     return [m.get("payload") for m in result["outputs"][port]]
 
 
-@needs_runtime
 @pytest.mark.parametrize("flavour", matrix())
 async def test_pool_hot_state_events_and_context(gateways: Gateways, flavour: str) -> None:
     """Hello, setup state across messages, node.send, node.status, context; the runtime
@@ -695,7 +692,6 @@ async def test_pool_hot_state_events_and_context(gateways: Gateways, flavour: st
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-@needs_runtime
 async def test_pool_cold_messages_never_see_each_other(gateway_url: str) -> None:
     code = "import os\nseen.append(msg['payload'])\nmsg['payload'] = list(seen)\nreturn msg"
     pool, _ = await gateway_pool(gateway_url, code, setup="seen = []", mode="cold")
@@ -706,7 +702,6 @@ async def test_pool_cold_messages_never_see_each_other(gateway_url: str) -> None
         await pool.close()
 
 
-@needs_runtime
 @pytest.mark.parametrize(
     ("flavour", "size"),
     [(f, 2 * 1024 * 1024) for f in matrix()] + [(DEFAULT_FLAVOUR, 12 * 1024 * 1024)],
@@ -714,7 +709,7 @@ async def test_pool_cold_messages_never_see_each_other(gateway_url: str) -> None
 async def test_pool_blobs_cross_as_buffers(gateways: Gateways, flavour: str, size: int) -> None:
     """Blob refs name files of one machine: in and out they travel as buffers (and in
     chunks above the gateway's 10 MiB message cap); the node sees ordinary blob refs."""
-    from kernelexec import blobs
+    from kernelexec.kernel import blobs
 
     gateway_url = gateways.url(flavour)
     code = (
@@ -742,7 +737,6 @@ async def test_pool_blobs_cross_as_buffers(gateways: Gateways, flavour: str, siz
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-@needs_runtime
 @pytest.mark.parametrize("flavour", matrix())
 async def test_pool_timeout_interrupts_and_keeps_the_kernel(
     gateways: Gateways, flavour: str
@@ -767,7 +761,6 @@ async def test_pool_timeout_interrupts_and_keeps_the_kernel(
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-@needs_runtime
 async def test_pool_timeout_restarts_a_kernel_that_ignores_interrupts(gateway_url: str) -> None:
     code = (
         "import signal, time\n"
@@ -787,7 +780,6 @@ async def test_pool_timeout_restarts_a_kernel_that_ignores_interrupts(gateway_ur
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-@needs_runtime
 async def test_pool_dead_kernel_fails_its_message_and_is_replaced(gateway_url: str) -> None:
     code = "import os\nif msg['payload'] == 'die':\n    os._exit(3)\nreturn msg"
     pool, _ = await gateway_pool(gateway_url, code, setup="x = 1")
@@ -800,7 +792,6 @@ async def test_pool_dead_kernel_fails_its_message_and_is_replaced(gateway_url: s
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-@needs_runtime
 @pytest.mark.parametrize("flavour", matrix())
 async def test_pool_setup_failure_is_one_clear_error(gateways: Gateways, flavour: str) -> None:
     from kernelexec.config import PoolConfig
@@ -824,7 +815,6 @@ async def test_pool_setup_failure_is_one_clear_error(gateways: Gateways, flavour
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-@needs_runtime
 async def test_pool_setup_that_runs_past_setup_timeout_fails_the_pool(gateway_url: str) -> None:
     from kernelexec.config import PoolConfig
     from kernelexec.pool import MemoryHooks, make_pool
@@ -844,7 +834,6 @@ async def test_pool_setup_that_runs_past_setup_timeout_fails_the_pool(gateway_ur
     assert gateway_kernel_ids(gateway_url, TOKEN) == []
 
 
-@needs_runtime
 async def test_pool_close_runs_stop_code_and_deletes_the_kernels(
     gateway_url: str, tmp_path: Path
 ) -> None:
@@ -861,8 +850,8 @@ async def test_pool_close_runs_stop_code_and_deletes_the_kernels(
 async def test_a_blob_parcel_for_an_unknown_request_is_dropped() -> None:
     """Output blobs (a comm_msg with buffers) for a msg_id no execute waits for are not kept
     (they were, forever: a kernel could fill the bridge's memory)."""
-    from kernelexec.kernels.gateway.blob_transfer import BLOBS_COMM_ID
-    from kernelexec.kernels.gateway.wire import Message
+    from kernelexec.handles.gateway.blob_transfer import BLOBS_COMM_ID
+    from kernelexec.handles.gateway.wire import Message
 
     handle = GatewayKernel(GatewaySettings.from_url(f"http://127.0.0.1:{free_port()}", TOKEN))
     for i in range(100):

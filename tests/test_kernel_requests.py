@@ -1,4 +1,4 @@
-"""The ``kernelexec_request`` shell message (kernelexec/kernel.py) and its fallback.
+"""The ``kernelexec_request`` shell message (kernelexec/kernel/app.py) and its fallback.
 
 kernelexec's kernel announces the message in kernel_info_reply and answers it without busy/idle
 status; a stock ipykernel does not, and gets the same op as an execute_request of
@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 
 from kernelexec.config import PoolConfig
-from kernelexec.kernels.base import LaunchSpec
-from kernelexec.kernels.local import LocalKernel, default_launch_spec
+from kernelexec.handles.base import LaunchSpec
+from kernelexec.handles.local import LocalKernel, default_launch_spec
 from kernelexec.worker import Job, Worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

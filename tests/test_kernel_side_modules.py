@@ -7,31 +7,33 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-from kernelexec.kernels.gateway.bootstrap import bundle_files
+import kernelexec.kernel
+from kernelexec.handles.gateway.bootstrap import bundle_files
 
 #: Modules of kernelexec that run in a kernel process and use the standard library only.
 STDLIB_ONLY = (
     "kernelexec",
-    "kernelexec.blobs",
-    "kernelexec.coldfork",
-    "kernelexec.convert",
     "kernelexec.errors",
-    "kernelexec.framing",
-    "kernelexec.guard",
-    "kernelexec.lane",
-    "kernelexec.nodeapi",
-    "kernelexec.prewarm",
     "kernelexec.protocol",
-    "kernelexec.reaper",
-    "kernelexec.resultpipe",
-    "kernelexec.results",
-    "kernelexec.runtime",
-    "kernelexec.wrapping",
+    "kernelexec.kernel",
+    "kernelexec.kernel.blobs",
+    "kernelexec.kernel.coldfork",
+    "kernelexec.kernel.convert",
+    "kernelexec.kernel.framing",
+    "kernelexec.kernel.guard",
+    "kernelexec.kernel.lane",
+    "kernelexec.kernel.nodeapi",
+    "kernelexec.kernel.prewarm",
+    "kernelexec.kernel.reaper",
+    "kernelexec.kernel.resultpipe",
+    "kernelexec.kernel.results",
+    "kernelexec.kernel.runtime",
+    "kernelexec.kernel.wrapping",
 )
 #: In the kernel too, but built on ipykernel / jupyter_client (present in every kernel).
-ON_JUPYTER = ("kernelexec.kernel", "kernelexec.kernels", "kernelexec.kernels.base",
-              "kernelexec.kernels.decoding")
+ON_JUPYTER = ("kernelexec.kernel.app", "kernelexec.kernel.decoding")
 
 _BLOCKER = textwrap.dedent(
     """
@@ -69,7 +71,20 @@ def test_the_in_kernel_modules_import_with_only_the_standard_library() -> None:
 
 
 def test_a_gateway_kernel_receives_exactly_the_in_kernel_modules() -> None:
-    packages = {"kernelexec", "kernelexec.kernels", "kernelexec.protocol"}
+    packages = {"kernelexec", "kernelexec.kernel", "kernelexec.protocol"}
     expected = {_path(m, m in packages) for m in STDLIB_ONLY + ON_JUPYTER}
     shipped = {name for name in bundle_files() if name.endswith(".py")}
     assert shipped == expected
+
+
+def test_the_kernel_package_is_what_runs_in_the_kernel() -> None:
+    """Every module of kernelexec/kernel/ is listed above (so it is checked for imports and
+    shipped to gateway kernels), and nothing listed lives elsewhere but the shared contract
+    (kernelexec.errors, kernelexec.protocol) and the package's own __init__."""
+    package = Path(kernelexec.kernel.__file__).parent
+    modules = {f"kernelexec.kernel.{p.stem}" for p in package.glob("*.py")}
+    modules = {"kernelexec.kernel" if m.endswith(".__init__") else m for m in modules}
+    modules.discard("kernelexec.kernel.__main__")  # the program's entry: `python -m`
+    listed = set(STDLIB_ONLY + ON_JUPYTER)
+    assert modules == {m for m in listed if m.startswith("kernelexec.kernel")}
+    assert listed - modules == {"kernelexec", "kernelexec.errors", "kernelexec.protocol"}

@@ -1,4 +1,4 @@
-"""Kernels forked from the kernel template (kernels/forking.py, kernels/template.py): they are
+"""Kernels forked from the kernel template (handles/forking.py, handles/template.py): they are
 kernels like launched ones (their own environment, directory, session and randomness, this
 process's children), none outlives its bridge or a cancelled start, and a template that
 fails or refuses makes kernels be launched instead. Pool semantics on forked kernels:
@@ -22,9 +22,9 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from kernelexec.kernels import forking
-from kernelexec.kernels.base import LaunchSpec
-from kernelexec.kernels.local import LocalKernel, default_launch_spec, kernel_environment
+from kernelexec.handles import forking
+from kernelexec.handles.base import LaunchSpec
+from kernelexec.handles.local import LocalKernel, default_launch_spec, kernel_environment
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -171,8 +171,8 @@ async def test_no_template_or_kernel_outlives_a_killed_bridge(tmp_path: Path) ->
     script = textwrap.dedent(
         """
         import asyncio, os, signal, sys
-        from kernelexec.kernels import forking
-        from kernelexec.kernels.local import LocalKernel, default_launch_spec, kernel_environment
+        from kernelexec.handles import forking
+        from kernelexec.handles.local import LocalKernel, default_launch_spec, kernel_environment
 
         async def main():
             template = forking.start_template(kernel_environment())

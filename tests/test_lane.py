@@ -1,4 +1,4 @@
-"""The lane (kernelexec/lane.py): run ops down a pipe into the kernel's own loop.
+"""The lane (kernelexec/kernel/lane.py): run ops down a pipe into the kernel's own loop.
 
 tests/test_pool.py runs every pool semantic on the lane and on the Jupyter path; here: the
 framing, the answer frames, a request the dead kernel never read, and the per-node choice.
@@ -16,10 +16,10 @@ from server_support import wait_for_file
 
 from kernelexec.config import PoolConfig
 from kernelexec.errors import ConfigError
-from kernelexec.framing import framed
-from kernelexec.lane import RequestPipe, RequestReader, answer_frame, request_frame
+from kernelexec.kernel.framing import framed
+from kernelexec.kernel.lane import RequestPipe, RequestReader, answer_frame, request_frame
+from kernelexec.kernel.resultpipe import ResultPipe, ResultWriter
 from kernelexec.pool import MemoryHooks, make_pool
-from kernelexec.resultpipe import ResultPipe, ResultWriter
 
 pytestmark = pytest.mark.asyncio
 

@@ -23,7 +23,7 @@ from server_support import wait_for_file
 from traitlets.config import Config
 
 from kernelexec.config import PoolConfig
-from kernelexec.convert import from_json, to_json
+from kernelexec.kernel.convert import from_json, to_json
 from kernelexec.magics import NodeCodeError, NodeResult
 from kernelexec.pool import MemoryHooks, make_pool
 
@@ -118,7 +118,7 @@ async def flow_results(case: Case) -> list[dict[str, Any]]:
 # ---- the notebook side: %%node in a real kernel -----------------------------------------
 
 DUMP = (
-    "import json as _json\nfrom kernelexec.convert import to_json as _to_json\n"
+    "import json as _json\nfrom kernelexec.kernel.convert import to_json as _to_json\n"
     "print('RESULT ' + _json.dumps(_to_json({'outputs': _node_result.outputs, "
     "'logs': _node_result.logs, 'stdout': _node_result.stdout, 'status': _node_result.status, "
     "'error': _node_result.error}, use_blobs=False)))"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from kernelexec.nodeapi import MemoryContext
-from kernelexec.runtime import Runtime
+from kernelexec.kernel.nodeapi import MemoryContext
+from kernelexec.kernel.runtime import Runtime
 
 
 class Answering:

@@ -15,12 +15,12 @@ import pytest
 import pytest_asyncio
 from server_support import wait_for_file
 
-from kernelexec import blobs
 from kernelexec.config import PoolConfig
 from kernelexec.errors import SetupError
-from kernelexec.kernels import forking
-from kernelexec.kernels.local import LocalKernel, kernel_environment
-from kernelexec.kernels.template import TEMPLATE_COMM
+from kernelexec.handles import forking
+from kernelexec.handles.local import LocalKernel, kernel_environment
+from kernelexec.handles.template import TEMPLATE_COMM
+from kernelexec.kernel import blobs
 from kernelexec.pool import MemoryHooks, Pool, make_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -35,8 +35,8 @@ PATHS = {"message_path": "lane"}
 )
 async def kernel_start(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """Every test here runs on kernels jupyter_client launches and on kernels forked from a
-    kernel template, as a bridge does (kernels/forking.py), both taking the lane
-    (kernelexec/lane.py); and once more on launched kernels reached by the Jupyter path
+    kernel template, as a bridge does (handles/forking.py), both taking the lane
+    (kernelexec/kernel/lane.py); and once more on launched kernels reached by the Jupyter path
     (``message_path: jupyter``, a kernelexec_request on the shell channel)."""
     if request.param == "forked":
         assert forking.start_template(kernel_environment()) is not None

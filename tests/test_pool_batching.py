@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from kernelexec import blobs
 from kernelexec import pool as pool_module
 from kernelexec.config import PoolConfig
+from kernelexec.kernel import blobs
 from kernelexec.pool import MemoryHooks, Pool, make_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -222,7 +222,7 @@ async def test_a_kernel_death_keeps_the_files_of_finished_and_sent_outputs(tmp_p
     go = tmp_path / "go"
     code = (
         "import os, time\n"
-        "from kernelexec import blobs\n"
+        "from kernelexec.kernel import blobs\n"
         "big = bytes(200_000)\n"
         "if msg['payload'] == 'die':\n"
         "    node.send({'payload': big})\n"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from kernelexec import prewarm
+from kernelexec.kernel import prewarm
 
 SIZE = 16 * 1024 * 1024
 PAGES = SIZE // mmap.PAGESIZE

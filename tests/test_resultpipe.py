@@ -1,5 +1,5 @@
 """The result pipe on its own: frames cut anywhere, stale frames, a half frame of a dead
-writer (kernelexec/resultpipe.py; the end-to-end cases are in test_pool_batching.py)."""
+writer (kernelexec/kernel/resultpipe.py; the end-to-end cases are in test_pool_batching.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kernelexec.resultpipe import ResultPipe, ResultWriter
+from kernelexec.kernel.resultpipe import ResultPipe, ResultWriter
 
 
 @pytest.fixture

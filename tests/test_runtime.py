@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from kernelexec import blobs
-from kernelexec.convert import BLOB_THRESHOLD
 from kernelexec.errors import CodeSyntaxError, SetupError, UserCodeError
-from kernelexec.guard import clock_ticks
-from kernelexec.runtime import Runtime
+from kernelexec.kernel import blobs
+from kernelexec.kernel.convert import BLOB_THRESHOLD
+from kernelexec.kernel.guard import clock_ticks
+from kernelexec.kernel.runtime import Runtime
 
 
 @pytest.fixture
@@ -449,7 +449,7 @@ def test_a_send_whose_request_ends_while_it_is_encoded_names_its_files_for_no_re
 ) -> None:
     """The event then has no req_id, so its files must be named for none (else the reader,
     which checks names against the frame's request, refuses them)."""
-    from kernelexec.runtime import Request
+    from kernelexec.kernel.runtime import Request
 
     req = Request("ended")
 

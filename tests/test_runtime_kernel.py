@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from runtime_helpers import KernelSession, MemoryStore
 
-from kernelexec import blobs
-from kernelexec.convert import BLOB_THRESHOLD
+from kernelexec.kernel import blobs
+from kernelexec.kernel.convert import BLOB_THRESHOLD
 
 pytestmark = pytest.mark.slow
 

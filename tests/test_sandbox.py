@@ -27,8 +27,8 @@ import pytest_asyncio
 from kernelexec import envs, sandbox
 from kernelexec.config import EnvConfig
 from kernelexec.errors import ConfigError, EnvironmentBuildError, KernelDiedError
-from kernelexec.kernels.base import LaunchSpec
-from kernelexec.kernels.local import LocalKernel
+from kernelexec.handles.base import LaunchSpec
+from kernelexec.handles.local import LocalKernel
 
 ROOT = os.geteuid() == 0
 HAS_CGROUPS = bool(sandbox.find_controller("memory") and sandbox.find_controller("cpu"))

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from server_support import TOKEN, BridgeProcess, Client, bridge_env, gone, http_get
 
-from kernelexec import blobs
+from kernelexec.kernel import blobs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

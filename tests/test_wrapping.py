@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kernelexec.errors import CodeSyntaxError
-from kernelexec.wrapping import (
+from kernelexec.kernel.wrapping import (
     compile_node_code,
     compile_script,
     describe,

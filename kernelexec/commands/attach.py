@@ -25,8 +25,8 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..blobs import pid_alive
 from ..errors import KernelexecError
+from ..kernel.blobs import pid_alive
 from ..protocol import PROTOCOL_VERSION
 
 __all__ = [

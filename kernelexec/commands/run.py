@@ -24,9 +24,9 @@ import os
 import sys
 from typing import Any
 
-from .. import blobs
 from ..config import PoolConfig
 from ..errors import ConfigError
+from ..kernel import blobs
 from ..notebook import NodeCode, load_node_code
 from ..pool import MemoryHooks, make_pool
 
@@ -98,7 +98,7 @@ def _node_code(args: argparse.Namespace) -> NodeCode:
 def _config(args: argparse.Namespace, node: NodeCode) -> PoolConfig:
     env = {}
     if args.gateway_url:
-        from ..kernels.gateway.settings import with_options
+        from ..handles.gateway.settings import with_options
 
         url = with_options(args.gateway_url, bootstrap_timeout=args.gateway_bootstrap_timeout)
         env = {"gateway_url": url, "gateway_token": args.gateway_token}

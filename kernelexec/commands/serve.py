@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..blobs import pid_alive
+from ..kernel.blobs import pid_alive
 
 __all__ = ["main", "publish_runtime_file", "register", "run"]
 
@@ -138,7 +138,7 @@ def _gateway_url(args: argparse.Namespace) -> str | None:
     timeout = getattr(args, "gateway_bootstrap_timeout", None)
     if not args.gateway_url or timeout is None:
         return args.gateway_url  # type: ignore[no-any-return]
-    from ..kernels.gateway.settings import with_options
+    from ..handles.gateway.settings import with_options
 
     return with_options(args.gateway_url, bootstrap_timeout=timeout)
 
@@ -227,10 +227,10 @@ async def _serve(args: argparse.Namespace, given_token: str | None) -> int:
 
 
 def _start_kernel_template() -> None:
-    """Kernels of the bridge's own interpreter fork from a template (kernels/forking.py):
+    """Kernels of the bridge's own interpreter fork from a template (handles/forking.py):
     started now, while the node connects, so the first pool finds it ready."""
-    from ..kernels import forking
-    from ..kernels.local import kernel_environment
+    from ..handles import forking
+    from ..handles.local import kernel_environment
 
     try:
         forking.start_template(kernel_environment())
@@ -239,7 +239,7 @@ def _start_kernel_template() -> None:
 
 
 def _stop_kernel_template() -> None:
-    from ..kernels import forking
+    from ..handles import forking
 
     forking.stop_template()
 

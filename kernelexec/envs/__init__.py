@@ -1,7 +1,7 @@
 """Where a node's kernels run: interpreter, managed virtual environment, sandbox, working dir.
 
 The worker calls :func:`prepare_launch` once per pool (at deploy); it returns the
-:class:`~kernelexec.kernels.base.LaunchSpec` every kernel of the pool, and every restart,
+:class:`~kernelexec.handles.base.LaunchSpec` every kernel of the pool, and every restart,
 starts from. See docs/environments.md for each option and what the host must allow.
 
 Managed environments (``env.requirements`` non-empty) are virtual environments holding

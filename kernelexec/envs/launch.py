@@ -18,10 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import blobs, sandbox
+from .. import sandbox
 from ..config import EnvConfig
 from ..errors import EnvironmentBuildError
-from ..kernels.base import LaunchSpec
+from ..handles.base import LaunchSpec
+from ..kernel import blobs
 from .interpreter import check_interpreter
 from .managed import ensure_env
 from .paths import ENV_DIR_VAR, WORK_DIR_VAR, node_workdir, package_link, prepare_workdir

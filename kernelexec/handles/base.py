@@ -1,7 +1,7 @@
 """The seam between a worker and one kernel process, wherever it runs.
 
-A worker only ever talks to a :class:`KernelHandle`: :mod:`kernelexec.kernels.local`
-starts kernels on this machine through jupyter_client, :mod:`kernelexec.kernels.gateway`
+A worker only ever talks to a :class:`KernelHandle`: :mod:`kernelexec.handles.local`
+starts kernels on this machine through jupyter_client, :mod:`kernelexec.handles.gateway`
 on a Jupyter Kernel/Enterprise Gateway. Each abstract method says who calls it.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..lane import RequestPipe
-    from ..resultpipe import ResultPipe
+    from ..kernel.lane import RequestPipe
+    from ..kernel.resultpipe import ResultPipe
 
 __all__ = [
     "HANDLE_CODE",
@@ -62,7 +62,7 @@ class LaunchSpec:
     the kernel's working directory. ``transport`` is "tcp" or "ipc" (ipc works inside a
     network namespace). ``cleanup`` is run (best effort) after the kernel is gone.
     ``forkable``: the bridge's own interpreter and no isolation, so the kernel may be forked
-    from the bridge's kernel template (kernels/forking.py) instead of launched.
+    from the bridge's kernel template (handles/forking.py) instead of launched.
     """
 
     argv: tuple[str, ...]
@@ -80,9 +80,9 @@ class KernelHandle(ABC):
     on_event: EventCallback | None = None
     on_stdin: StdinCallback | None = None
     on_stream: StreamCallback | None = None
-    #: Local kernels: the pipe down which the runtime streams RESULTs (kernelexec.resultpipe).
+    #: Local kernels: the pipe down which the runtime streams RESULTs (kernel/resultpipe.py).
     result_pipe: ResultPipe | None = None
-    #: Local kernels: the pipe that carries ``run`` ops into the kernel (kernelexec.lane).
+    #: Local kernels: the pipe that carries ``run`` ops into the kernel (kernelexec.kernel.lane).
     request_pipe: RequestPipe | None = None
 
     @abstractmethod
@@ -106,12 +106,12 @@ class KernelHandle(ABC):
         """Run one op of the in-kernel runtime (docs/internals.md); returns the reply content,
         its answer in ``payload`` (Worker). This default sends the execute_request of
         ``__kernelexec__.handle()``, which every kernel with the runtime installed answers; a
-        handle whose kernel speaks ``kernelexec_request`` (kernelexec/kernel.py) sends that
+        handle whose kernel speaks ``kernelexec_request`` (kernelexec/kernel/app.py) sends that
         instead: same content and reply shape, without IPython's cell machinery."""
         return await self.execute(HANDLE_CODE, op)
 
     async def lane_request(self, op: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`request` through the lane (kernelexec/lane.py), once the runtime in the
+        """:meth:`request` through the lane (kernelexec/kernel/lane.py), once the runtime in the
         kernel said it reads ``request_pipe`` (Worker); same reply. This default: request."""
         return await self.request(op)
 

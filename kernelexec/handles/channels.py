@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 
-from .decoding import decode
+from ..kernel.decoding import decode
 
 __all__ = ["Channels", "MessageHandler"]
 

@@ -105,7 +105,7 @@ class KernelTemplate:
 
     def __init__(self, env: dict[str, str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        module = "kernelexec.kernels.template"
+        module = "kernelexec.handles.template"
         padding = "-" * _CMDLINE_ROOM  # the forked kernels write their command line there
         argv = [sys.executable, "-m", module, str(theirs.fileno()), str(os.getpid()), padding]
         self.process = subprocess.Popen(

@@ -21,10 +21,10 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import KernelDiedError
-from ..kernel import REQUEST_TYPE, wire_pack
-from ..lane import RequestPipe, request_frame
+from ..kernel.app import REQUEST_TYPE, wire_pack
+from ..kernel.lane import RequestPipe, request_frame
+from ..kernel.resultpipe import ResultPipe
 from ..protocol import EVENTS_COMM
-from ..resultpipe import ResultPipe
 from . import forking
 from .base import KernelHandle, LaunchSpec, execute_content
 from .channels import Channels
@@ -229,7 +229,7 @@ class LocalKernel(KernelHandle):
         return content
 
     async def lane_request(self, op: dict[str, Any]) -> dict[str, Any]:
-        """The op down the request pipe, its answer from the result pipe (kernelexec/lane.py);
+        """The op down the request pipe, its answer from the result pipe (kernel/lane.py);
         KernelDiedError when the kernel dies first, as for a shell request."""
         pipe, lane = self.result_pipe, self.request_pipe
         if pipe is None or lane is None:

@@ -1,6 +1,6 @@
 """The kernel template: a process that has imported the kernel and forks kernels on demand.
 
-Started by the bridge (:mod:`.forking`) as ``python -m kernelexec.kernels.template FD PID``
+Started by the bridge (:mod:`.forking`) as ``python -m kernelexec.handles.template FD PID``
 with the bridge's own interpreter and environment. It imports what a kernel imports (ipykernel,
 IPython, zmq, debugpy, kernelexec's in-kernel runtime: ~0.3 s of the ~0.36 s a kernel takes
 to start, docs/performance.md) and then, single-threaded, waits on FD (one end of a
@@ -12,7 +12,7 @@ with ``clone(CLONE_PARENT)``: its parent is the bridge, not the template, so jup
 and the bridge wait for it, signal it and read its exit status exactly as for a kernel they
 launched themselves (:class:`.forking.ForkedProcess`). In the child: a new session (the
 kernel's process group, as jupyter_client's launch gives it), the request's fds at their
-numbers, its working directory and environment, then ``kernelexec.kernel.main`` with the
+numbers, its working directory and environment, then ``kernelexec.kernel.app.main`` with the
 request's arguments. The child never returns into the template's loop (``os._exit``).
 
 What a forked kernel shares with its template: the interpreter's start (sys.path, sys.flags,
@@ -32,7 +32,7 @@ import sys
 import traceback
 from typing import Any
 
-#: what a kernel imports (kernelexec.kernel.main and the runtime's first op)
+#: what a kernel imports (kernelexec.kernel.app.main and the runtime's first op)
 PRELOAD = (
     "ipykernel.kernelapp",
     "ipykernel.ipkernel",
@@ -43,14 +43,14 @@ PRELOAD = (
     "ipykernel.debugger",
     "IPython",
     "zmq",
-    "kernelexec.kernel",
-    "kernelexec.kernels.decoding",
-    "kernelexec.runtime",
-    "kernelexec.nodeapi",
-    "kernelexec.guard",
-    "kernelexec.convert",
-    "kernelexec.blobs",
-    "kernelexec.wrapping",
+    "kernelexec.kernel.app",
+    "kernelexec.kernel.decoding",
+    "kernelexec.kernel.runtime",
+    "kernelexec.kernel.nodeapi",
+    "kernelexec.kernel.guard",
+    "kernelexec.kernel.convert",
+    "kernelexec.kernel.blobs",
+    "kernelexec.kernel.wrapping",
 )
 #: the module the template runs in a child; a request runs ``python -m`` this, nothing else
 KERNEL_MODULE = "kernelexec.kernel"
@@ -164,12 +164,12 @@ def _become_kernel(
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
-        from kernelexec import kernel
+        from kernelexec.kernel import app
 
         # ipykernel read JPY_PARENT_PID into a trait default at import, in the template
         args = [*args, f"--IPKernelApp.parent_handle={env.get('JPY_PARENT_PID') or 0}"]
-        sys.argv = [kernel.__file__ or KERNEL_MODULE, *args]
-        kernel.main(args)
+        sys.argv = [app.__file__ or KERNEL_MODULE, *args]
+        app.main(args)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -209,7 +209,7 @@ def main(argv: list[str]) -> None:
     channel = socket.socket(fileno=int(argv[0]))
     _die_with_parent(parent)
     _set_comm(TEMPLATE_COMM)
-    _set_cmdline([sys.executable, "-m", "kernelexec.kernels.template"])
+    _set_cmdline([sys.executable, "-m", "kernelexec.handles.template"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the bridge
     for name in PRELOAD:
         __import__(name)

@@ -1,13 +1,13 @@
 """The kernel process: a stock IPython kernel, configured for a long, fast life.
 
-Started as ``python -m kernelexec.kernel -f CONNECTION_FILE`` (see kernels/local.py). It is
+Started as ``python -m kernelexec.kernel -f CONNECTION_FILE`` (see handles/local.py). It is
 ipykernel's own IPKernelApp with:
 
 - no history database and no output cache (memory stays flat over 100,000 messages);
 - no 0.5 ms sleep after every execute (``_execute_sleep = 0``);
 - stdout/stderr flushes skipped when nothing was written (each one is a cross-thread
   round trip in ipykernel, paid twice per execute otherwise);
-- incoming messages decoded by kernels/decoding.py (the Session's signature check without
+- incoming messages decoded by kernel/decoding.py (the Session's signature check without
   its date parsing: ~12 instead of ~60 µs each);
 - one more shell message type, ``kernelexec_request``: the runtime's op from the request's
   content, its answer in the reply's payload, exactly like an execute_request of the cell
@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Any
 
-from .protocol import KERNEL_REPLY_TYPE, KERNEL_REQUEST_TYPE, RUNTIME_NAME
+from ..protocol import KERNEL_REPLY_TYPE, KERNEL_REQUEST_TYPE, RUNTIME_NAME
 
 __all__ = ["REQUEST_TYPE", "kernel_config", "main", "wire_pack"]
 
@@ -238,11 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     app.kernel_class = _kernel_class()
     app.initialize(sys.argv[1:] if argv is None else argv)
     app.session.pack = wire_pack
-    from .kernels.decoding import session_deserializer  # the same signature check, no dates
+    from .decoding import session_deserializer  # the same signature check, no dates
 
     app.session.deserialize = session_deserializer(app.session)
     app.start()
-
-
-if __name__ == "__main__":
-    main()

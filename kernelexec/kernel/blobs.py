@@ -36,8 +36,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import KernelexecError
-from .protocol import load_spec
+from ..errors import KernelexecError
+from ..protocol import load_spec
 
 __all__ = [
     "B64",

@@ -29,8 +29,8 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import ExecutionTimeoutError, KernelDiedError
 from . import blobs
-from .errors import ExecutionTimeoutError, KernelDiedError
 from .framing import HEADER, framed, take_frames
 from .prewarm import BackgroundCopy, copy_shared_pages, enabled
 from .reaper import Reaper, kill_group, wait_status
@@ -43,7 +43,7 @@ __all__ = ["ForkHost", "PipeChannel", "discard_spare", "prefork", "run_in_child"
 
 
 class ForkHost(Protocol):
-    """What cold mode needs of the runtime it forks (kernelexec/runtime.py's ``Runtime``):
+    """What cold mode needs of the runtime it forks (kernelexec/kernel/runtime.py's ``Runtime``):
     its channel and outputs, where its blobs are, and in the child, a runtime that talks
     through the pipe and runs the message there. Cold mode knows nothing else of it."""
 
@@ -137,7 +137,7 @@ def _child(runtime: ForkHost, fds: tuple[int, int, int, int], *, spare: bool) ->
     """In the child: wait for the message on the pipe, run it, write the RESULT, exit.
 
     Never returns. A spare child (forked ahead of time) first copies the pages it shares with
-    the kernel (kernelexec/prewarm.py), then waits here until its message comes; end of file
+    the kernel (kernelexec/kernel/prewarm.py), then waits here until its message comes; end of file
     on the pipe (the kernel is gone, or discarded the spare) makes it exit.
     """
     code = 0
@@ -211,7 +211,7 @@ _KERNEL_COPY = BackgroundCopy()
 
 def prefork(runtime: ForkHost) -> None:
     """Fork the next message's child now, while the node is idle (op ``prefork``); then the
-    kernel takes back its own pages in the background (kernelexec/prewarm.py)."""
+    kernel takes back its own pages in the background (kernelexec/kernel/prewarm.py)."""
     if not _SPARE:
         _KERNEL_COPY.stop()
         _SPARE.append(_fork_child(runtime, spare=True))

@@ -28,7 +28,7 @@ anything else                               ConversionError: ``msg.payload.model
                                             object of type Booster``
 ==========================================  ==================================================
 
-The markers' wire form belongs to :mod:`kernelexec.blobs`. Incoming (:func:`from_json`):
+The markers' wire form belongs to :mod:`kernelexec.kernel.blobs`. Incoming (:func:`from_json`):
 buffer and blob markers become ``bytes``, escaped objects plain dicts, in place; a blob
 marker is only an index into the blob table given with the value (none: an error). The
 blobs read are remembered so that sending the same ``bytes`` object back renames the input
@@ -50,8 +50,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import ConversionError
 from . import blobs
-from .errors import ConversionError
 
 __all__ = ["BLOB_THRESHOLD", "MARKER", "Encoder", "InputBlobs", "from_json", "to_json"]
 

@@ -59,7 +59,7 @@ def decode_parts(session: Session, parts: Sequence[Any], *, content: bool = True
 
 
 def session_deserializer(session: Session) -> Callable[..., dict[str, Any]]:
-    """A drop-in for ``session.deserialize`` (kernelexec/kernel.py installs it)."""
+    """A drop-in for ``session.deserialize`` (kernelexec/kernel/app.py installs it)."""
 
     def deserialize(
         msg_list: Sequence[Any], content: bool = True, copy: bool = True

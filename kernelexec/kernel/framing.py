@@ -1,7 +1,7 @@
 """Length-prefixed frames: a 4-byte big-endian length, then the body (JSON here).
 
-The one framing of the byte streams kernelexec owns: the result pipe (kernelexec/resultpipe.py),
-the request pipe of the lane (kernelexec/lane.py) and the node's socket pair
+The one framing of the byte streams kernelexec owns: the result pipe (kernel/resultpipe.py),
+the request pipe of the lane (kernelexec/kernel/lane.py) and the node's socket pair
 (kernelexec/server/pipe.py; nodered-node/lib/pipe_socket.js is its JavaScript half, and
 spec.json's "transport" says it for both). Runs inside the kernel too: standard library only.
 """

@@ -3,7 +3,7 @@
 The Jupyter path carries each op as a ``kernelexec_request`` over zmq: the bridge's message
 crosses zmq's I/O thread on both sides before the kernel's main thread sees it, and the reply
 does the same back (most of an idle kernel's round trip, docs/performance.md). A local kernel
-already has a pipe to the bridge for its RESULTs (kernelexec/resultpipe.py); the lane adds
+already has a pipe to the bridge for its RESULTs (kernelexec/kernel/resultpipe.py); the lane adds
 one pipe the other way:
 
 - the bridge writes ``{"lane": SEQ, "request": OP}`` (4-byte big-endian length + JSON, as
@@ -67,7 +67,7 @@ def request_frame(seq: int, op: dict[str, Any]) -> bytes:
     body = {SEQ: seq, "request": op}
     data = _fast_dumps(body)
     if data is None:  # no orjson, a lone surrogate (U+FFFD then), NaN (null)...
-        from .kernel import wire_pack  # what the shell channel's messages are packed with
+        from .app import wire_pack  # what the shell channel's messages are packed with
 
         data = wire_pack(body)
     return framed(data)

@@ -4,7 +4,7 @@ script-style helpers, plus the channels their calls go out through.
 A :class:`Channel` carries events (``send``, ``done``, ``status``, ``log``) and blocking
 context requests out of the runtime: :class:`KernelChannel` over IOPub and stdin in a
 kernel, :class:`LocalChannel` in-process (a callback or a list, and :class:`MemoryContext`),
-and the cold-mode pipe in :mod:`kernelexec.coldfork`.
+and the cold-mode pipe in :mod:`kernelexec.kernel.coldfork`.
 
 Standard library only: this module runs inside the kernel.
 """
@@ -19,9 +19,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import NodeApiError
+from ..protocol import EVENTS_COMM
 from .convert import Encoder, from_json
-from .errors import NodeApiError
-from .protocol import EVENTS_COMM
 
 if TYPE_CHECKING:
     from .results import Request
@@ -83,7 +83,7 @@ class Channel(Protocol):
 
 
 class NodeHost(Protocol):
-    """What the node API needs of the runtime that hosts it (kernelexec/runtime.py's
+    """What the node API needs of the runtime that hosts it (kernelexec/kernel/runtime.py's
     ``Runtime``): the node's identity, its channel and context stores, and the events of
     the message running now. The node API knows nothing else of the runtime."""
 

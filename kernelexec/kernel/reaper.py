@@ -1,4 +1,4 @@
-"""Killing and reaping cold mode's children off the message's path (kernelexec/coldfork.py).
+"""Killing and reaping cold mode's children off the message's path (kernelexec/kernel/coldfork.py).
 
 Standard library only: this module runs inside the kernel.
 """

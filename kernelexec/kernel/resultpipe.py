@@ -18,7 +18,7 @@ zmq offer no such guarantee: what the I/O thread had not sent yet dies with the 
 Cost on the hot path: one ``write()`` per message in the kernel, a ``read()`` per ready chunk
 in the bridge, and the batch reply no longer carries (nor signs) the results.
 
-Frames: 4-byte big-endian length + JSON, as kernelexec/coldfork.py. This module is imported
+Frames: 4-byte big-endian length + JSON, as kernelexec/kernel/coldfork.py. This module is imported
 by the kernel too (the writer half): standard library and kernelexec.kernel only.
 """
 
@@ -48,7 +48,7 @@ class ResultWriter:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        from .kernel import _ORJSON_OPTIONS, wire_pack
+        from .app import _ORJSON_OPTIONS, wire_pack
 
         self._slow = wire_pack  # lone surrogates, NaN...: the kernel's own packer
         self._options = _ORJSON_OPTIONS
@@ -78,7 +78,7 @@ class ResultWriter:
         self._write(result)
 
     def answer(self, frame: dict[str, Any]) -> None:
-        """The answer to a lane request (kernelexec/lane.py), after its RESULTs."""
+        """The answer to a lane request (kernelexec/kernel/lane.py), after its RESULTs."""
         self._write(frame)
 
     def _encode(self, obj: Any) -> bytes:

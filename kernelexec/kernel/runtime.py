@@ -2,13 +2,13 @@
 
 In a kernel, the worker's bootstrap cell runs ``__kernelexec__ = install(get_ipython())``
 and then every request is a ``kernelexec_request`` answered by :meth:`Runtime.respond`
-(kernelexec/kernel.py), or on a stock kernel the cell ``__kernelexec__.handle()``: the op
+(kernelexec/kernel/app.py), or on a stock kernel the cell ``__kernelexec__.handle()``: the op
 comes from the shell request's ``content["kernelexec"]`` and the answer goes into the reply
 payload (docs/internals.md lists the ops and the RESULT shape).
 
 In-process API (no kernel; used by the ``%%node`` magic and the tests)::
 
-    from kernelexec.runtime import Runtime
+    from kernelexec.kernel.runtime import Runtime
 
     rt = Runtime(on_event=print)            # or Runtime(): events collect in rt.events
     rt.init(code="msg['payload'] *= 2\\nreturn msg", name="double", outputs=1)
@@ -39,9 +39,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import blobs, coldfork
-from .convert import Encoder, from_json
-from .errors import (
+from ..errors import (
     ConversionError,
     ExecutionTimeoutError,
     KernelexecError,
@@ -49,6 +47,9 @@ from .errors import (
     UserCodeError,
     own_error,
 )
+from ..protocol import RUNTIME_NAME
+from . import blobs, coldfork
+from .convert import Encoder, from_json
 from .guard import (
     Alarm,
     MessageTimeout,
@@ -68,7 +69,6 @@ from .nodeapi import (
     normalize_outputs,
     script_helpers,
 )
-from .protocol import RUNTIME_NAME
 from .resultpipe import ResultWriter
 from .results import Request, empty_outputs, make_result
 from .wrapping import (
@@ -233,7 +233,7 @@ class Runtime:
         return answer
 
     def _adopt_lane(self, fd: Any) -> None:
-        """Read the ops after init from the bridge's request pipe (kernelexec/lane.py)."""
+        """Read the ops after init from the bridge's request pipe (kernelexec/kernel/lane.py)."""
         if self._lane is not None:
             self._lane.close()
         self._lane = RequestReader.adopt(fd, self._lane_request) if self._results else None
@@ -329,7 +329,7 @@ class Runtime:
 
     def respond(self) -> dict[str, Any]:
         """The answer to the kernel's current shell request (its ``content["kernelexec"]``):
-        what a ``kernelexec_request`` replies (kernelexec/kernel.py)."""
+        what a ``kernelexec_request`` replies (kernelexec/kernel/app.py)."""
         channel = self.channel
         parent = channel.remember() if isinstance(channel, KernelChannel) else {}
         request = (parent.get("content") or {}).get("kernelexec") or {}
@@ -354,7 +354,7 @@ class Runtime:
         table); after an interrupt, the rest fail with TIMEOUT without running. With
         ``stream`` each RESULT goes down the pipe as it is complete instead (none is
         returned), and after an interrupt the batch ends: the bridge runs the rest again
-        (kernelexec/resultpipe.py)."""
+        (kernelexec/kernel/resultpipe.py)."""
         self._interrupted = False
         self._ran = 0
         results = []

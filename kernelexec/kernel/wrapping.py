@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import CodeType, FunctionType, TracebackType
 from typing import Any, Literal
 
-from .errors import CodeSyntaxError
+from ..errors import CodeSyntaxError
 
 __all__ = [
     "FILENAME_PREFIX",

@@ -51,10 +51,10 @@ def parse_node_options(line: str) -> NodeOptions:
 def check_code(source: str, part: str) -> None:
     """Raise :class:`~kernelexec.errors.CodeSyntaxError` if ``source`` does not compile.
 
-    Compiled exactly as the runtime compiles it (:mod:`kernelexec.wrapping`): message code
+    Compiled exactly as the runtime compiles it (:mod:`kernelexec.kernel.wrapping`): message code
     may ``return`` and ``await`` at top level; setup and stop code are plain scripts.
     """
-    from ..wrapping import compile_node_code, compile_script
+    from ..kernel.wrapping import compile_node_code, compile_script
 
     if part == "node":
         compile_node_code(source)

@@ -7,7 +7,7 @@ Shutdown (:meth:`Server.stop`, on SIGTERM/SIGINT or when the parent process is g
    reaches Node-RED);
 3. close every pool at once: stop code runs, kernels go down (killed past a deadline);
 4. close every WebSocket (1001, "bridge shutting down");
-5. remove orphan blob files (``kernelexec.blobs.sweep_orphans``) of the dead kernels.
+5. remove orphan blob files (``kernelexec.kernel.blobs.sweep_orphans``) of the dead kernels.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ def server_name() -> str:
 
 
 def blob_dir() -> str:
-    """Where blob files live (kernelexec.blobs when it is there, else /dev/shm or tmp)."""
+    """Where blob files live (kernelexec.kernel.blobs when it is there, else /dev/shm or tmp)."""
     with contextlib.suppress(ImportError, AttributeError):
-        from .. import blobs
+        from ..kernel import blobs
 
         return str(blobs.blob_dir())
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
@@ -41,7 +41,7 @@ def blob_dir() -> str:
 def sweep_blobs() -> None:
     """Remove blob files whose writer is dead (e.g. outputs of kernels that were closed)."""
     try:
-        from .. import blobs
+        from ..kernel import blobs
     except ImportError:
         return
     try:

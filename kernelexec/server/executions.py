@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..results import failed_result
+from ..kernel.results import failed_result
 from .frames import FrameError, describe, error_object
 from .pools import PoolEntry
 

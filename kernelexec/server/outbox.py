@@ -156,10 +156,10 @@ class Outbox:
 
 def _drop_blobs(frame: dict[str, Any]) -> None:
     """The blob files of a frame that is replaced: nobody will read them (only names of the
-    frame's own request are removed, see kernelexec.blobs.remove_table)."""
+    frame's own request are removed, see kernelexec.kernel.blobs.remove_table)."""
     table = frame.get(BLOB_TABLE)
     if table:
-        from .. import blobs
+        from ..kernel import blobs
 
         req_id = frame.get("req_id")
         blobs.remove_table(table, req_id if isinstance(req_id, str) else None)

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 
-from ..framing import framed, take_frames
+from ..kernel.framing import framed, take_frames
 from .bridge import Bridge
 from .session import Session
 

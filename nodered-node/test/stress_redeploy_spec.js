@@ -32,7 +32,7 @@ function kernelCount(pid) {
     for (const p of S.processTree(pid).slice(1)) {
         try {
             const argv = fs.readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0");
-            if (argv.includes("-f")) { // not the kernel template (kernelexec/kernels/template.py)
+            if (argv.includes("-f")) { // not the kernel template (kernelexec/handles/template.py)
                 files.add(argv[argv.indexOf("-f") + 1]);
             }
         } catch (ignored) {

@@ -14,8 +14,8 @@ from typing import Any
 import psutil
 from server_support import TOKEN, BridgeProcess, Client
 
-from kernelexec import blobs
-from kernelexec.kernels.template import TEMPLATE_COMM
+from kernelexec.handles.template import TEMPLATE_COMM
+from kernelexec.kernel import blobs
 
 __all__ = [
     "KERNEL_PATTERN",
@@ -134,7 +134,7 @@ class StressBridge(BridgeProcess):
 
     def kernel_pids(self) -> list[int]:
         """The bridge's kernels, launched or forked (not the kernel template they fork from,
-        which shares their command line: kernels/template.py names it TEMPLATE_COMM)."""
+        which shares their command line: handles/template.py names it TEMPLATE_COMM)."""
         return [
             p.pid
             for p in self.descendants()

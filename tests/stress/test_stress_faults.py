@@ -24,7 +24,7 @@ import pytest_asyncio
 from server_support import Client, bridge_env, still_running
 from stress_support import StressBridge, blob_files, take_blobs
 
-from kernelexec import blobs
+from kernelexec.kernel import blobs
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 

@@ -1,6 +1,6 @@
 """Hypothesis, extending tests/test_server_fuzz.py and tests/test_convert_fuzz.py with what they
 leave out: deep nesting, NaN/Infinity tokens, lone surrogates, req_id recovery from frames
-that cannot be decoded, and the wire packer (kernelexec.kernel.wire_pack) both sessions use."""
+that cannot be decoded, and the wire packer (kernelexec.kernel.app.wire_pack) both sessions use."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernelexec.convert import from_json, to_json
-from kernelexec.kernel import wire_pack
+from kernelexec.kernel.app import wire_pack
+from kernelexec.kernel.convert import from_json, to_json
 from kernelexec.server.frames import FrameError, parse_frame
 
 # every code point, lone surrogates included (st.text() leaves category Cs out)

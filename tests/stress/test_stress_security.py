@@ -22,8 +22,8 @@ from stress_support import StressBridge, blob_files, take_blobs
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from kernelexec import blobs
 from kernelexec.config import PoolConfig
+from kernelexec.kernel import blobs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -1,6 +1,6 @@
 """Kernels on a Jupyter Kernel Gateway or Enterprise Gateway (docs/scale-out.md).
 
-:class:`GatewayKernel` is a :class:`~kernelexec.kernels.base.KernelHandle` over the gateway's
+:class:`GatewayKernel` is a :class:`~kernelexec.handles.base.KernelHandle` over the gateway's
 REST API (start, interrupt, restart and delete a kernel) and the kernel WebSocket
 (``/api/kernels/ID/channels``), spoken with a small tornado.websocket client of our own.
 One module per concern:

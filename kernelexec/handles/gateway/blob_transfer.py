@@ -3,7 +3,7 @@
 A blob table entry ``{name, size}`` names a file on the machine that wrote it, so entries
 never cross the WebSocket; the message bodies (whose blob markers are indexes into the table)
 cross unchanged. Going in, the handle reads the file of each entry of each batch item's table
-(checked as every blob read, :func:`kernelexec.blobs.read_blob`) and sends its bytes as a
+(checked as every blob read, :func:`kernelexec.kernel.blobs.read_blob`) and sends its bytes as a
 buffer of the execute_request, the entry becoming ``{"gw": BUFFER_INDEX, "size"}``; the
 kernel side (``before()``, an IPython pre_execute hook, see :mod:`.kernel_side`) writes each
 buffer to a blob file of the kernel's machine and restores ``{name, size}``, which the runtime
@@ -11,7 +11,7 @@ reads as usual (``after()``, the post_execute hook, removes them). Coming out, `
 the event wrapper read the files of the results' and events' tables, remove them, and send
 their bytes as comm_msg buffers with "gw" entries; the handle writes them to blob files of
 this machine, named for the request. Tables are only looked for where the protocol puts them
-(:func:`kernelexec.blobs.holders`), never inside a message.
+(:func:`kernelexec.kernel.blobs.holders`), never inside a message.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ GW = "gw"
 
 def _tables(value: Any) -> Iterator[tuple[dict[str, Any], str | None]]:
     """The blob-table holders of an envelope, or of each ``data`` of a reply's payload list."""
-    from ... import blobs
+    from ...kernel import blobs
 
     if isinstance(value, list):
         for item in value:
@@ -42,7 +42,7 @@ def _tables(value: Any) -> Iterator[tuple[dict[str, Any], str | None]]:
 def blobs_to_buffers(extra: dict[str, Any], buffers: list[bytes]) -> tuple[Any, bool]:
     """``extra`` (not modified) with its tables' entries turned into "gw" entries of buffers
     appended to ``buffers``; and whether there was any."""
-    from ... import blobs
+    from ...kernel import blobs
 
     found = False
     new = dict(extra)
@@ -66,7 +66,7 @@ def blobs_to_buffers(extra: dict[str, Any], buffers: list[bytes]) -> tuple[Any, 
 
 
 def has_gw_refs(value: Any) -> bool:
-    from ... import blobs
+    from ...kernel import blobs
 
     return any(
         isinstance(entry, dict) and GW in entry
@@ -77,7 +77,7 @@ def has_gw_refs(value: Any) -> bool:
 
 def buffers_to_blobs(value: Any, buffers: list[bytes]) -> None:
     """Replace "gw" entries in place by entries of new local blob files holding the buffers."""
-    from ... import blobs
+    from ...kernel import blobs
 
     for holder, req_id in list(_tables(value)):
         holder[blobs.TABLE] = [

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: The in-kernel modules whose imports (within kernelexec) are followed to build the bundle.
-RUNTIME_ROOTS = ("kernelexec.runtime", "kernelexec.kernel")
+RUNTIME_ROOTS = ("kernelexec.kernel.runtime", "kernelexec.kernel.app")
 
 _PACKAGE = Path(__file__).resolve().parents[2]  # kernelexec/
 _KERNEL_SIDE = Path(__file__).with_name("kernel_side.py")
@@ -35,7 +35,7 @@ _KERNEL_SIDE = Path(__file__).with_name("kernel_side.py")
 _RUN_KERNEL_SIDE = """\
 def _kernelexec_bootstrap(source, bundle, digest):
     namespace = {"__name__": "kernelexec_gateway_kernel_side"}
-    exec(compile(source, "kernelexec/kernels/gateway/kernel_side.py", "exec"), namespace)
+    exec(compile(source, "kernelexec/handles/gateway/kernel_side.py", "exec"), namespace)
     namespace["bootstrap"](bundle, digest)
 """
 
@@ -52,7 +52,7 @@ def shipped_sources() -> dict[str, bytes]:
     """Every Python source a stock kernel runs: the bundle and the kernel-side helper (all
     must parse as Python 3.9, the oldest Python kernelexec supports in a kernel)."""
     files = {k: v for k, v in bundle_files().items() if k.endswith(".py")}
-    files["kernelexec/kernels/gateway/kernel_side.py"] = _KERNEL_SIDE.read_bytes()
+    files["kernelexec/handles/gateway/kernel_side.py"] = _KERNEL_SIDE.read_bytes()
     return files
 
 
@@ -118,7 +118,7 @@ def runtime_bootstrap_code(roots: Iterable[str] = RUNTIME_ROOTS) -> str:
     It writes the in-kernel kernelexec modules into a private temporary directory of the
     kernel's machine (removed when the kernel exits), puts it first on sys.path, tunes the
     kernel (no post-execute sleep, no history), defines ``__kernelexec_gw__`` (reassembly
-    of staged buffers) and ``__kernelexec__ = kernelexec.runtime.install(get_ipython())``.
+    of staged buffers) and ``__kernelexec__ = kernelexec.kernel.runtime.install(get_ipython())``.
     """
     files = bundle_files(roots)
     payload = dumps({k: base64.b64encode(v).decode("ascii") for k, v in sorted(files.items())})

@@ -1,4 +1,4 @@
-""":class:`GatewayKernel`: a :class:`~kernelexec.kernels.base.KernelHandle` on a gateway.
+""":class:`GatewayKernel`: a :class:`~kernelexec.handles.base.KernelHandle` on a gateway.
 
 Lifecycle over the REST API (:mod:`.rest`), messages over the kernel WebSocket
 (:mod:`.channels`). Every await is bounded: while an execute waits, the kernel's existence is

@@ -1,4 +1,4 @@
-"""The kernel side of kernelexec.kernels.gateway: runs inside a stock remote kernel.
+"""The kernel side of kernelexec.handles.gateway: runs inside a stock remote kernel.
 
 Never imported by the bridge: :func:`~.bootstrap.runtime_bootstrap_code` reads this file and
 has the kernel execute it in a namespace of its own, then call :func:`bootstrap`. So it
@@ -8,7 +8,7 @@ bundle is unpacked and on ``sys.path``.
 :class:`KernelexecGateway` (the kernel's ``__kernelexec_gw__``) keeps staged buffers of
 requests above the message cap (:mod:`.staging`) and turns blobs into buffers and back
 (:mod:`.blob_transfer`), from IPython's pre_/post_execute hooks, and answers the
-``kernelexec_request`` shell message (the fast path of local kernels, kernelexec/kernel.py)
+``kernelexec_request`` shell message (the fast path of local kernels, kernelexec/kernel/app.py)
 once it is registered among the kernel's shell handlers.
 
 This file must run on every kernel line people run (docs/scale-out.md): Python 3.9+,
@@ -34,7 +34,7 @@ from IPython import get_ipython
 
 Fix = Callable[[dict[str, Any], "str | None"], dict[str, Any]]
 
-#: the shell message of one runtime op (kernelexec.kernel.REQUEST_TYPE) and its reply
+#: the shell message of one runtime op (kernelexec.kernel.app.REQUEST_TYPE) and its reply
 REQUEST_TYPE = "kernelexec_request"
 REPLY_TYPE = "kernelexec_reply"
 #: comm of the runtime's events, and the runtime's name in the user namespace
@@ -101,7 +101,7 @@ class KernelexecGateway:
             joined = [b"".join(parts.get(i, ())) for i in range(info["count"])]
             parent["buffers"][:] = [memoryview(b) for b in joined]
         if content.pop("kernelexec_gw_blobs", False):
-            from kernelexec import blobs
+            from kernelexec.kernel import blobs
 
             buffers = parent["buffers"]
 
@@ -203,7 +203,7 @@ class KernelexecGateway:
         )
 
     def _packer(self, buffers: list[bytes]) -> Fix:
-        from kernelexec import blobs
+        from kernelexec.kernel import blobs
 
         def pack(entry: dict[str, Any], req_id: str | None) -> dict[str, Any]:
             if "gw" in entry:
@@ -216,9 +216,9 @@ class KernelexecGateway:
         return pack
 
     def _walk(self, value: Any, fix: Fix) -> None:
-        """Each entry of the blob tables of an envelope, in place (kernelexec.blobs.holders:
+        """Each entry of the blob tables of an envelope, in place (kernelexec.kernel.blobs.holders:
         batch items, results, a send event; never inside a message)."""
-        from kernelexec import blobs
+        from kernelexec.kernel import blobs
 
         for holder, req_id in list(blobs.holders(value)):
             holder[blobs.TABLE] = [fix(entry, req_id) for entry in holder[blobs.TABLE]]
@@ -243,9 +243,9 @@ def bootstrap(bundle: str, digest: str) -> None:
     helper = ip.user_ns["__kernelexec_gw__"] = KernelexecGateway()
     helper.register(ip)
     try:
-        import kernelexec.runtime as runtime
+        import kernelexec.kernel.runtime as runtime
     except ModuleNotFoundError as exc:
-        if exc.name != "kernelexec.runtime":
+        if exc.name != "kernelexec.kernel.runtime":
             raise
     else:
         helper.wrap(runtime.install(ip))
@@ -336,7 +336,7 @@ def _tune(ip: Any) -> bool:
     try:  # as kernelexec.kernel does for local kernels, where ipykernel has what it needs
         from ipykernel.iostream import OutStream
 
-        from kernelexec import kernel as tuning
+        from kernelexec.kernel import app as tuning
 
         fields = ("_buffers", "_flush_pending", "_subprocess_flush_pending")
         if isinstance(sys.stdout, OutStream) and all(hasattr(sys.stdout, f) for f in fields):
