@@ -32,9 +32,9 @@ from .errors import (
     QueueFullError,
     SetupError,
 )
-from .handles.base import KernelHandle, LaunchSpec
+from .handles.factory import KernelFactory
 from .protocol import PoolState
-from .worker import BOOTSTRAP_CODE, Job, Worker, WorkerState, failed_result
+from .worker import Job, Worker, WorkerState, failed_result
 
 __all__ = ["MemoryHooks", "Pool", "PoolHooks", "PoolStats", "make_pool", "node_workdir"]
 
@@ -157,8 +157,9 @@ class Pool:
         self._retry: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._last_release: asyncio.Future[None] | None = None
-        self._launch: LaunchSpec | None = None
-        self._bootstrap = BOOTSTRAP_CODE
+        self._kernels = KernelFactory(
+            config.env, node_id=config.node_id, workdir=self.workdir, installing=self._progress
+        )
         self._counts = collections.Counter[str]()
         self._running: dict[Worker, list[Job]] = {}
         #: Execution time of one message (seconds; see _measure), None until measured.
@@ -169,7 +170,10 @@ class Pool:
         """Start every worker; raises the first setup or environment error (and retries)."""
         self._set_state(PoolState.STARTING)
         try:
-            self._load_notebook()
+            if self.config.notebook:  # the live link: the code comes from the notebook
+                from .notebook.link import open_link
+
+                self._watcher = open_link(self)
             self.workers = [await self._make_worker(i) for i in range(self.config.workers)]
             results = await asyncio.gather(
                 *(w.start() for w in self.workers), return_exceptions=True
@@ -186,82 +190,25 @@ class Pool:
             raise first
         self._set_state(PoolState.READY)
 
-    # -- live link to a notebook --------------------------------------------------------
-    def _load_notebook(self) -> None:
-        """With ``notebook`` set, setup/code/stop come from the file, and it is watched."""
-        if not self.config.notebook:
-            return
-        from .notebook import load_node_code, watch_notebook
-
-        code = load_node_code(self.config.notebook)
-        self.config = self.config.replace(code=code.code, setup=code.setup, stop=code.stop)
-        self._watcher = watch_notebook(self.config.notebook, self._on_notebook, initial=code)
-
-    async def _on_notebook(self, change: Any) -> None:
-        """Apply a notebook change: new message code in place, new setup by restarting."""
-        node_id = self.config.node_id
-        if change.action == "error":
-            text = f"notebook {change.path}: {change.error}; the node keeps its running code"
-            self.hooks.on_event(
-                node_id, {"type": "log", "req_id": None, "level": "warn", "text": text}
-            )
-            return
-        if change.action not in ("code", "restart", "stop") or self.closed:
-            return
-        new = change.new
-        self.config = self.config.replace(code=new.code, setup=new.setup, stop=new.stop)
-        for worker in self.workers:
-            worker.config = self.config
-            if change.action == "code":
-                await worker.update_code(new.code)
-            elif change.action == "restart":
-                await worker.restart()
-        text = f"notebook {change.path} reloaded ({change.action})"
-        self.hooks.on_event(node_id, {"type": "log", "req_id": None, "level": "info", "text": text})
-
     async def _make_worker(self, index: int) -> Worker:
-        kernel = await self._make_kernel(index)
+        kernel = await self._kernels.make(index)
         worker = Worker(
             self.config,
             kernel,
             index=index,
             workdir=self.workdir,
             fork=self.config.mode == "cold",
-            bootstrap_code=self._bootstrap,
+            bootstrap_code=self._kernels.bootstrap_code,
         )
         worker.on_event = self._forward_event
         kernel.on_stdin = self._answer_context
         kernel.on_stream = self._forward_stream
         return worker
 
-    async def _make_kernel(self, index: int) -> KernelHandle:
-        env = self.config.env
-        name = f"{self.config.node_id}#{index}"
-        if env.gateway_url:
-            from .handles import gateway
-
-            self._bootstrap = gateway.runtime_bootstrap_code()
-            kernel: KernelHandle = gateway.make_gateway_kernel(env, node_id=self.config.node_id)
-            return kernel
-        from .handles.local import LocalKernel
-
-        if self._launch is None:
-            self._launch = await self._launch_spec()
-        return LocalKernel(self._launch, name=name)
-
-    async def _launch_spec(self) -> LaunchSpec:
-        env = self.config.env
-        if env.python or env.requirements or env.is_isolated:
-            from . import envs
-
-            if env.requirements:
-                self._set_state(PoolState.INSTALLING)
-            return await envs.prepare_launch(
-                env, node_id=self.config.node_id, workdir=self.workdir, progress=self._progress
-            )
-        from .handles.local import default_launch_spec
-
-        return default_launch_spec(cwd=self.workdir)
+    def log(self, level: str, text: str) -> None:
+        """A log event of the node itself (no message), e.g. from the live link."""
+        event = {"type": "log", "req_id": None, "level": level, "text": text}
+        self.hooks.on_event(self.config.node_id, event)
 
     def _progress(self, detail: str) -> None:
         self._set_state(PoolState.INSTALLING, detail)
