@@ -92,6 +92,20 @@ class ConfigError(KernelexecError, ValueError):
 class QueueFullError(KernelexecError):
     code = "QUEUE_FULL"
 
+    @classmethod
+    def check(cls, node_id: str, waiting: int, limit: int, for_what: str) -> QueueFullError | None:
+        """The refusal of one more message when ``waiting`` already wait ``for_what`` (a
+        worker, the pool's start) and the node's queue_limit is ``limit``; else None. The
+        one place the limit is checked and said (the pool's queue, the bridge's wait for a
+        pool that is starting)."""
+        if waiting < limit:
+            return None
+        return cls(
+            f"queue full: {waiting} messages are waiting for {for_what} of node {node_id} "
+            f"(queueLimit {limit}); the message was refused. Raise queueLimit or workers, "
+            "or slow the input down."
+        )
+
 
 class ExecutionError(KernelexecError):
     code = "USER_ERROR"

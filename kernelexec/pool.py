@@ -346,14 +346,9 @@ class Pool:
             return PoolClosedError(f"the node {self.config.node_id} is closed")
         if self.error is not None and self.state is PoolState.ERROR:
             return self.error
-        if len(self._queue) >= self.config.queue_limit:
-            text = (
-                f"queue full: {len(self._queue)} messages are waiting for node "
-                f"{self.config.node_id} (queueLimit {self.config.queue_limit}); the message was "
-                "refused. Raise queueLimit or workers, or slow the input down."
-            )
-            return QueueFullError(text)
-        return None
+        return QueueFullError.check(
+            self.config.node_id, len(self._queue), self.config.queue_limit, "a worker"
+        )
 
     async def _serve(self, worker: Worker) -> None:
         """One worker's loop: take the waiting messages (a batch, see _share), run, answer."""

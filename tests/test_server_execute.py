@@ -276,6 +276,31 @@ async def test_messages_sent_while_the_pool_starts_wait_for_it(client: Client) -
     await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "fresh")
 
 
+async def test_messages_beyond_the_queue_limit_are_refused_while_the_pool_starts(
+    client: Client, tmp_path: Path
+) -> None:
+    """Setup blocks until a file exists: 2 messages wait for the start (queue_limit 2), the
+    next ones are refused at once with QUEUE_FULL, naming the node and the limit; the two
+    waiting ones run once the start finishes."""
+    go = tmp_path / "go"
+    setup = f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.005)"
+    config = {"code": "return msg", "setup": setup, "queue_limit": 2}
+    await client.send(type="configure", node_id="full-start", config=config)
+    await client.state("full-start", "starting")
+    for i in range(4):
+        await client.send(type="execute", node_id="full-start", req_id=f"fs{i}", msg={"i": i})
+    refused = [await client.result(f"fs{i}") for i in (2, 3)]
+    for frame in refused:
+        assert frame["error"]["code"] == "QUEUE_FULL"
+        assert "full-start" in frame["error"]["message"]
+        assert "queueLimit 2" in frame["error"]["message"]
+    go.touch()
+    waited = [await client.result(f"fs{i}") for i in (0, 1)]
+    assert [r["error"] for r in waited] == [None, None]
+    await client.send(type="close", node_id="full-start")
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "full-start")
+
+
 async def kernel_pids(client: Client, node_id: str) -> list[int]:
     await client.send(type="list_kernels", node_id=node_id)
     kernels = (await client.next(lambda f: f["type"] == "kernels"))["kernels"]

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import QueueFullError
 from ..kernel.results import failed_result
 from .frames import FrameError, describe, error_object
 from .pools import PoolEntry
@@ -126,12 +127,11 @@ class Executions:
         self, entry: PoolEntry, req_id: str, msg: dict[str, Any], table: Any
     ) -> dict[str, Any]:
         if not entry.settled.is_set():
-            if entry.waiting >= entry.config.queue_limit:
-                message = (
-                    f"node {entry.node_id}: {entry.waiting} messages already wait for the pool "
-                    "to start (queue_limit); the message was refused"
-                )
-                return error_result(entry.node_id, req_id, error_object("QUEUE_FULL", message))
+            full = QueueFullError.check(
+                entry.node_id, entry.waiting, entry.config.queue_limit, "the start"
+            )
+            if full is not None:
+                return error_result(entry.node_id, req_id, full.to_dict())
             entry.waiting += 1
             try:
                 await entry.settled.wait()
