@@ -33,13 +33,14 @@ Messages say what went wrong, with which value, and what to do.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 __all__ = [
     "CodeSyntaxError",
     "ConfigError",
     "ConversionError",
     "EnvironmentBuildError",
+    "ErrorObject",
     "ExecutionError",
     "ExecutionTimeoutError",
     "GatewayError",
@@ -53,6 +54,17 @@ __all__ = [
     "error_from_dict",
     "own_error",
 ]
+
+
+class ErrorObject(TypedDict):
+    """The protocol's error object (spec.json ``error_object``): what every error becomes on
+    the wire, built by :meth:`KernelexecError.to_dict` (and server/frames.error_object)."""
+
+    code: str
+    type: str
+    message: str
+    traceback: str | None
+    line: int | None
 
 
 class KernelexecError(Exception):
@@ -75,7 +87,7 @@ class KernelexecError(Exception):
         self.traceback = traceback
         self.line = line
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ErrorObject:
         return {
             "code": self.code,
             "type": self.type_name,

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import pprint
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
 
-from .errors import ExecutionError
+from .errors import ErrorObject, ExecutionError
+from .kernel.results import Result
 from .notebook import NodeOptions, NotebookError, parse_node_options, parse_sample
 
 __all__ = ["KernelexecMagics", "NodeCodeError", "NodeResult", "load_ipython_extension"]
@@ -33,7 +35,7 @@ class NodeResult:
     logs: list[dict[str, Any]] = field(default_factory=list)
     status: list[dict[str, Any]] = field(default_factory=list)
     stdout: str = ""
-    error: dict[str, Any] | None = None
+    error: ErrorObject | None = None
     exec_ms: float = 0.0
     name: str = ""
 
@@ -143,7 +145,7 @@ class NodeCodeError(ExecutionError):
     """The node's code failed in ``%%node``; shows the user's traceback only. Its code is the
     error object's (USER_ERROR, TIMEOUT, CONVERSION_ERROR...)."""
 
-    def __init__(self, error: dict[str, Any]) -> None:
+    def __init__(self, error: ErrorObject) -> None:
         super().__init__(
             str(error.get("message")),
             type_name=error.get("type"),
@@ -211,7 +213,7 @@ class _Session:
             print(f"after the run: {line}")
 
     def _collect(
-        self, result: dict[str, Any], events: list[dict[str, Any]], options: NodeOptions
+        self, result: Result, events: list[dict[str, Any]], options: NodeOptions
     ) -> NodeResult:
         outputs: list[list[dict[str, Any]]] = [[] for _ in result["outputs"]]
         status: list[dict[str, Any]] = []
@@ -256,7 +258,7 @@ class _Session:
         self.runtime.close()
 
 
-def _decoded(message: Any, holder: dict[str, Any], directory: str | None) -> Any:
+def _decoded(message: Any, holder: Mapping[str, Any], directory: str | None) -> Any:
     """An output message with its markers decoded against the blob table of ``holder``
     (the result or send event that carried it)."""
     from .kernel.blobs import TABLE
@@ -373,9 +375,10 @@ class KernelexecMagics(Magics):
 
 def _interrupted(result: NodeResult) -> bool:
     """The runtime reports a KeyboardInterrupt without a timeout as TIMEOUT "interrupted"."""
-    error = result.error or {}
-    message = str(error.get("message", ""))
-    return error.get("code") == "TIMEOUT" and message.startswith("interrupted")
+    error = result.error
+    if error is None:
+        return False
+    return error["code"] == "TIMEOUT" and error["message"].startswith("interrupted")
 
 
 def _merge(previous: NodeOptions, line: str, given: NodeOptions) -> NodeOptions:

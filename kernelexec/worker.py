@@ -27,6 +27,7 @@ from .errors import (
 )
 from .handles.base import HANDLE_CODE, KernelHandle
 from .kernel.resultpipe import ResultPipe
+from .kernel.results import as_received
 from .kernel.results import failed_result as result_with_error
 from .protocol import BLOB_TABLE
 
@@ -466,5 +467,5 @@ def _unaccounted(error: KernelexecError, count: int) -> KernelexecError:
 
 def failed_result(req_id: str, error: KernelexecError) -> dict[str, Any]:
     """A RESULT that carries only an error (queue full, pool closed, setup failed...)."""
-    return result_with_error(req_id, error.to_dict())
+    return as_received(result_with_error(req_id, error.to_dict()))
 

@@ -36,3 +36,22 @@ def test_the_pool_states_are_the_spec_s() -> None:
     assert {state.value for state in PoolState} - {"new"} == set(load_spec()["pool_states"])
     assert json.dumps({"state": PoolState.READY}) == '{"state": "ready"}'
     assert f"{PoolState.ERROR}" == "error"
+
+
+def test_the_typed_protocol_data_has_the_spec_fields() -> None:
+    """The RESULT the runtime builds (kernel/results.py) is the spec's result frame without
+    what the bridge adds (node_id, timing; exec_ms becomes timing.exec_ms; status_events is
+    the worker's count, dropped), and ErrorObject is the spec's error object."""
+    import re
+
+    from kernelexec.errors import ErrorObject
+    from kernelexec.kernel.blobs import TABLE
+    from kernelexec.kernel.results import Result
+
+    spec = load_spec()
+    frame = set(spec["server_frames"]["result"]["fields"])
+    result = Result.__required_keys__ | Result.__optional_keys__
+    assert result - {"exec_ms", "status_events"} == frame - {"node_id", "timing"}
+    assert TABLE in Result.__optional_keys__  # the runtime writes it by name
+    error_fields = set(re.findall(r"(\w+):", spec["error_object"]))
+    assert set(ErrorObject.__required_keys__) == error_fields

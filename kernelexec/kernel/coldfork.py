@@ -29,12 +29,12 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ExecutionTimeoutError, KernelDiedError
+from ..errors import ErrorObject, ExecutionTimeoutError, KernelDiedError
 from . import blobs
 from .framing import HEADER, framed, take_frames
 from .prewarm import BackgroundCopy, copy_shared_pages, enabled
 from .reaper import Reaper, kill_group, wait_status
-from .results import failed_result
+from .results import Result, failed_result
 
 if TYPE_CHECKING:
     from .nodeapi import Channel
@@ -56,7 +56,7 @@ class ForkHost(Protocol):
 
     def run_here(
         self, msg: Any, req_id: str | None, timeout: float, table: Any = None
-    ) -> dict[str, Any]: ...
+    ) -> Result: ...
 
     def note_interrupted(self) -> None: ...
 
@@ -100,7 +100,7 @@ class PipeChannel:
             if not self.finished:  # after the result nobody reads them
                 _write_frame(self.out_fd, {"kind": "event", "event": event})
 
-    def finish(self, result: dict[str, Any]) -> None:
+    def finish(self, result: Result) -> None:
         """Write the RESULT, the last frame."""
         with self._lock:
             self.finished = True
@@ -236,7 +236,7 @@ def _take_child(runtime: ForkHost) -> _Spare:
 
 def run_in_child(
     runtime: ForkHost, msg: Any, req_id: str | None, timeout: float, table: Any = None
-) -> dict[str, Any]:
+) -> Result:
     """Run ``msg`` in a fresh child (the spare, or one forked now), relay its events; the
     RESULT (never raises)."""
     started = time.perf_counter()
@@ -271,7 +271,7 @@ def run_in_child(
 def _parent(
     runtime: ForkHost, pid: int, from_child: int, to_child: int, req_id: str | None,
     timeout: float, started: float,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[Result, bool]:
     """The child's RESULT and True, or a failure RESULT and False (timeout, death)."""
     deadline = started + timeout if timeout > 0 else None
     reader = _FrameReader(from_child)
@@ -296,7 +296,7 @@ def _parent(
         return _failed(runtime, req_id, started, _timeout_error(message)), False
 
 
-def _handle_frame(runtime: ForkHost, frame: dict[str, Any], to_child: int) -> dict[str, Any] | None:
+def _handle_frame(runtime: ForkHost, frame: dict[str, Any], to_child: int) -> Result | None:
     kind = frame.get("kind")
     if kind == "event":
         runtime.channel.event(frame["event"])
@@ -307,20 +307,20 @@ def _handle_frame(runtime: ForkHost, frame: dict[str, Any], to_child: int) -> di
             reply = {"value": None, "error": f"{type(exc).__name__}: {exc}"}
         _write_frame(to_child, reply)
     elif kind == "result":
-        result: dict[str, Any] = frame["result"]
+        result: Result = frame["result"]
         return result
     return None
 
 
-def _timeout_error(message: str) -> dict[str, Any]:
+def _timeout_error(message: str) -> ErrorObject:
     return ExecutionTimeoutError(message, type_name="TimeoutError").to_dict()
 
 
-def _timeout(timeout: float) -> dict[str, Any]:
+def _timeout(timeout: float) -> ErrorObject:
     return _timeout_error(f"the code ran longer than its timeout of {timeout:g} s and was stopped")
 
 
-def _died(pid: int) -> dict[str, Any]:
+def _died(pid: int) -> ErrorObject:
     status = wait_status(pid)
     _REAPED.add(pid)
     if status is not None and os.WIFSIGNALED(status):
@@ -334,8 +334,8 @@ def _died(pid: int) -> dict[str, Any]:
 
 
 def _failed(
-    runtime: ForkHost, req_id: str | None, started: float, error: dict[str, Any]
-) -> dict[str, Any]:
+    runtime: ForkHost, req_id: str | None, started: float, error: ErrorObject
+) -> Result:
     if req_id is not None:
         blobs.remove_request_blobs(req_id, directory=runtime.blob_dir, pid=runtime.pid)
     exec_ms = (time.perf_counter() - started) * 1000.0

@@ -33,6 +33,7 @@ from typing import Any
 
 from .framing import F_SETPIPE_SZ, PIPE_SIZE, framed, take_frames
 from .lane import SEQ
+from .results import Result
 
 __all__ = ["ResultPipe", "ResultWriter"]
 
@@ -74,7 +75,7 @@ class ResultWriter:
     def batch(self, first_req_id: Any) -> None:
         self._write({"batch": first_req_id})
 
-    def result(self, result: dict[str, Any]) -> None:
+    def result(self, result: Result) -> None:
         self._write(result)
 
     def answer(self, frame: dict[str, Any]) -> None:

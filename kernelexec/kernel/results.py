@@ -14,12 +14,46 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from ..errors import ErrorObject
 
 if TYPE_CHECKING:
     from .convert import InputBlobs
 
-__all__ = ["Request", "empty_outputs", "failed_result", "make_result"]
+__all__ = [
+    "Request",
+    "Result",
+    "as_received",
+    "empty_outputs",
+    "failed_result",
+    "make_result",
+]
+
+
+class _ResultFields(TypedDict):
+    req_id: str | None
+    outputs: list[list[Any]]
+    logs: list[dict[str, Any]]
+    status: list[Any]
+    stdout: str
+    error: ErrorObject | None
+    done: bool
+    sent: int
+    exec_ms: float
+
+
+class Result(_ResultFields, total=False):
+    """A RESULT as the runtime answers it (spec.json ``server_frames.result``, which the
+    bridge makes of it with ``node_id`` and ``timing``): one list of messages per output, the
+    logs and stdout of the run, the error object or None, ``done`` false when the code calls
+    node.done() itself, ``sent`` the send events before it, ``exec_ms`` the time its code ran.
+    tests/test_protocol_spec.py checks these fields against the spec's."""
+
+    #: the outputs' blob table (spec value_encoding.blob_table: blobs.TABLE); absent when empty
+    blobs: list[dict[str, Any]]
+    #: status events the message emitted (the worker's count, dropped before the protocol)
+    status_events: int
 
 #: slots where the kernel's Python has them (3.10+); a gateway kernel may run Python 3.9
 _SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
@@ -33,7 +67,7 @@ class Request:
     ticks: int = 0
     inputs: InputBlobs = field(default_factory=dict)
     logs: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, Any] | None = None
+    error: ErrorObject | None = None
     sent: int = 0
     #: status events emitted while it ran (delivered before its result, like sends)
     statuses: int = 0
@@ -56,11 +90,11 @@ def make_result(
     *,
     logs: list[dict[str, Any]] | None = None,
     stdout: str = "",
-    error: dict[str, Any] | None = None,
+    error: ErrorObject | None = None,
     done: bool = True,
     sent: int = 0,
     exec_ms: float = 0.0,
-) -> dict[str, Any]:
+) -> Result:
     """A RESULT: ``outputs`` one list of messages per output, ``error`` the protocol's error
     object or None, ``done`` false when the code calls node.done() itself, ``sent`` the send
     events the message emitted before it, ``exec_ms`` the time its code ran."""
@@ -78,7 +112,13 @@ def make_result(
 
 
 def failed_result(
-    req_id: str | None, error: dict[str, Any], *, outputs: int = 0, exec_ms: float = 0.0
-) -> dict[str, Any]:
+    req_id: str | None, error: ErrorObject, *, outputs: int = 0, exec_ms: float = 0.0
+) -> Result:
     """The RESULT of a message that failed with ``error`` and sent nothing."""
     return make_result(req_id, empty_outputs(outputs), error=error, exec_ms=exec_ms)
+
+
+def as_received(result: Result) -> dict[str, Any]:
+    """``result`` as the bridge holds a RESULT it received from a kernel: a plain JSON object,
+    which the pool completes into a result frame (``node_id``, ``timing``)."""
+    return dict(result)

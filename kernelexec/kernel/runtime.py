@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import (
     ConversionError,
+    ErrorObject,
     ExecutionTimeoutError,
     KernelexecError,
     SetupError,
@@ -70,7 +71,7 @@ from .nodeapi import (
     script_helpers,
 )
 from .resultpipe import ResultWriter
-from .results import Request, empty_outputs, make_result
+from .results import Request, Result, empty_outputs, make_result
 from .wrapping import (
     CompiledCode,
     compile_node_code,
@@ -88,7 +89,7 @@ _SCRIPT_OUTPUTS = ("result", "output_topic", "additional_data")
 _UNSET: Any = object()
 
 
-def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -> dict[str, Any]:
+def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -> ErrorObject:
     """The protocol error object for an exception raised by user code."""
     info = describe(exc)
     return cls(
@@ -96,7 +97,7 @@ def user_error(exc: BaseException, cls: type[KernelexecError] = UserCodeError) -
     ).to_dict()
 
 
-def _error_of(value: Any) -> dict[str, Any] | None:
+def _error_of(value: Any) -> ErrorObject | None:
     if value is None:
         return None
     own = own_error(value)
@@ -349,7 +350,7 @@ class Runtime:
     # ------------------------------------------------------------------- messages
     def run_batch(
         self, batch: list[dict[str, Any]], stream: ResultWriter | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Result]:
         """RESULTs for [{req_id, msg, timeout, blobs}] in order (``blobs``: the msg's blob
         table); after an interrupt, the rest fail with TIMEOUT without running. With
         ``stream`` each RESULT goes down the pipe as it is complete instead (none is
@@ -357,7 +358,7 @@ class Runtime:
         (kernelexec/kernel/resultpipe.py)."""
         self._interrupted = False
         self._ran = 0
-        results = []
+        results: list[Result] = []
         if stream is not None and batch:
             stream.batch(batch[0].get("req_id"))
         for item in batch:
@@ -385,7 +386,7 @@ class Runtime:
 
     def run_message(
         self, msg: Any, req_id: str | None = None, timeout: float = 0.0, table: Any = None
-    ) -> dict[str, Any]:
+    ) -> Result:
         """Run the node code on one msg (in a forked child in cold mode); the RESULT.
         ``table``: the blob table that came with msg (its blob markers index it)."""
         if self.compiled is None:
@@ -396,13 +397,13 @@ class Runtime:
 
     async def run_message_async(
         self, msg: Any, req_id: str | None = None, timeout: float = 0.0
-    ) -> dict[str, Any]:
+    ) -> Result:
         """run_message for callers inside an event loop (a notebook cell)."""
         return self.run_message(msg, req_id, timeout)
 
     def run_here(
         self, msg: Any, req_id: str | None, timeout: float, table: Any = None
-    ) -> dict[str, Any]:
+    ) -> Result:
         """Run one msg in this process."""
         req = Request(req_id, clock_ticks())
         self._capture.start()
@@ -443,7 +444,7 @@ class Runtime:
                 req.req_id, directory=self.blob_dir, pid=self.pid, keep=req.handed
             )
 
-    def _failure(self, exc: BaseException, req: Request, timeout: float) -> dict[str, Any]:
+    def _failure(self, exc: BaseException, req: Request, timeout: float) -> ErrorObject:
         if isinstance(exc, (MessageTimeout, KeyboardInterrupt)):
             kill_started_since(req.ticks)
             self._drop_blobs(req)
@@ -458,7 +459,7 @@ class Runtime:
             ).to_dict()
         return user_error(exc)
 
-    def _timeout_error(self, exc: BaseException, timeout: float) -> dict[str, Any]:
+    def _timeout_error(self, exc: BaseException, timeout: float) -> ErrorObject:
         if isinstance(exc, KeyboardInterrupt):
             self._interrupted = True
             message = "interrupted: the message ran longer than the worker allowed"
@@ -469,7 +470,7 @@ class Runtime:
             message, type_name="TimeoutError", traceback=info["traceback"], line=info["line"]
         ).to_dict()
 
-    def _interrupted_result(self, req_id: str | None) -> dict[str, Any]:
+    def _interrupted_result(self, req_id: str | None) -> Result:
         message = "not run: an earlier message of the batch was interrupted"
         error = ExecutionTimeoutError(message, type_name="TimeoutError")
         req = Request(req_id, error=error.to_dict())
@@ -477,7 +478,7 @@ class Runtime:
 
     def _result(
         self, req: Request, outputs: list[list[Any]] | None, stdout: str, exec_ms: float
-    ) -> dict[str, Any]:
+    ) -> Result:
         uses_done = self.compiled is not None and self.compiled.uses_done
         result = make_result(
             req.req_id,
@@ -491,7 +492,7 @@ class Runtime:
         )
         result["status_events"] = req.statuses  # the worker's, dropped before the protocol
         if req.table and req.error is None:
-            result[blobs.TABLE] = req.table
+            result["blobs"] = req.table  # blobs.TABLE (tests/test_protocol_spec.py)
         return result
 
     # ------------------------------------------------------------------ execution

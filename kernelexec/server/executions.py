@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import QueueFullError
+from ..errors import ErrorObject, QueueFullError
 from ..kernel.results import failed_result
 from .frames import FrameError, describe, error_object
 from .pools import PoolEntry
@@ -23,7 +23,7 @@ __all__ = ["Executions", "error_result"]
 log = logging.getLogger("kernelexec.server")
 
 
-def error_result(node_id: str, req_id: str, error: dict[str, Any]) -> dict[str, Any]:
+def error_result(node_id: str, req_id: str, error: ErrorObject) -> dict[str, Any]:
     """A result frame for a message the pool never answered."""
     frame = {"type": "result", "node_id": node_id, **failed_result(req_id, error)}
     frame["timing"] = {"queued_ms": 0.0, "exec_ms": frame.pop("exec_ms")}
@@ -159,7 +159,7 @@ class Executions:
         self._send(result)
         entry.load_changed()
 
-    def _closed(self, entry: PoolEntry) -> dict[str, Any]:
+    def _closed(self, entry: PoolEntry) -> ErrorObject:
         reason = self._closed_reason() or "the node closed it"
         message = f"node {entry.node_id} was closed ({reason}); the message did not finish"
         return error_object("POOL_CLOSED", message, "PoolClosedError")

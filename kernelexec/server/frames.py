@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import KernelexecError
+from ..errors import ErrorObject, KernelexecError
 from ..protocol import BATCH_VERSION, ERROR_CODES, PROTOCOL_VERSION, load_spec
 
 __all__ = [
@@ -96,7 +96,7 @@ class FrameError(KernelexecError):
         return error_frame(self.code, self.message, req_id=self.req_id, node_id=self.node_id)
 
 
-def error_object(code: str, message: str, type_name: str = "BridgeError") -> dict[str, Any]:
+def error_object(code: str, message: str, type_name: str = "BridgeError") -> ErrorObject:
     """The protocol's error object (spec ``error_object``) for an error the bridge detects."""
     if code not in ERROR_CODES:
         msg = f"error code {code!r} is not in spec.json error_codes"

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..errors import ErrorObject
 from ..protocol import BLOB_TABLE
 from .executions import error_result
 from .frames import dumps, error_object, frame_ids
@@ -146,7 +147,7 @@ class Outbox:
         return dumps(self._instead(frame, error_object("FRAME_TOO_LARGE", message)))
 
     @staticmethod
-    def _instead(frame: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+    def _instead(frame: dict[str, Any], error: ErrorObject) -> dict[str, Any]:
         """The frame that reports ``error`` in place of ``frame``."""
         req_id, node_id = frame_ids(frame)
         if frame.get("type") == "result":

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import PoolConfig
-from ..errors import KernelexecError
+from ..errors import ErrorObject, KernelexecError
 from ..protocol import PoolState
 from .frames import error_object
 
@@ -139,12 +139,12 @@ class PoolEntry:
         self.registry = registry
         self.pool: PoolLike | None = None
         self.state = PoolState.STARTING
-        self.error: dict[str, Any] | None = None
+        self.error: ErrorObject | None = None
         self.detail = ""
         #: Set once the pool is ready or failed to start: messages wait for it.
         self.settled = asyncio.Event()
         #: The error every message gets when the pool could not start.
-        self.failure: dict[str, Any] | None = None
+        self.failure: ErrorObject | None = None
         self.waiting = 0
         #: The session's tasks or result futures of this pool's messages (failed, i.e.
         #: cancelled, if the pool closes first).
@@ -215,7 +215,7 @@ class PoolEntry:
         self._flush = None
         self.send_state()
 
-    def set_state(self, state: PoolState, *, error: dict[str, Any] | None = None) -> None:
+    def set_state(self, state: PoolState, *, error: ErrorObject | None = None) -> None:
         self.state, self.error = state, error
         if state in _SETTLED:
             self.settled.set()
@@ -241,7 +241,7 @@ class PoolEntry:
         self.send_state()
         self._start_task = asyncio.ensure_future(self._start(previous))
 
-    def begin_failed(self, previous: PoolEntry | None, error: dict[str, Any]) -> None:
+    def begin_failed(self, previous: PoolEntry | None, error: ErrorObject) -> None:
         """No pool (bad config): every message gets ``error``; the previous pool closes."""
         self.failure = error
         self.set_state(PoolState.ERROR, error=error)
@@ -268,7 +268,7 @@ class PoolEntry:
                 self.set_state(PoolState.READY)
             self.settled.set()
 
-    async def _fail(self, error: dict[str, Any]) -> None:
+    async def _fail(self, error: ErrorObject) -> None:
         self.failure = error
         self.set_state(PoolState.ERROR, error=error)
         pool, self.pool = self.pool, None
@@ -345,7 +345,7 @@ class PoolRegistry:
         entry.begin(previous)
         return entry
 
-    def configure_failed(self, node_id: str, owner: FrameSink, error: dict[str, Any]) -> PoolEntry:
+    def configure_failed(self, node_id: str, owner: FrameSink, error: ErrorObject) -> PoolEntry:
         """Replace the node's pool by a failed entry (its config was refused)."""
         previous = self._previous(node_id)
         entry = PoolEntry(PoolConfig(node_id=node_id), owner, self)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import PoolConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ErrorObject
 from ..protocol import BLOB_TABLE, PROTOCOL_VERSION
 from .bridge import Bridge, sweep_blobs
 from .executions import Executions
@@ -238,7 +238,7 @@ class Session:
         )
         return config.replace(env=env)
 
-    def _refuse_config(self, node_id: str, error: dict[str, Any]) -> None:
+    def _refuse_config(self, node_id: str, error: ErrorObject) -> None:
         """A bad config replaces the node's pool by a failed one: its messages get the error."""
         self.bridge.registry.configure_failed(node_id, self, error)
 
