@@ -33,6 +33,7 @@ from .errors import (
     SetupError,
 )
 from .handles.factory import KernelFactory
+from .kernel.results import log_event
 from .protocol import PoolState
 from .worker import Job, Worker, WorkerState, failed_result
 
@@ -207,8 +208,7 @@ class Pool:
 
     def log(self, level: str, text: str) -> None:
         """A log event of the node itself (no message), e.g. from the live link."""
-        event = {"type": "log", "req_id": None, "level": level, "text": text}
-        self.hooks.on_event(self.config.node_id, event)
+        self.hooks.on_event(self.config.node_id, dict(log_event(level, text)))
 
     def _progress(self, detail: str) -> None:
         self._set_state(PoolState.INSTALLING, detail)
@@ -470,7 +470,7 @@ class Pool:
 
     def _forward_stream(self, name: str, text: str) -> None:
         level = "warn" if name == "stderr" else "info"
-        event = {"type": "log", "req_id": None, "level": level, "text": text.rstrip("\n")}
+        event = dict(log_event(level, text.rstrip("\n")))
         self.hooks.on_event(self.config.node_id, event)
 
     async def _answer_context(self, prompt: str) -> str:

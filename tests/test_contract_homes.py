@@ -93,6 +93,31 @@ def test_only_the_results_module_builds_a_result() -> None:
     assert builders == []
 
 
+def test_only_the_results_module_builds_an_event() -> None:
+    """The runtime's events (send, done, status, log: a "type" and a "req_id") are made by
+    the builders of kernelexec/kernel/results.py; a dict display of one anywhere in the
+    kernel package, the pool or the worker fails here. (The bridge's frames have their own
+    builders in server/.)"""
+    home = ROOT / "kernelexec/kernel/results.py"
+    places = [*(ROOT / "kernelexec/kernel").glob("*.py"), ROOT / "kernelexec/pool.py",
+              ROOT / "kernelexec/worker.py"]
+    builders = []
+    for path in sorted(places):
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):
+                pairs = {k.value: v for k, v in zip(node.keys, node.values, strict=True)
+                         if isinstance(k, ast.Constant)}
+                kind = pairs.get("type")
+                if isinstance(kind, ast.Constant) and kind.value in EVENT_KINDS:
+                    builders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert builders == []
+
+
+EVENT_KINDS = {"send", "done", "status", "log"}
+
+
 #: The two exceptions kernelexec defines outside its error tree, on purpose (errors.py says why).
 OUTSIDE_THE_TREE = {"MessageTimeout", "_Unsendable"}
 

@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ErrorObject, ExecutionTimeoutError, KernelDiedError
@@ -95,7 +96,7 @@ class PipeChannel:
         self._lock = threading.Lock()
         self.finished = False
 
-    def event(self, event: dict[str, Any]) -> None:
+    def event(self, event: Mapping[str, Any]) -> None:
         with self._lock:
             if not self.finished:  # after the result nobody reads them
                 _write_frame(self.out_fd, {"kind": "event", "event": event})

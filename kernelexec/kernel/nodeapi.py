@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NodeApiError
@@ -75,7 +75,7 @@ LINKCALL_TIMEOUT = 5.0
 
 
 class Channel(Protocol):
-    def event(self, event: dict[str, Any]) -> None:
+    def event(self, event: Mapping[str, Any]) -> None:
         """Publish an event at once (any thread)."""
 
     def context(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +124,7 @@ class KernelChannel:
         self.ident = self.kernel._parent_ident["shell"]
         return self.parent
 
-    def event(self, event: dict[str, Any]) -> None:
+    def event(self, event: Mapping[str, Any]) -> None:
         content = {"comm_id": COMM_ID, "data": event}
         self.kernel.session.send(
             self.kernel.iopub_socket, "comm_msg", content, parent=self.parent, ident=_TOPIC
@@ -201,8 +201,8 @@ class LocalChannel:
         self.on_event = on_event or self.events.append
         self.on_context = on_context or MemoryContext()
 
-    def event(self, event: dict[str, Any]) -> None:
-        self.on_event(event)
+    def event(self, event: Mapping[str, Any]) -> None:
+        self.on_event(dict(event))
 
     def context(self, request: dict[str, Any]) -> dict[str, Any]:
         return self.on_context(request)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ..errors import ErrorObject
 
@@ -22,12 +22,20 @@ if TYPE_CHECKING:
     from .convert import InputBlobs
 
 __all__ = [
+    "DoneEvent",
+    "LogEvent",
     "Request",
     "Result",
+    "SendEvent",
+    "StatusEvent",
     "as_received",
+    "done_event",
     "empty_outputs",
     "failed_result",
+    "log_event",
     "make_result",
+    "send_event",
+    "status_event",
 ]
 
 
@@ -122,3 +130,71 @@ def as_received(result: Result) -> dict[str, Any]:
     """``result`` as the bridge holds a RESULT it received from a kernel: a plain JSON object,
     which the pool completes into a result frame (``node_id``, ``timing``)."""
     return dict(result)
+
+
+# ------------------------------------------------------------------------------ events
+# What the runtime publishes while (or after) a message runs, on the events comm: each kind
+# is built here and only here (tests/test_contract_homes.py), with the fields docs/protocol.md
+# gives the frames the bridge makes of them.
+
+
+class LogEvent(TypedDict):
+    type: Literal["log"]
+    req_id: str | None
+    level: str
+    text: str
+
+
+class DoneEvent(TypedDict):
+    type: Literal["done"]
+    req_id: str | None
+    error: ErrorObject | None
+
+
+class _StatusFields(TypedDict):
+    type: Literal["status"]
+    status: Any
+
+
+class StatusEvent(_StatusFields, total=False):
+    #: while its message runs: the worker delivers it before the result, then strips it
+    req_id: str
+
+
+class _SendFields(TypedDict):
+    type: Literal["send"]
+    req_id: str | None
+    outputs: list[list[Any]]
+
+
+class SendEvent(_SendFields, total=False):
+    blobs: list[dict[str, Any]]  # the outputs' blob table (blobs.TABLE), when not empty
+
+
+
+def log_event(level: str, text: str, req_id: str | None = None) -> LogEvent:
+    """A log line of the node (``req_id`` None: not of a message, or of one that ended)."""
+    return {"type": "log", "req_id": req_id, "level": level, "text": text}
+
+
+def done_event(req_id: str | None, error: ErrorObject | None) -> DoneEvent:
+    """node.done() (or node.error(..., msg)) after the message's result has left."""
+    return {"type": "done", "req_id": req_id, "error": error}
+
+
+def status_event(status: Any, req_id: str | None = None) -> StatusEvent:
+    """node.status(); with ``req_id`` while that message runs."""
+    event: StatusEvent = {"type": "status", "status": status}
+    if req_id is not None:
+        event["req_id"] = req_id
+    return event
+
+
+def send_event(
+    req_id: str | None, outputs: list[list[Any]], table: list[dict[str, Any]]
+) -> SendEvent:
+    """node.send(): the encoded messages per output, and their blob table if any."""
+    event: SendEvent = {"type": "send", "req_id": req_id, "outputs": outputs}
+    if table:
+        event["blobs"] = table  # blobs.TABLE (tests/test_protocol_spec.py)
+    return event

@@ -71,7 +71,16 @@ from .nodeapi import (
     script_helpers,
 )
 from .resultpipe import ResultWriter
-from .results import Request, Result, empty_outputs, make_result
+from .results import (
+    Request,
+    Result,
+    done_event,
+    empty_outputs,
+    log_event,
+    make_result,
+    send_event,
+    status_event,
+)
 from .wrapping import (
     CompiledCode,
     compile_node_code,
@@ -298,9 +307,7 @@ class Runtime:
         finally:
             text = self._capture.stop()
             if text:
-                self.channel.event(
-                    {"type": "log", "req_id": None, "level": "info", "text": text.rstrip("\n")}
-                )
+                self.channel.event(log_event("info", text.rstrip("\n")))
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run one op of the contract; returns its answer, never raises."""
@@ -585,34 +592,28 @@ class Runtime:
         held = signals_held() if encoder.table else contextlib.nullcontext()
         with held, self._lock:
             live = req is not None and not req.finished
-            event: dict[str, Any] = {
-                "type": "send", "req_id": req_id if live else None, "outputs": encoded
-            }
             if encoder.table and req_id is not None and not live:  # it ended meanwhile
                 encoder.table = blobs.rename_table(
                     encoder.table, req_id, None, self.blob_dir, self.pid
                 )
-            if encoder.table:
-                event[blobs.TABLE] = encoder.table
-            self.channel.event(event)
+            self.channel.event(send_event(req_id if live else None, encoded, encoder.table))
             if live and req is not None:
                 req.sent += 1
                 req.handed.update(str(entry[blobs.NAME]) for entry in encoder.table)
 
     def emit_done(self, req: Request | None, error: Any = None) -> None:
         req_id = req.req_id if req is not None else None
-        self.channel.event({"type": "done", "req_id": req_id, "error": _error_of(error)})
+        self.channel.event(done_event(req_id, _error_of(error)))
 
     def emit_status(self, req: Request | None, status: dict[str, Any]) -> None:
         """A status event at once; during a request it carries the req_id, so that the worker
         delivers it before the request's result (it strips the req_id then)."""
         encoded = Encoder(use_blobs=False).encode(status, "status")
         with self._lock:
-            event: dict[str, Any] = {"type": "status", "status": encoded}
-            if req is not None and not req.finished:
-                event["req_id"] = req.req_id
+            running = req is not None and not req.finished
+            if running and req is not None:
                 req.statuses += 1
-            self.channel.event(event)
+            self.channel.event(status_event(encoded, req.req_id if running and req else None))
 
     def emit_log(self, req: Request | None, level: str, text: Any) -> None:
         line = text if isinstance(text, str) else str(text)
@@ -621,7 +622,7 @@ class Runtime:
                 req.logs.append({"level": level, "text": line})
                 return
         req_id = req.req_id if req is not None else None
-        self.channel.event({"type": "log", "req_id": req_id, "level": level, "text": line})
+        self.channel.event(log_event(level, line, req_id))
 
     def emit_error(self, req: Request | None, text: Any, for_msg: bool) -> None:
         """node.error: a log; with a msg, also the request's error (or a done event)."""
@@ -634,7 +635,7 @@ class Runtime:
                 req.logs.append({"level": "error", "text": error["message"]})
                 req.error = req.error or error
                 return
-        self.channel.event({"type": "done", "req_id": req.req_id, "error": error})
+        self.channel.event(done_event(req.req_id, error))
 
     def _print_line(self, level: str, text: str) -> None:
         req = self.current_request()
