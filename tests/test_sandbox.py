@@ -635,7 +635,7 @@ async def test_a_user_pools_state_frames_name_its_kernel_user(test_user: str) ->
     """pool_state carries kernel_uid for a pool of env.user kernels (a root Node-RED reads their
     output files, owned by that uid, and no other user's); none without env.user."""
     from kernelexec.config import PoolConfig
-    from kernelexec.server.pools import PoolEntry, PoolRegistry, default_pool_factory
+    from kernelexec.server.registry import PoolEntry, PoolRegistry, default_pool_factory
 
     registry = PoolRegistry(default_pool_factory)
     sandboxed = PoolConfig.from_dict("u", {"code": "return msg", "env": {"user": test_user}})

@@ -20,7 +20,7 @@ from kernelexec.server.frames import (
     parse_frame,
     peek_ids,
 )
-from kernelexec.server.session import Session
+from kernelexec.server.session import ClientSession
 
 SPEC = load_spec()
 
@@ -115,7 +115,7 @@ def no_kernels_here(config: Any, hooks: Any) -> Any:
 async def feed(frames: list[str], greet: bool) -> RecordingTransport:
     bridge = Bridge(options=BridgeOptions(max_frame_bytes=4096), pool_factory=no_kernels_here)
     transport = RecordingTransport()
-    session = Session(bridge, transport)
+    session = ClientSession(bridge, transport)
     if greet:
         hello = {"type": "hello", "protocol_version": PROTOCOL_VERSION, "client": "f"}
         session.handle(json.dumps(hello))

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..protocol import PoolState, load_spec
 from .metrics import BridgeMetrics
-from .pools import PoolFactory, PoolRegistry, default_pool_factory
+from .registry import PoolFactory, PoolRegistry, default_pool_factory
 
 __all__ = ["Bridge", "BridgeOptions", "blob_dir", "server_name", "sweep_blobs"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import KernelexecError
 from .frames import FrameError, describe, error_object
-from .pools import PoolEntry
+from .registry import PoolEntry
 
 __all__ = ["INSPECT_TIMEOUT", "inspect"]
 

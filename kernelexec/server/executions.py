@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ErrorObject, QueueFullError
 from ..kernel.results import failed_result
 from .frames import FrameError, describe, error_object
-from .pools import PoolEntry
+from .registry import PoolEntry
 
 __all__ = ["Executions", "error_result"]
 

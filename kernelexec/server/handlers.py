@@ -24,7 +24,7 @@ from .auth import RedactedLogMixin, TokenAuthMixin, check_token
 from .bridge import Bridge
 from .hosts import HostPolicy
 from .metrics import CONTENT_TYPE
-from .session import Session
+from .session import ClientSession
 
 __all__ = [
     "BridgeSocketHandler",
@@ -100,10 +100,10 @@ class MetricsHandler(HostCheckMixin, TokenAuthMixin, JSONErrorsMixin, BridgeHand
 class BridgeSocketHandler(
     HostCheckMixin, TokenAuthMixin, JSONErrorsMixin, BridgeHandler, websocket.WebSocketHandler
 ):
-    """One Node-RED runtime's connection: frames in, frames out, via a :class:`Session`."""
+    """One Node-RED runtime's connection: frames in, frames out, via a :class:`ClientSession`."""
 
     query_token = True
-    session: Session | None = None
+    session: ClientSession | None = None
 
     def check_origin(self, origin: str) -> bool:
         """Only the bridge's own origin (a browser page elsewhere must not drive kernels)."""
@@ -113,7 +113,7 @@ class BridgeSocketHandler(
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
-        self.session = Session(self.bridge, self)
+        self.session = ClientSession(self.bridge, self)
         self.bridge.sessions.add(self.session)
 
     def on_message(self, message: str | bytes) -> None:

@@ -21,7 +21,7 @@ import socket
 
 from ..kernel.framing import framed, take_frames
 from .bridge import Bridge
-from .session import Session
+from .session import ClientSession
 
 __all__ = ["PipeConnection", "serve_inherited_socket"]
 
@@ -29,13 +29,13 @@ log = logging.getLogger("kernelexec.server")
 
 
 class PipeConnection(asyncio.Protocol):
-    """One node connection over an inherited socket: a :class:`Session`'s transport."""
+    """One node connection over an inherited socket: a :class:`ClientSession`'s transport."""
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         #: The largest message the node may send (what the WebSocket handler allows).
         self.limit = 2 * bridge.options.max_frame_bytes
-        self.session: Session | None = None
+        self.session: ClientSession | None = None
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -44,7 +44,7 @@ class PipeConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self.session = Session(self.bridge, self)
+        self.session = ClientSession(self.bridge, self)
         self.bridge.sessions.add(self.session)
 
     def data_received(self, data: bytes) -> None:
@@ -68,7 +68,7 @@ class PipeConnection(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    # -- the Session's Transport ------------------------------------------------------------
+    # -- the ClientSession's Transport ------------------------------------------------------------
     def write_message(self, message: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(framed(message))

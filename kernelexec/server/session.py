@@ -1,6 +1,6 @@
 """The protocol state machine of one WebSocket connection (docs/protocol.md).
 
-A :class:`Session` reads client frames (:func:`~kernelexec.server.frames.parse_frame`),
+A :class:`ClientSession` reads client frames (:func:`~kernelexec.server.frames.parse_frame`),
 routes them to pools and writes server frames. Nothing a client sends can crash the session
 or disturb another node's pool: every bad frame becomes an ``error`` frame.
 
@@ -45,9 +45,9 @@ from .frames import (
     peek_ids,
 )
 from .outbox import Outbox, Transport
-from .pools import RESULT_GRACE, PoolEntry
+from .registry import RESULT_GRACE, PoolEntry
 
-__all__ = ["Session", "Transport"]
+__all__ = ["ClientSession", "Transport"]
 
 log = logging.getLogger("kernelexec.server")
 
@@ -71,7 +71,7 @@ def _seconds(value: Any) -> float:
     return 0.0
 
 
-class Session:
+class ClientSession:
     """One connection's protocol state."""
 
     def __init__(self, bridge: Bridge, transport: Transport) -> None:

@@ -74,7 +74,7 @@ class PoolLike(Protocol):
 
 
 class FrameSink(Protocol):
-    """The connection a pool's frames go to (a :class:`~kernelexec.server.session.Session`)."""
+    """The connection a pool's frames go to (a :class:`.session.ClientSession`)."""
 
     def send(self, frame: dict[str, Any]) -> None: ...
 
