@@ -28,6 +28,10 @@ const protocol = require("./protocol");
 const pythonSetup = require("./python_setup");
 const { t } = require("./i18n");
 
+// What a Bridge is doing: idle (no client yet), starting (process, connection, handshake),
+// ready, failed (a restart is scheduled unless the error is final), stopped (the last
+// client left). lib/editor_api.js shows it in the environment view.
+const BridgeState = Object.freeze({ IDLE: "idle", STARTING: "starting", READY: "ready", FAILED: "failed", STOPPED: "stopped" });
 const EXIT_WAIT_MS = 1000;
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
 const VERSION = require("../package.json").version;
@@ -59,7 +63,7 @@ class Bridge {
         this.process = null;     // the BridgeProcess this runtime started (none for a URL)
         this.ws = null;
         this.welcome = null;
-        this.state = "idle";
+        this.state = BridgeState.IDLE;
         this.failures = 0;
         this.lastError = null;
         this.retryTimer = null;
@@ -72,7 +76,7 @@ class Bridge {
     }
 
     get ready() {
-        return this.state === "ready";
+        return this.state === BridgeState.READY;
     }
 
     /** The bridge's process (a ChildProcess), when this runtime started it. */
@@ -86,17 +90,17 @@ class Bridge {
 
     add(client) {
         this.clients.set(client.id, client);
-        if (this.state === "idle") {
+        if (this.state === BridgeState.IDLE) {
             this.start();
         } else if (this.ready) {
             setImmediate(() => this.clients.get(client.id) === client && client.bridgeUp(this));
-        } else if (this.state === "failed" && this.lastError) {
+        } else if (this.state === BridgeState.FAILED && this.lastError) {
             setImmediate(() => this.clients.get(client.id) === client && client.bridgeDown(this.lastError));
         }
     }
 
     start() {
-        this.state = "starting";
+        this.state = BridgeState.STARTING;
         const generation = ++this.generation;
         if (this.url) {
             this.connect(this.url, generation);
@@ -119,7 +123,7 @@ class Bridge {
             }
         };
         pythonSetup.resolve(progress).then((python) => {
-            if (this.generation === generation && this.state === "starting") {
+            if (this.generation === generation && this.state === BridgeState.STARTING) {
                 this.python = python;
                 this.spawnProcess(generation);
             }
@@ -130,7 +134,7 @@ class Bridge {
         const proc = new BridgeProcess(this.python, this.token, {
             ready: (info) => this.processReady(proc, info, generation),
             notReady: (err) => {
-                if (this.state === "starting" && this.generation === generation) {
+                if (this.state === BridgeState.STARTING && this.generation === generation) {
                     this.fail(generation, err);
                     proc.kill("SIGKILL");
                 }
@@ -143,7 +147,7 @@ class Bridge {
     }
 
     processReady(proc, info, generation) {
-        if (this.state !== "starting" || this.generation !== generation) {
+        if (this.state !== BridgeState.STARTING || this.generation !== generation) {
             return;
         }
         if (proc.socket) {
@@ -162,7 +166,7 @@ class Bridge {
         if (this.stopping || this.generation !== generation) {
             return;
         }
-        if (this.state === "starting") {
+        if (this.state === BridgeState.STARTING) {
             this.fail(generation, err);
         } else {
             this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.bridgeDied", { code })));
@@ -191,7 +195,7 @@ class Bridge {
         ws.on("open", () => this.sendRaw({ type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME }));
         ws.on("message", (data) => this.receive(data, generation));
         ws.on("error", (err) => {
-            if (this.state === "starting" && this.generation === generation) {
+            if (this.state === BridgeState.STARTING && this.generation === generation) {
                 this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: err.message })));
             }
         });
@@ -203,13 +207,13 @@ class Bridge {
             if (this.stopping || this.generation !== generation) {
                 return;
             }
-            if (this.state === "ready" && this.process) {
+            if (this.state === BridgeState.READY && this.process) {
                 // Most often the process is dying: give its exit a moment to tell why.
                 const proc = this.process;
                 setTimeout(() => proc === this.process && this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost"))), EXIT_WAIT_MS);
-            } else if (this.state === "ready") {
+            } else if (this.state === BridgeState.READY) {
                 this.lost(generation, bridgeError("BRIDGE_LOST", t("kernelexec.error.connectionLost")));
-            } else if (this.state === "starting") {
+            } else if (this.state === BridgeState.STARTING) {
                 this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: "closed" })));
             }
         });
@@ -289,7 +293,7 @@ class Bridge {
             this.welcomed(frame, generation);
             return;
         }
-        if (frame.type === "error" && this.state === "starting") {
+        if (frame.type === "error" && this.state === BridgeState.STARTING) {
             // e.g. VERSION_MISMATCH: the bridge answers hello with an error, then closes
             const error = frame.error || {};
             this.fail(generation, bridgeError(error.code || "BRIDGE_FAILED", t("kernelexec.error.refused", { error: error.message || JSON.stringify(frame) })));
@@ -331,7 +335,7 @@ class Bridge {
         }
         this.welcome = frame;
         this.outbox.batching = protocol.atLeast(frame.protocol_version, protocol.BATCH_VERSION);
-        this.state = "ready";
+        this.state = BridgeState.READY;
         this.failures = 0;
         this.lastError = null;
         log.info(t("kernelexec.log.bridgeReady", { server: frame.server, pid: frame.pid, blobDir: frame.blob_dir }));
@@ -402,10 +406,10 @@ class Bridge {
     }
 
     fail(generation, err) {
-        if (this.generation !== generation || this.stopping || this.state === "failed") {
+        if (this.generation !== generation || this.stopping || this.state === BridgeState.FAILED) {
             return;
         }
-        this.state = "failed";
+        this.state = BridgeState.FAILED;
         this.lastError = err;
         this.teardownConnection();
         for (const client of Array.from(this.clients.values())) {
@@ -415,11 +419,11 @@ class Bridge {
     }
 
     lost(generation, err) {
-        if (this.generation !== generation || this.stopping || this.state !== "ready") {
+        if (this.generation !== generation || this.stopping || this.state !== BridgeState.READY) {
             return;
         }
         log.warn(err.message);
-        this.state = "failed";
+        this.state = BridgeState.FAILED;
         this.lastError = err;
         this.welcome = null;
         this.teardownConnection();
@@ -472,7 +476,7 @@ class Bridge {
             return this.stopping;
         }
         clearTimeout(this.retryTimer);
-        this.state = "stopped";
+        this.state = BridgeState.STOPPED;
         this.generation += 1;
         this.stopping = new Promise((resolve) => {
             this.outbox.flush();   // e.g. the close frames of the last nodes
@@ -552,4 +556,4 @@ process.once("exit", () => {
     }
 });
 
-module.exports = { register, deregister, active, setLogger, bridgeOptions, Bridge };
+module.exports = { register, deregister, active, setLogger, bridgeOptions, Bridge, BridgeState };

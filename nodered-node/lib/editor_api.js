@@ -242,7 +242,7 @@ async function envState(RED, id) {
         server: bridge.welcome ? bridge.welcome.server : null,
     } : null;
     if (options.url) {
-        return { kind: "remote", state: live && live.state === "ready" ? "ready" : live && live.error ? "failed" : "unknown", reason: live && live.error, python: null, bridge: live };
+        return { kind: "remote", state: live && live.state === bridges.BridgeState.READY ? "ready" : live && live.error ? "failed" : "unknown", reason: live && live.error, python: null, bridge: live };
     }
     const python = options.python || process.env.KERNELEXEC_PYTHON;
     if (!python) {

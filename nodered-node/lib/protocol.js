@@ -8,6 +8,9 @@ const SPEC_PATH = path.join(__dirname, "..", "spec.json");
 const spec = JSON.parse(fs.readFileSync(SPEC_PATH, "utf8"));
 const encoding = spec.value_encoding;
 
+/** The states of a pool_state frame, by name: POOL_STATES.READY === "ready" (spec pool_states). */
+const POOL_STATES = Object.freeze(Object.fromEntries(spec.pool_states.map((s) => [s.toUpperCase(), s])));
+
 /** The pool configuration defaults, by protocol field name. */
 function configDefaults() {
     const out = {};
@@ -48,6 +51,7 @@ module.exports = {
     ERROR_CODES: Object.keys(spec.error_codes),
     CONFIG_FIELDS: spec.config_fields,
     SERVER_FRAMES: Object.keys(spec.server_frames),
+    POOL_STATES,
     // Since this version a WebSocket message may carry an array of frames (spec "transport").
     BATCH_VERSION: spec.batch_version,
     configDefaults,

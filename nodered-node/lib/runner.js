@@ -11,6 +11,11 @@ const { t } = require("./i18n");
 const { PoolStatus } = require("./status");
 const { contextOp } = require("./context");
 const nodeops = require("./nodeops");
+const { POOL_STATES } = require("./protocol");
+
+// What a Runner can do with a message now: wait (the bridge or the pool is starting), send it
+// (ready), or fail it at once (failed: the bridge or the pool reported an error).
+const RunnerState = Object.freeze({ WAITING: "waiting", READY: "ready", FAILED: "failed" });
 
 const CLOSE_WAIT_MS = 6000;   // with the bridge's stop below, within Node-RED's 15 s close timeout
 const KEPT_LINGER_MS = 10000;   // late node.send() of a finished message still gets msg.res back
@@ -108,7 +113,7 @@ class Runner {
         this.config = config;
         this.options = options;
         this.bridge = null;
-        this.state = "waiting";
+        this.state = RunnerState.WAITING;
         this.failure = null;
         this.waiting = [];
         this.inflight = new Map();
@@ -132,7 +137,7 @@ class Runner {
             return;
         }
         this.bridge = bridge;
-        this.state = "waiting";
+        this.state = RunnerState.WAITING;
         this.failure = null;
         bridge.send({ type: "configure", node_id: this.id, config: this.config });
     }
@@ -149,14 +154,14 @@ class Runner {
         if (this.closing) {
             return;
         }
-        this.state = "failed";
+        this.state = RunnerState.FAILED;
         this.failure = err;
         this.status.error(err.message);
         if (err.code !== "BRIDGE_LOST") {
             this.failWaiting(err);
             this.reportOnce(err);
         } else {
-            this.state = "waiting";
+            this.state = RunnerState.WAITING;
         }
     }
 
@@ -179,21 +184,21 @@ class Runner {
     onPoolState(frame) {
         this.status.pool(frame);
         this.kernelUid = frame.kernel_uid;
-        if (frame.state === "ready") {
-            this.state = "ready";
+        if (frame.state === POOL_STATES.READY) {
+            this.state = RunnerState.READY;
             this.failure = null;
             this.reported = null;
             this.flushWaiting();
-        } else if (frame.state === "error") {
+        } else if (frame.state === POOL_STATES.ERROR) {
             const err = toError(frame.error || { message: frame.detail || "pool error" }, "INTERNAL");
-            this.state = "failed";
+            this.state = RunnerState.FAILED;
             this.failure = err;
             this.failWaiting(err);
             this.reportOnce(err);
-        } else if (frame.state === "closed" && this.closing) {
+        } else if (frame.state === POOL_STATES.CLOSED && this.closing) {
             this.closing.resolve();
-        } else if (frame.state !== "closed") {
-            this.state = "waiting";
+        } else if (frame.state !== POOL_STATES.CLOSED) {
+            this.state = RunnerState.WAITING;
         }
     }
 
@@ -336,9 +341,9 @@ class Runner {
     accept(msg, send, done) {
         if (this.closing) {
             done(closedError());
-        } else if (this.state === "ready") {
+        } else if (this.state === RunnerState.READY) {
             this.execute({ msg, send, done });
-        } else if (this.state === "failed" && this.failure) {
+        } else if (this.state === RunnerState.FAILED && this.failure) {
             done(this.failure);
         } else if (this.waiting.length >= this.config.queue_limit) {
             done(toError({ code: "QUEUE_FULL", type: "Error", message: t("kernelexec.error.queueFull", { limit: this.config.queue_limit }) }));

@@ -8,6 +8,7 @@ const crypto = require("crypto");
 const bridges = require("./bridge");
 const codec = require("./codec");
 const { t } = require("./i18n");
+const { POOL_STATES } = require("./protocol");
 
 const CLOSE_WAIT_MS = 5000;
 let counter = 0;
@@ -73,11 +74,11 @@ class Scratch {
         switch (frame.type) {
         case "pool_state":
             this.kernelUid = frame.kernel_uid;
-            if (frame.state === "ready") {
+            if (frame.state === POOL_STATES.READY) {
                 this.ready.resolve();
-            } else if (frame.state === "error") {
+            } else if (frame.state === POOL_STATES.ERROR) {
                 this.ready.reject(Object.assign(new Error((frame.error && frame.error.message) || frame.detail || "setup failed"), { detail: frame.error || null }));
-            } else if (frame.state === "closed") {
+            } else if (frame.state === POOL_STATES.CLOSED) {
                 this.closed.resolve();
             }
             break;

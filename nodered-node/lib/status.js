@@ -2,6 +2,7 @@
 // or the status the Python code set with node.status(). Updates are coalesced, never per message.
 "use strict";
 const { t } = require("./i18n");
+const { POOL_STATES } = require("./protocol");
 
 const COALESCE_MS = 250;
 
@@ -32,13 +33,13 @@ class PoolStatus {
     /** A pool_state frame. */
     pool(frame) {
         this.poolState = frame;
-        if (frame.state === "error") {
+        if (frame.state === POOL_STATES.ERROR) {
             const err = frame.error || {};
             this.error(err.message || frame.detail || t("kernelexec.status.error"));
-        } else if (frame.state === "starting" || frame.state === "installing") {
+        } else if (frame.state === POOL_STATES.STARTING || frame.state === POOL_STATES.INSTALLING) {
             const text = t("kernelexec.status." + frame.state, { mode: this.mode }) + (frame.detail ? " " + frame.detail : "");
             this.show({ fill: "yellow", shape: "ring", text: truncate(text) }, true);
-        } else if (frame.state === "ready") {
+        } else if (frame.state === POOL_STATES.READY) {
             // a status set by the code stays until the code clears it (or an error replaces it)
             this.show(this.userStatus || this.load(frame), Boolean(this.userStatus));
         }
@@ -60,7 +61,8 @@ class PoolStatus {
             this.show(status, true);
         } else {
             this.userStatus = null;
-            this.show(this.poolState && this.poolState.state === "ready" ? this.load(this.poolState) : {}, true);
+            const ready = this.poolState && this.poolState.state === POOL_STATES.READY;
+            this.show(ready ? this.load(this.poolState) : {}, true);
         }
     }
 
