@@ -29,7 +29,7 @@ from .handles.base import HANDLE_CODE, KernelHandle
 from .kernel.resultpipe import ResultPipe
 from .kernel.results import as_received
 from .kernel.results import failed_result as result_with_error
-from .protocol import BLOB_TABLE
+from .protocol import BLOB_TABLE, KernelOp
 
 __all__ = ["BOOTSTRAP_CODE", "HANDLE_CODE", "Job", "Worker", "WorkerState", "failed_result"]
 
@@ -138,12 +138,12 @@ class Worker:
                 node["request_fd"] = lane.read_fd
         self._pipe_fd = -1
         self._lane = False
-        answer = await self._op({"op": "init", "node": node}, error_cls=None)
+        answer = await self._op({"op": KernelOp.INIT, "node": node}, error_cls=None)
         if pipe is not None and answer.get("result_pipe") is True:  # the runtime holds it
             self._pipe_fd = pipe.write_fd
             self._lane = answer.get("lane") is True  # it reads the request pipe
         if self.config.setup.strip():
-            await self._op({"op": "setup", "code": self.config.setup}, error_cls=SetupError)
+            await self._op({"op": KernelOp.SETUP, "code": self.config.setup}, error_cls=SetupError)
 
     def _node_info(self) -> dict[str, Any]:
         from .kernel import blobs
@@ -191,12 +191,12 @@ class Worker:
     async def update_code(self, code: str) -> None:
         """New message code; the kernel keeps its setup state (notebook live link)."""
         self.config = self.config.replace(code=code)
-        await self._op({"op": "code", "code": code}, error_cls=None)
+        await self._op({"op": KernelOp.CODE, "code": code}, error_cls=None)
 
     async def prefork(self) -> None:
         """Cold mode, when idle: the runtime forks the next message's child ahead of time."""
         try:
-            await self._op({"op": "prefork"}, error_cls=None)
+            await self._op({"op": KernelOp.PREFORK}, error_cls=None)
         except Exception as exc:  # an optimisation: the next message forks for itself
             log.debug("prefork on %s failed: %s", self.name, exc)
 
@@ -206,7 +206,7 @@ class Worker:
             return
         try:
             if self.config.stop.strip() and self.kernel.is_alive():
-                request = {"op": "stop", "code": self.config.stop}
+                request = {"op": KernelOp.STOP, "code": self.config.stop}
                 await asyncio.wait_for(self._op(request, error_cls=None), STOP_CODE_LIMIT)
         except (Exception, asyncio.TimeoutError) as exc:
             log.warning("Stop code of %s did not finish cleanly: %s", self.name, exc)
@@ -224,7 +224,7 @@ class Worker:
         for job in jobs:
             job.started = now
         batch = [_batch_item(job, self.config.timeout) for job in jobs]
-        request: dict[str, Any] = {"op": "run", "batch": batch}
+        request: dict[str, Any] = {"op": KernelOp.RUN, "batch": batch}
         pipe = self._result_pipe()
         if pipe is not None:
             pipe.begin([job.req_id for job in jobs])

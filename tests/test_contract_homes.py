@@ -37,7 +37,7 @@ def _spelled(value: str) -> list[str]:
 
 def test_no_module_spells_a_kernel_contract_constant() -> None:
     shared = [SPEC["batch_version"], SPEC["value_encoding"]["marker_key"]]
-    shared += [value for key, value in SPEC["kernel"].items() if key != "doc"]
+    shared += [value for key, value in SPEC["kernel"].items() if key not in ("doc", "ops")]
     spelled = {value: _spelled(value) for value in shared}
     assert spelled == {value: [] for value in shared}
 
@@ -74,6 +74,42 @@ def test_the_gateway_kernel_side_agrees_with_the_spec() -> None:
         "EVENTS_COMM": kernel["events_comm"],
         "RUNTIME_NAME": kernel["runtime_name"],
     }
+
+
+def _names_op(expr: ast.expr) -> bool:
+    """``op``, ``x.get("op")`` or ``x["op"]``: where a request's op is read."""
+    if isinstance(expr, ast.Name):
+        return expr.id == "op"
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.args:
+        first = expr.args[0]
+        return expr.func.attr == "get" and isinstance(first, ast.Constant) and first.value == "op"
+    if isinstance(expr, ast.Subscript):
+        return isinstance(expr.slice, ast.Constant) and expr.slice.value == "op"
+    return False
+
+
+def test_no_module_spells_a_runtime_op() -> None:
+    """The runtime's ops (spec.json kernel.ops) are kernelexec.protocol.KernelOp members
+    wherever a request is built (``{"op": ...}``) or dispatched (``op == ...``, ``op in``):
+    a literal op name there fails here. (Their names are common words, so the check looks at
+    those two places, not at every string.)"""
+    ops = set(SPEC["kernel"]["ops"])
+    found = []
+    for path in sorted((ROOT / "kernelexec").rglob("*.py")):
+        if path in EXEMPT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            literals: list[ast.expr] = []
+            if isinstance(node, ast.Dict):
+                literals = [v for k, v in zip(node.keys, node.values, strict=True)
+                            if isinstance(k, ast.Constant) and k.value == "op"]
+            elif isinstance(node, ast.Compare) and _names_op(node.left):
+                for right in node.comparators:
+                    literals += right.elts if isinstance(right, ast.Tuple) else [right]
+            for literal in literals:
+                if isinstance(literal, ast.Constant) and literal.value in ops:
+                    found.append(f"{path.relative_to(ROOT)}:{literal.lineno}: {literal.value}")
+    assert found == []
 
 
 def test_only_the_results_module_builds_a_result() -> None:

@@ -55,3 +55,10 @@ def test_the_typed_protocol_data_has_the_spec_fields() -> None:
     assert TABLE in Result.__optional_keys__  # the runtime writes it by name
     error_fields = set(re.findall(r"(\w+):", spec["error_object"]))
     assert set(ErrorObject.__required_keys__) == error_fields
+
+
+def test_kernel_ops_are_the_spec_ops() -> None:
+    from kernelexec.protocol import KernelOp
+
+    assert {op.value for op in KernelOp} == set(load_spec()["kernel"]["ops"])
+    assert json.dumps({"op": KernelOp.RUN}) == '{"op": "run"}'

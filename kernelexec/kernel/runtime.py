@@ -48,7 +48,7 @@ from ..errors import (
     UserCodeError,
     own_error,
 )
-from ..protocol import RUNTIME_NAME
+from ..protocol import RUNTIME_NAME, KernelOp
 from . import blobs, coldfork
 from .convert import Encoder, from_json
 from .guard import (
@@ -313,21 +313,20 @@ class Runtime:
         """Run one op of the contract; returns its answer, never raises."""
         op = request.get("op")
         try:
-            if op == "run":
+            if op == KernelOp.RUN:
                 return self._run_op(request)
-            if op == "init":
+            if op == KernelOp.INIT:
                 return self.init(request.get("node") or {})
-            if op == "code":
+            if op == KernelOp.CODE:
                 return self.set_code(str(request.get("code", "")))
-            if op == "setup":
+            if op == KernelOp.SETUP:
                 return self.setup(str(request.get("code", "")))
-            if op == "stop":
+            if op == KernelOp.STOP:
                 return self.stop(str(request.get("code", "")))
-            if op == "prefork":
+            if op == KernelOp.PREFORK:
                 return self.prefork()
-            message = (
-                f"unknown kernelexec op {op!r}; expected init, setup, run, stop, code or prefork"
-            )
+            expected = ", ".join(str(known) for known in KernelOp)
+            message = f"unknown kernelexec op {op!r}; expected one of {expected}"
             return {"error": KernelexecError(message).to_dict()}
         except Exception as exc:
             own = own_error(exc)

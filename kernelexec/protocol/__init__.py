@@ -25,6 +25,7 @@ __all__ = [
     "MARKER",
     "PROTOCOL_VERSION",
     "RUNTIME_NAME",
+    "KernelOp",
     "PoolState",
     "load_spec",
     "spec_text",
@@ -63,6 +64,22 @@ KERNEL_REPLY_TYPE: str = _KERNEL["reply_type"]
 EVENTS_COMM: str = _KERNEL["events_comm"]
 #: the runtime object's name in the kernel's user namespace
 RUNTIME_NAME: str = _KERNEL["runtime_name"]
+
+
+class KernelOp(str, enum.Enum):
+    """The runtime's ops (spec.json ``kernel.ops``; tests/test_protocol_spec.py holds them
+    equal): what the worker asks of a kernel, what the runtime dispatches. A str, so it goes
+    into the request as its value."""
+
+    INIT = "init"
+    SETUP = "setup"
+    CODE = "code"
+    RUN = "run"
+    STOP = "stop"
+    PREFORK = "prefork"
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 class PoolState(str, enum.Enum):

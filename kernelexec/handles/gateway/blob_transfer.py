@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ...protocol import KernelOp
+
 __all__ = ["BLOBS_COMM_ID", "GW", "blobs_to_buffers", "buffers_to_blobs", "has_gw_refs"]
 
 #: comm_msg of the kernel side carrying the output blobs of one execute_request
@@ -60,7 +62,7 @@ def blobs_to_buffers(extra: dict[str, Any], buffers: list[bytes]) -> tuple[Any, 
             buffers.append(data)
             entries.append({GW: len(buffers) - 1, blobs.SIZE: len(data)})
         holder[blobs.TABLE] = entries
-    if new.get("op") == "init" and isinstance(new.get("node"), dict):
+    if new.get("op") == KernelOp.INIT and isinstance(new.get("node"), dict):
         new = {**new, "node": {**new["node"], "blob_dir": None}}  # the kernel's own
     return new, found
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ...config import EnvConfig
 from ...errors import GatewayError, KernelDiedError
-from ...protocol import EVENTS_COMM, KERNEL_REQUEST_TYPE
+from ...protocol import EVENTS_COMM, KERNEL_REQUEST_TYPE, KernelOp
 from ..base import KernelHandle, execute_content
 from .blob_transfer import BLOBS_COMM_ID, blobs_to_buffers, buffers_to_blobs, has_gw_refs
 from .bootstrap import BOOTSTRAP_INFO, is_bootstrap
@@ -39,6 +39,10 @@ EVENTS_COMM_ID = EVENTS_COMM
 #: the shell message of one runtime op (spec.json "kernel")
 REQUEST_TYPE = KERNEL_REQUEST_TYPE
 _T = TypeVar("_T")
+#: The ops whose requests may name blob files (their tables travel as buffers, blob_transfer)
+_CARRY_BLOBS = frozenset(
+    {KernelOp.RUN, KernelOp.SETUP, KernelOp.STOP, KernelOp.INIT, KernelOp.CODE}
+)
 
 
 def make_gateway_kernel(env: EnvConfig, *, node_id: str) -> GatewayKernel:
@@ -315,7 +319,7 @@ class GatewayKernel(KernelHandle):
                 channels.death or f"gateway kernel {self.kernel_id} is not running"
             )
         buffers = list(buffers or [])
-        if extra.get("op") in ("run", "setup", "stop", "init", "code"):  # see blob_transfer
+        if extra.get("op") in _CARRY_BLOBS:  # see blob_transfer
             content["kernelexec"], blobs_sent = blobs_to_buffers(extra, buffers)
             if blobs_sent:
                 content["kernelexec_gw_blobs"] = True
@@ -341,11 +345,11 @@ class GatewayKernel(KernelHandle):
 
     def _limit(self, op: Any) -> float | None:
         """How long an op may take (None: the worker's own bound, from message timeouts)."""
-        if op == "run":
+        if op == KernelOp.RUN:
             return None
-        if op == "setup":
+        if op == KernelOp.SETUP:
             return self.settings.setup_timeout or None
-        if op in ("init", "code", "prefork", "stop"):
+        if op in (KernelOp.INIT, KernelOp.CODE, KernelOp.PREFORK, KernelOp.STOP):
             return self.settings.bootstrap_timeout
         return None
 
@@ -354,8 +358,8 @@ class GatewayKernel(KernelHandle):
             return await asyncio.wait_for(waiting, limit)
         except asyncio.TimeoutError:
             op = extra.get("op")
-            option = "setup_timeout" if op == "setup" else "bootstrap_timeout"
-            text = await self._unanswered(f"the {op!r} request", limit, option)
+            option = "setup_timeout" if op == KernelOp.SETUP else "bootstrap_timeout"
+            text = await self._unanswered(f"the {str(op)!r} request", limit, option)
             self._mark_dead(text)
             raise GatewayError(text) from None
 
