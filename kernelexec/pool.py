@@ -34,7 +34,7 @@ from .errors import (
 )
 from .handles.factory import KernelFactory
 from .kernel.results import log_event
-from .protocol import PoolState
+from .protocol import ContextOp, PoolState
 from .worker import Job, Worker, WorkerState, failed_result
 
 __all__ = ["MemoryHooks", "Pool", "PoolHooks", "PoolStats", "make_pool", "node_workdir"]
@@ -92,23 +92,23 @@ class MemoryHooks:
     async def on_context(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]:
         scope = request.get("scope", "node")
         op, key = request.get("op"), request.get("key")
-        if op == "env":
+        if op == ContextOp.ENV:
             return {"value": os.environ.get(str(key)), "error": None}
-        if op == "linkcall":
+        if op == ContextOp.LINKCALL:
             return {"value": None, "error": "link calls need Node-RED (no Node-RED here)"}
         name = f"{scope}:{node_id}" if scope == "node" else str(scope)
         store = self.stores[f"{name}@{request['store']}" if request.get("store") else name]
         keys = key if isinstance(key, list) else [key]
-        if op == "get":
+        if op == ContextOp.GET:
             values = [store.get(str(k)) for k in keys]
             return {"value": values if isinstance(key, list) else values[0], "error": None}
-        if op == "set":
+        if op == ContextOp.SET:
             value = request.get("value")
             values = value if isinstance(key, list) and isinstance(value, list) else [value]
             for k, v in zip(keys, values, strict=False):
                 store[str(k)] = v
             return {"value": None, "error": None}
-        if op == "keys":
+        if op == ContextOp.KEYS:
             return {"value": sorted(store), "error": None}
         return {"value": None, "error": f"unknown context operation {op!r}"}
 

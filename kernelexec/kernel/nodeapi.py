@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NodeApiError
-from ..protocol import EVENTS_COMM
+from ..protocol import EVENTS_COMM, ContextOp
 from .convert import Encoder, from_json
 
 if TYPE_CHECKING:
@@ -151,21 +151,21 @@ class MemoryContext:
 
     def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
         op, key = request.get("op"), request.get("key")
-        if op == "env":
+        if op == ContextOp.ENV:
             return {"value": os.environ.get(str(key)), "error": None}
-        if op == "linkcall":
+        if op == ContextOp.LINKCALL:
             return {"value": None, "error": "link calls need Node-RED (this node runs without it)"}
         name = str(request.get("scope"))
         if request.get("store"):
             name += ":" + str(request["store"])
         store = self.scopes.setdefault(name, {})
         with self._lock:
-            if op == "get":
+            if op == ContextOp.GET:
                 return {"value": self._get(store, key), "error": None}
-            if op == "set":
+            if op == ContextOp.SET:
                 self._set(store, key, request.get("value"))
                 return {"value": None, "error": None}
-            if op == "keys":
+            if op == ContextOp.KEYS:
                 return {"value": sorted(store), "error": None}
         return {"value": None, "error": f"unknown context op {op!r}"}
 
@@ -335,7 +335,7 @@ class Node:
         request = {
             "kernelexec": "context",
             "scope": None,
-            "op": "linkcall",
+            "op": ContextOp.LINKCALL,
             "key": target if isinstance(target, str) else None,
             "value": encoded,
             "timeout": float(timeout),
@@ -381,7 +381,7 @@ class ContextStore:
         """The global context (the function node's ``context.global``)."""
         return self._runtime.global_
 
-    def _ask(self, op: str, key: Any, value: Any = None, store: str | None = None) -> Any:
+    def _ask(self, op: ContextOp, key: Any, value: Any = None, store: str | None = None) -> Any:
         request = {
             "kernelexec": "context",
             "scope": self.scope,
@@ -401,10 +401,11 @@ class ContextStore:
     def get(self, key: Key, default: Any = None, store: str | None = None) -> Any:
         """The value of ``key`` (``default`` when unset); a list of keys gives a list."""
         if isinstance(key, str):
-            value = from_json(self._ask("get", key, store=store), f"{self.scope}.get({key!r})")
+            answer = self._ask(ContextOp.GET, key, store=store)
+            value = from_json(answer, f"{self.scope}.get({key!r})")
             return default if value is None else value
         keys = _key_list(key, f"{self.scope}.get")
-        values = list(self._ask("get", keys, store=store) or [])
+        values = list(self._ask(ContextOp.GET, keys, store=store) or [])
         values += [None] * (len(keys) - len(values))
         decoded = [
             from_json(values[i], f"{self.scope}.get({k!r})") for i, k in enumerate(keys)
@@ -415,7 +416,8 @@ class ContextStore:
         """Set ``key`` (None deletes it), or several: ``set(["a", "b"], [1, 2])``."""
         encoder = Encoder(use_blobs=False)
         if isinstance(key, str):
-            self._ask("set", key, encoder.encode(value, f"{self.scope}.set({key!r})"), store)
+            encoded_value = encoder.encode(value, f"{self.scope}.set({key!r})")
+            self._ask(ContextOp.SET, key, encoded_value, store)
             return
         keys = _key_list(key, f"{self.scope}.set")
         if not isinstance(value, (list, tuple)) or len(value) > len(keys):
@@ -428,11 +430,11 @@ class ContextStore:
         encoded = [
             encoder.encode(values[i], f"{self.scope}.set({k!r})") for i, k in enumerate(keys)
         ]
-        self._ask("set", keys, encoded, store)
+        self._ask(ContextOp.SET, keys, encoded, store)
 
     def keys(self, store: str | None = None) -> list[str]:
         """The keys set in this context (in ``store``)."""
-        return list(self._ask("keys", None, store=store) or [])
+        return list(self._ask(ContextOp.KEYS, None, store=store) or [])
 
     def __repr__(self) -> str:
         return f"<{self.scope} context>"
@@ -460,7 +462,7 @@ class Env:
             return self._runtime.node_id
         if name == "NR_NODE_NAME":
             return self._runtime.node_name
-        request = {"kernelexec": "context", "scope": None, "op": "env", "key": str(name)}
+        request = {"kernelexec": "context", "scope": None, "op": ContextOp.ENV, "key": str(name)}
         reply = self._runtime.channel.context(request)
         if reply.get("error"):
             message = f"env.get({name!r}) failed: {reply['error']}"

@@ -25,6 +25,7 @@ __all__ = [
     "MARKER",
     "PROTOCOL_VERSION",
     "RUNTIME_NAME",
+    "ContextOp",
     "KernelOp",
     "PoolState",
     "load_spec",
@@ -77,6 +78,20 @@ class KernelOp(str, enum.Enum):
     RUN = "run"
     STOP = "stop"
     PREFORK = "prefork"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class ContextOp(str, enum.Enum):
+    """What a context request asks Node-RED (spec.json ``context_ops``; the node API builds
+    them, the bridge relays them, MemoryContext/MemoryHooks answer them without Node-RED)."""
+
+    GET = "get"
+    SET = "set"
+    KEYS = "keys"
+    ENV = "env"
+    LINKCALL = "linkcall"
 
     def __str__(self) -> str:
         return str(self.value)

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config import PoolConfig
 from ..errors import ConfigError, ErrorObject
-from ..protocol import BLOB_TABLE, PROTOCOL_VERSION
+from ..protocol import BLOB_TABLE, PROTOCOL_VERSION, ContextOp
 from .bridge import Bridge, sweep_blobs
 from .executions import Executions
 from .frames import (
@@ -57,9 +57,9 @@ _BEFORE_HELLO = frozenset({"hello", "ping"})
 def _describe_request(request: dict[str, Any]) -> str:
     """What a context request asks, for error messages."""
     op, key = request.get("op"), request.get("key")
-    if op == "env":
+    if op == ContextOp.ENV:
         return f"env.get({key!r})"
-    if op == "linkcall":
+    if op == ContextOp.LINKCALL:
         return f"link call to {key!r}"
     return f"{op} {request.get('scope')} context key {key!r}"
 
@@ -327,7 +327,7 @@ class ClientSession:
                 frame[name] = request[name]
         self.send(frame)
         timeout = self.bridge.options.context_timeout
-        if request.get("op") == "linkcall":  # Node-RED answers within the call's own timeout
+        if request.get("op") == ContextOp.LINKCALL:  # answered within the call's own timeout
             timeout += _seconds(request.get("timeout"))
         try:
             return await asyncio.wait_for(future, timeout)

@@ -6,6 +6,7 @@
 "use strict";
 const codec = require("./codec");
 const { t } = require("./i18n");
+const { CONTEXT_OPS } = require("./protocol");
 
 function storeName(frame) {
     return typeof frame.store === "string" && frame.store !== "" ? frame.store : undefined;
@@ -16,13 +17,13 @@ function contextOp(store, frame) {
     return new Promise((resolve, reject) => {
         const name = storeName(frame);
         const cb = (err, value) => (err ? reject(err) : resolve(value));
-        if (frame.op === "keys") {
+        if (frame.op === CONTEXT_OPS.KEYS) {
             if (name === undefined) {
                 store.keys(cb);
             } else {
                 store.keys(name, cb);
             }
-        } else if (frame.op === "get") {
+        } else if (frame.op === CONTEXT_OPS.GET) {
             store.get(frame.key, name, (err, ...values) => {
                 if (err) {
                     reject(err);
@@ -35,7 +36,7 @@ function contextOp(store, frame) {
                     reject(e);
                 }
             });
-        } else if (frame.op === "set") {
+        } else if (frame.op === CONTEXT_OPS.SET) {
             codec.decodeValue(frame.value, { unlink: false }).then((value) => {
                 const stored = Array.isArray(frame.key) && Array.isArray(value)
                     ? value.map((v) => (v === null ? undefined : v))

@@ -11,6 +11,9 @@ const encoding = spec.value_encoding;
 /** The states of a pool_state frame, by name: POOL_STATES.READY === "ready" (spec pool_states). */
 const POOL_STATES = Object.freeze(Object.fromEntries(spec.pool_states.map((s) => [s.toUpperCase(), s])));
 
+/** The ops of a context request, by name: CONTEXT_OPS.GET === "get" (spec context_ops). */
+const CONTEXT_OPS = Object.freeze(Object.fromEntries(spec.context_ops.map((s) => [s.toUpperCase(), s])));
+
 /** The pool configuration defaults, by protocol field name. */
 function configDefaults() {
     const out = {};
@@ -52,6 +55,7 @@ module.exports = {
     CONFIG_FIELDS: spec.config_fields,
     SERVER_FRAMES: Object.keys(spec.server_frames),
     POOL_STATES,
+    CONTEXT_OPS,
     // Since this version a WebSocket message may carry an array of frames (spec "transport").
     BATCH_VERSION: spec.batch_version,
     configDefaults,

@@ -11,7 +11,7 @@ const { t } = require("./i18n");
 const { PoolStatus } = require("./status");
 const { contextOp } = require("./context");
 const nodeops = require("./nodeops");
-const { POOL_STATES } = require("./protocol");
+const { CONTEXT_OPS, POOL_STATES } = require("./protocol");
 
 // What a Runner can do with a message now: wait (the bridge or the pool is starting), send it
 // (ready), or fail it at once (failed: the bridge or the pool reported an error).
@@ -306,8 +306,11 @@ class Runner {
         const reply = (value, error) => this.bridge && this.bridge.send({
             type: "context_reply", ctx_id: frame.ctx_id, value: value === undefined ? null : value, error: error || null,
         });
-        if (frame.op === "env" || frame.op === "linkcall") {
-            const answer = frame.op === "env" ? Promise.resolve().then(() => nodeops.envGet(this.node, frame.key, { sandboxed: Boolean(this.config.env && this.config.env.user) })) : this.links.call(frame);
+        if (frame.op === CONTEXT_OPS.ENV || frame.op === CONTEXT_OPS.LINKCALL) {
+            const sandboxed = Boolean(this.config.env && this.config.env.user);
+            const answer = frame.op === CONTEXT_OPS.ENV ?
+                Promise.resolve().then(() => nodeops.envGet(this.node, frame.key, { sandboxed })) :
+                this.links.call(frame);
             answer.then((value) => reply(value, null), (err) => reply(null, err.message || String(err)));
             return;
         }
