@@ -200,7 +200,7 @@ function cpuSnapshot() {
     return {
         node_red: (usage.user + usage.system) / 1000,
         bridge: sum(mine.filter((p) => p.cmd.includes("kernelexec serve"))),
-        kernels: sum(mine.filter((p) => p.cmd.includes("kernelexec.kernel"))), // template's included
+        kernels: sum(mine.filter((p) => /kernelexec\.(kernel|handles\.template)\b/.test(p.cmd))), // template's included
         floor: sum(mine.filter((p) => p.cmd.includes("floor_worker.py"))),
     };
 }

@@ -58,7 +58,7 @@ fi
 
 # Leave nothing behind: the harness checks its own processes; this looks machine-wide (other
 # programs' kernels may show up here, so it only reports).
-left=$(pgrep -af 'kernelexec.kernel|ipykernel|floor_worker.py' || true)
+left=$(pgrep -af 'kernelexec.kernel|kernelexec.handles.template|ipykernel|floor_worker.py' || true)
 shm=$(ls /dev/shm 2>/dev/null | grep kernelexec || true)
 [[ -n $left ]] && printf 'note: kernel processes running on this machine now:\n%s\n' "$left"
 [[ -n $shm ]] && printf 'note: kernelexec files in /dev/shm now:\n%s\n' "$shm"

@@ -15,7 +15,7 @@ import pytest
 def kernel_processes() -> list[str]:
     """Kernel processes started by this test session (children of this process tree)."""
     out = subprocess.run(
-        ["pgrep", "-af", "kernelexec.kernel|ipykernel_launcher"],
+        ["pgrep", "-af", "kernelexec.kernel|kernelexec.handles.template|ipykernel_launcher"],
         capture_output=True,
         text=True,
         check=False,

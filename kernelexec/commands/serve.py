@@ -164,7 +164,14 @@ def run(args: argparse.Namespace) -> int:
             return 2
         log.warning("Listening on %s, reachable from other machines: protect the token", args.host)
     token = args.token or os.environ.get("KERNELEXEC_TOKEN") or None
-    return asyncio.run(_serve(args, token))
+    from ..handles import template  # light: the standard library only
+    from ..handles.base import kernel_environment
+
+    template.spawn_early(kernel_environment())  # its imports run while the bridge imports
+    try:
+        return asyncio.run(_serve(args, token))
+    finally:
+        template.discard_early()  # not adopted: the bridge stopped before it could use it
 
 
 async def _serve(args: argparse.Namespace, given_token: str | None) -> int:

@@ -7,6 +7,7 @@ on a Jupyter Kernel/Enterprise Gateway. Each abstract method says who calls it.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ __all__ = [
     "StdinCallback",
     "StreamCallback",
     "execute_content",
+    "kernel_environment",
 ]
 
 #: The cell that runs one runtime op when the kernel has no ``kernelexec_request``.
@@ -146,3 +148,17 @@ class KernelHandle(ABC):
     def connection_file(self) -> str | None:
         """A connection file a Jupyter client can attach to, when there is one."""
         return None
+
+
+#: What the bridge holds and a kernel must not: with it, user code could drive the bridge.
+_BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")
+
+
+def kernel_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A kernel's environment: the bridge's, ``extra``, without the bridge's own secrets."""
+    env = {**os.environ, **(extra or {})}
+    env.pop("JPY_PARENT_PID", None)
+    for secret in _BRIDGE_SECRETS:  # user code needs neither (it would let it drive the bridge)
+        env.pop(secret, None)
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
+    return env

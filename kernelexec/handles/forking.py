@@ -34,8 +34,9 @@ from typing import Any
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from . import template
 from .base import LaunchSpec
-from .template import KERNEL_MODULE, can_fork_kernels
+from .template import KERNEL_MODULE
 
 __all__ = [
     "PROVISIONER",
@@ -51,11 +52,8 @@ __all__ = [
 log = logging.getLogger("kernelexec.kernel")
 
 PROVISIONER = "kernelexec-fork"
-#: the environment variable that turns the template off (``0``) for a bridge
-SWITCH = "KERNELEXEC_KERNEL_TEMPLATE"
 _READY_TIMEOUT = 60.0
 _ANSWER_SIZE = 4096
-_CMDLINE_ROOM = 1024
 
 
 class ForkedProcess:
@@ -103,15 +101,8 @@ class ForkedProcess:
 class KernelTemplate:
     """The template process and the socket to it; :meth:`fork` makes one kernel."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        module = "kernelexec.handles.template"
-        padding = "-" * _CMDLINE_ROOM  # the forked kernels write their command line there
-        argv = [sys.executable, "-m", module, str(theirs.fileno()), str(os.getpid()), padding]
-        self.process = subprocess.Popen(
-            argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env
-        )
-        theirs.close()
+    def __init__(self, process: subprocess.Popen[bytes], ours: socket.socket) -> None:
+        self.process = process
         ours.setblocking(False)
         self._socket = ours
         self._lock = asyncio.Lock()
@@ -193,8 +184,9 @@ _template: KernelTemplate | None = None
 def start_template(env: dict[str, str]) -> KernelTemplate | None:
     """Start this bridge's template (idempotent; None where it is off or cannot work)."""
     global _template
-    if _template is None and can_fork_kernels() and os.environ.get(SWITCH, "1") != "0":
-        _template = KernelTemplate(env)
+    if _template is None and template.wanted():
+        early = template.take_early()  # spawned before the bridge's imports, if it was
+        _template = KernelTemplate(*(early or template.spawn(env)))
         _register()
     return _template
 

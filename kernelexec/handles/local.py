@@ -26,7 +26,7 @@ from ..kernel.lane import RequestPipe, request_frame
 from ..kernel.resultpipe import ResultPipe
 from ..protocol import EVENTS_COMM
 from . import forking
-from .base import KernelHandle, LaunchSpec, execute_content
+from .base import KernelHandle, LaunchSpec, execute_content, kernel_environment
 from .channels import Channels
 
 __all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec", "kernel_environment"]
@@ -36,9 +36,6 @@ log = logging.getLogger("kernelexec.kernel")
 EVENTS_COMM_ID = EVENTS_COMM
 _DEATH_POLL_SECONDS = 0.05
 #: The bridge's own secrets, kept out of the kernels' environment.
-_BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")
-
-
 def default_launch_spec(cwd: str | None = None) -> LaunchSpec:
     """The bridge's own interpreter, our tuned kernel, no isolation."""
     argv = (sys.executable, "-m", "kernelexec.kernel", "-f", "{connection_file}")
@@ -54,16 +51,6 @@ def _ipc_path() -> str:
     directory = jupyter_runtime_dir()
     os.makedirs(directory, mode=0o700, exist_ok=True)
     return os.path.join(directory, f"kernelexec-{uuid.uuid4().hex[:12]}")
-
-
-def kernel_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A kernel's environment: the bridge's, ``extra``, without the bridge's own secrets."""
-    env = {**os.environ, **(extra or {})}
-    env.pop("JPY_PARENT_PID", None)
-    for secret in _BRIDGE_SECRETS:  # user code needs neither (it would let it drive the bridge)
-        env.pop(secret, None)
-    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
-    return env
 
 
 class LocalKernel(KernelHandle):

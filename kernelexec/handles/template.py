@@ -28,6 +28,7 @@ import os
 import platform
 import signal
 import socket
+import subprocess
 import sys
 import traceback
 from typing import Any
@@ -68,6 +69,61 @@ _MAX_FDS = 8
 def can_fork_kernels() -> bool:
     """Whether this machine has what the template needs (Linux, a known clone syscall)."""
     return sys.platform.startswith("linux") and platform.machine() in _SYS_CLONE
+
+
+# ---------------------------------------------------------------- the bridge's side
+#: the environment variable that turns the template off (``0``) for a bridge
+SWITCH = "KERNELEXEC_KERNEL_TEMPLATE"
+#: room in the template's command line for the forked kernels' own (they write it there)
+_CMDLINE_ROOM = 1024
+#: a template spawned before the bridge's event loop runs (spawn_early), not yet adopted
+_early: tuple[subprocess.Popen[bytes], socket.socket] | None = None
+
+
+def wanted() -> bool:
+    """Whether this bridge forks its kernels from a template."""
+    return can_fork_kernels() and os.environ.get(SWITCH, "1") != "0"
+
+
+def spawn(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start ``python -m kernelexec.handles.template`` of this interpreter; the process and
+    the bridge's end of the socket pair to it (forking.KernelTemplate speaks over it)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    padding = "-" * _CMDLINE_ROOM  # the forked kernels write their command line there
+    module = "kernelexec.handles.template"
+    argv = [sys.executable, "-m", module, str(theirs.fileno()), str(os.getpid()), padding]
+    process = subprocess.Popen(
+        argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env
+    )
+    theirs.close()
+    return process, ours
+
+
+def spawn_early(env: dict[str, str]) -> None:
+    """Start the template first thing in ``kernelexec serve``, before the bridge imports its
+    server: its imports (~0.35 s) then run beside the bridge's own (~0.45 s) on another core
+    instead of after them, and the first deploy's kernels are forked that much sooner."""
+    global _early
+    if _early is None and wanted():
+        _early = spawn(env)
+
+
+def take_early() -> tuple[subprocess.Popen[bytes], socket.socket] | None:
+    """The template spawn_early started, handed over once (None if there is none)."""
+    global _early
+    early, _early = _early, None
+    return early
+
+
+def discard_early() -> None:
+    """A bridge that stops before it adopted its early template (it could not listen, its
+    node socket was unusable): the template goes with it."""
+    early = take_early()
+    if early is not None:
+        process, ours = early
+        ours.close()
+        process.kill()
+        process.wait()
 
 
 def _clone_sibling() -> int:

@@ -28,8 +28,8 @@ __all__ = [
 ]
 
 MARK = "KERNELEXEC_STRESS_RUN"
-#: What `pgrep -af 'ipykernel|kernelexec.kernel'` looks for.
-KERNEL_PATTERN = re.compile(r"ipykernel|kernelexec\.kernel")
+#: What `pgrep -af 'ipykernel|kernelexec.kernel|kernelexec.handles.template'` looks for.
+KERNEL_PATTERN = re.compile(r"ipykernel|kernelexec\.kernel|kernelexec\.handles\.template")
 TEMPLATE_NAME = TEMPLATE_COMM.decode()
 BRIDGE_PATTERN = re.compile(r"kernelexec serve")
 

@@ -1,7 +1,7 @@
 """Faults while other messages are in flight, on a real `kernelexec serve` process.
 
 After each fault: every message got exactly one answer, the node works again, and once the
-bridge is stopped no process of ours (`ipykernel|kernelexec.kernel`) and no new
+bridge is stopped no process of ours (stress_support.KERNEL_PATTERN) and no new
 /dev/shm/kernelexec-* file is left. Figures: docs/reliability.md.
 """
 
