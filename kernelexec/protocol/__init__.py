@@ -28,6 +28,7 @@ __all__ = [
     "ContextOp",
     "KernelOp",
     "PoolState",
+    "SpecName",
     "load_spec",
     "spec_text",
 ]
@@ -67,7 +68,15 @@ EVENTS_COMM: str = _KERNEL["events_comm"]
 RUNTIME_NAME: str = _KERNEL["runtime_name"]
 
 
-class KernelOp(str, enum.Enum):
+class SpecName(str, enum.Enum):
+    """A name spec.json defines: a str, so it goes into frames and requests as its value,
+    compares equal to it and prints as it (f-strings included, on every Python)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class KernelOp(SpecName):
     """The runtime's ops (spec.json ``kernel.ops``; tests/test_protocol_spec.py holds them
     equal): what the worker asks of a kernel, what the runtime dispatches. A str, so it goes
     into the request as its value."""
@@ -79,11 +88,8 @@ class KernelOp(str, enum.Enum):
     STOP = "stop"
     PREFORK = "prefork"
 
-    def __str__(self) -> str:
-        return str(self.value)
 
-
-class ContextOp(str, enum.Enum):
+class ContextOp(SpecName):
     """What a context request asks Node-RED (spec.json ``context_ops``; the node API builds
     them, the bridge relays them, MemoryContext/MemoryHooks answer them without Node-RED)."""
 
@@ -93,11 +99,8 @@ class ContextOp(str, enum.Enum):
     ENV = "env"
     LINKCALL = "linkcall"
 
-    def __str__(self) -> str:
-        return str(self.value)
 
-
-class PoolState(str, enum.Enum):
+class PoolState(SpecName):
     """A pool's state: the values of spec.json ``pool_states`` (tests/test_protocol_spec.py
     holds them equal), plus NEW, the Pool API's state before ``start()``, never sent. A str, so
     it goes into frames and compares as its value."""
@@ -108,6 +111,3 @@ class PoolState(str, enum.Enum):
     READY = "ready"
     ERROR = "error"
     CLOSED = "closed"
-
-    def __str__(self) -> str:
-        return str(self.value)
