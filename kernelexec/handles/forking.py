@@ -53,6 +53,9 @@ log = logging.getLogger("kernelexec.kernel")
 
 PROVISIONER = "kernelexec-fork"
 _READY_TIMEOUT = 60.0
+#: A fork is answered in milliseconds: a template silent this long is stuck, and the kernels
+#: are launched from then on (as when it is gone) instead of waiting out _READY_TIMEOUT.
+_FORK_TIMEOUT = 10.0
 _ANSWER_SIZE = 4096
 
 
@@ -154,7 +157,7 @@ class KernelTemplate:
             try:
                 await asyncio.shield(self._ready)
                 socket.send_fds(self._socket, [json.dumps(request).encode()], list(fds))
-                return await self._receive(_READY_TIMEOUT)
+                return await self._receive(_FORK_TIMEOUT)
             except Exception as exc:  # out of step with the template: launch from now on
                 self.failed = f"the kernel template failed: {exc!r}"
                 raise
