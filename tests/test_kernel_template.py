@@ -200,3 +200,26 @@ async def test_no_template_or_kernel_outlives_a_killed_bridge(tmp_path: Path) ->
         while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
             assert time.monotonic() < deadline, f"process {pid} outlived its bridge"
             await asyncio.sleep(0.05)
+
+
+async def test_a_template_that_does_not_answer_a_fork_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A template that said it is ready but never answers a fork request: the fork fails
+    after _FORK_TIMEOUT (not the 60 s a start may take) and the template is marked failed,
+    so the kernels are launched from then on. (A stand-in process holds the other end: a
+    real template cannot be made to hang on demand.)"""
+    import socket
+
+    monkeypatch.setattr(forking, "_FORK_TIMEOUT", 0.3)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    template = forking.KernelTemplate(stand_in, ours)
+    try:
+        theirs.send(json.dumps({"ready": True}).encode())
+        with pytest.raises(asyncio.TimeoutError):
+            await template.fork([sys.executable, "-m", "kernelexec.kernel"], {}, None, ())
+        assert template.failed is not None and "template failed" in template.failed
+    finally:
+        template.close()
+        theirs.close()
