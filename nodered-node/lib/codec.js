@@ -16,6 +16,7 @@
 const fs = require("fs");
 const path = require("path");
 const { MARKER, KINDS, KEYS, BLOB_TABLE, BLOB_ENTRY, BLOB_THRESHOLD, BLOB_PREFIX, BLOB_NAME_SAFE } = require("./protocol");
+const { inodeOf } = require("./blob_spare");
 
 const UNSAFE = new RegExp(`[^${BLOB_NAME_SAFE}]`, "g");
 const BLOB_NAME = new RegExp(`^${BLOB_PREFIX.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(\\d+)-(.+)-(\\d+)$`);
@@ -311,25 +312,37 @@ function executeFrame(nodeId, reqId, encoded) {
 const SYNC_IO_MAX = 4 * 1024 * 1024;
 const WRITE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 
+/** Write a new file; returns its fstat (its inode is the writer's: BlobSpare's `mine`). */
 function writeFileSyncExclusive(file, buf) {
     const fd = fs.openSync(file, WRITE_FLAGS, 0o600);
     try {
         for (let at = 0; at < buf.length;) {
             at += fs.writeSync(fd, buf, at, buf.length - at);
         }
+        return fs.fstatSync(fd);
     } finally {
         fs.closeSync(fd);
     }
 }
 
-/** Write the blob files of encodeWire's `pending`; on failure none is left. Returns the paths. */
-async function writeBlobs(pending) {
+/**
+ * Write the blob files of encodeWire's `pending`; on failure none is left. Returns the paths.
+ * `spare` (a hot runner's BlobSpare, optional) takes the first Buffer into its warm file;
+ * `mine` (a Set, optional) receives the inodes written up to SYNC_IO_MAX (lib/blob_spare.js).
+ */
+async function writeBlobs(pending, spare, mine) {
     const written = [];
     try {
         for (const { file, buf } of pending) {
             written.push(file);
+            if (spare && spare.take(file, buf, mine)) {
+                continue;
+            }
             if (buf.length <= SYNC_IO_MAX) {
-                writeFileSyncExclusive(file, buf);
+                const info = writeFileSyncExclusive(file, buf);
+                if (mine) {
+                    mine.add(inodeOf(info));
+                }
             } else {
                 await fs.promises.writeFile(file, buf, { mode: 0o600, flag: WRITE_FLAGS });
             }
@@ -560,8 +573,10 @@ async function decodeValue(value, options) {
             buffers.push(null);
         }
     }
-    if (unlink) {
-        await removeTable(table, reqId, blobDir);
+    if (unlink) {   // not awaited: the reader has the bytes (removals())
+        const whole = table.filter((_, i) => buffers[i] !== null);
+        removeFiles(keepOne(tablePaths(table, reqId, blobDir), options && options.spare,
+            options && options.mine, tablePaths(whole, reqId, blobDir)));
     }
     if (failure) {
         throw failure;
@@ -569,17 +584,45 @@ async function decodeValue(value, options) {
     return replaceMarkers(value, options && Array.isArray(options.blobs) ? buffers : null);
 }
 
+/** Removals started and not finished yet: nobody waits for one on a message's way. */
+const removing = new Set();
+
 /** Remove files, ignoring the ones already gone. Never throws. */
-async function removeFiles(files) {
-    await Promise.all((files || []).map((file) => fs.promises.unlink(file).catch(() => {})));
+function removeFiles(files) {
+    if (!files || files.length === 0) {
+        return Promise.resolve();
+    }
+    const removal = Promise.all(files.map((file) => fs.promises.unlink(file).catch(() => {})));
+    removing.add(removal);
+    return removal.then(() => {
+        removing.delete(removal);
+    });
+}
+
+/** Settles when every removal started so far has finished (a closing node, tests). */
+function removals() {
+    return Promise.all(Array.from(removing));
+}
+
+/** The paths of a blob table's files (only blob names of `reqId`, in blobDir). */
+function tablePaths(table, reqId, blobDir) {
+    return (Array.isArray(table) ? table : [])
+        .map((e) => entryPath(e, reqId, blobDir))
+        .filter((p) => p !== null);
+}
+
+/**
+ * The files to remove, once `spare` (a hot runner's BlobSpare, optional) kept the first of
+ * `mayKeep` (default: all of them) whose inode is one of `mine`.
+ */
+function keepOne(files, spare, mine, mayKeep) {
+    const kept = spare && mine ? (mayKeep || files).find((file) => spare.keep(file, mine)) : undefined;
+    return kept === undefined ? files : files.filter((file) => file !== kept);
 }
 
 /** Remove the files of a blob table (only blob names of `reqId`, in blobDir). Never throws. */
 function removeTable(table, reqId, blobDir) {
-    const files = (Array.isArray(table) ? table : [])
-        .map((e) => entryPath(e, reqId, blobDir))
-        .filter((p) => p !== null);
-    return removeFiles(files);
+    return removeFiles(tablePaths(table, reqId, blobDir));
 }
 
 /** The blob table a frame carries ([] when none). */
@@ -594,6 +637,7 @@ function discardBlobs(frame, blobDir) {
 }
 
 module.exports = {
+    SYNC_IO_MAX,
     CodecError,
     splitMessage,
     restoreKept,
@@ -608,5 +652,7 @@ module.exports = {
     decodeInline,
     decodeValue,
     removeFiles,
+    keepOne,
+    removals,
     discardBlobs,
 };

@@ -9,6 +9,7 @@ const bridges = require("./bridge");
 const codec = require("./codec");
 const { t } = require("./i18n");
 const { PoolStatus } = require("./status");
+const { BlobSpare } = require("./blob_spare");
 const { contextOp } = require("./context");
 const nodeops = require("./nodeops");
 const { CONTEXT_OPS, POOL_STATES } = require("./protocol");
@@ -123,6 +124,8 @@ class Runner {
         this.kept = new Map();   // _msgid -> {props, active, timer}: what stayed on the JS side
         this.status = new PoolStatus(node, config.mode);
         this.links = new nodeops.LinkCalls(node);
+        // hot mode keeps one warm blob file for the next large Buffer (lib/blob_spare.js)
+        this.spare = config.mode === "cold" ? null : new BlobSpare(codec.SYNC_IO_MAX);
     }
 
     start() {
@@ -375,7 +378,7 @@ class Runner {
     execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
         const req = {
-            reqId, files: NO_FILES, result: false, finished: false, held: false,
+            reqId, files: NO_FILES, mine: null, result: false, finished: false, held: false,
             msg: item.msg, send: item.send, done: item.done,
         };
         this.inflight.set(reqId, req);
@@ -396,7 +399,8 @@ class Runner {
             return;
         }
         const text = JSON.stringify(frame);
-        codec.writeBlobs(encoded.pending).then((files) => {
+        req.mine = this.spare ? new Set() : null;   // the inodes written: the spare's candidates
+        codec.writeBlobs(encoded.pending, this.spare, req.mine).then((files) => {
             req.files = files;
             if (req.finished) {
                 codec.removeFiles(files);
@@ -454,6 +458,7 @@ class Runner {
         }
         const decoded = await codec.decodeValue(outputs, {
             blobDir, blobs: codec.tableOf(frame), reqId: frame.req_id, kernelUid: this.kernelUid,
+            spare: this.spare, mine: req.mine,
         });
         this.deliverDecoded(req, decoded, stdout);
     }
@@ -540,7 +545,7 @@ class Runner {
             this.bridge.untrack(req.reqId);
         }
         if (req.files.length > 0) {
-            codec.removeFiles(req.files);
+            codec.removeFiles(codec.keepOne(req.files, this.spare, req.mine));
         }
         try {
             req.done(err || undefined);
@@ -576,6 +581,10 @@ class Runner {
             clearTimeout(held.timer);
         }
         this.kept.clear();
+        if (this.spare) {
+            this.spare.close();
+        }
+        await codec.removals();
         await bridges.deregister(this, this.bridge);
     }
 }

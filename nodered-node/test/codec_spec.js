@@ -37,6 +37,7 @@ describe("codec", function () {
         const out = await codec.decodeValue(value, { blobDir: dir, reqId: "x-1", blobs: [{ name, size: 3 }] });
         assert.ok(Buffer.isBuffer(out[0][0].a));
         assert.deepStrictEqual([...out[0][0].b], [1, 2, 3]);
+        await codec.removals();
         assert.ok(!fs.existsSync(path.join(dir, name)));
     });
 

@@ -257,6 +257,32 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         await S.waitFor(() => S.allBlobFiles(pids).length === 0, 30000, "blob files to be removed");
     });
 
+    it("keeps one warm blob file in hot mode, none in cold mode, and removes it on stop", async function () {
+        await load(N.kernelexecNode, [
+            py("nWarm", "return msg"),
+            py("nColdBlob", "return msg", { mode: "cold" }),
+            { id: "out", type: "helper" },
+        ]);
+        const spares = () => S.ourBlobFiles().filter((f) => f.includes("-spare-"));
+        const send = async (id, fill) => {
+            const input = Buffer.alloc(1024 * 1024, fill);
+            const got = S.messages(helper.getNode("out"), 1);
+            helper.getNode(id).receive({ payload: input });
+            const [msg] = await got;
+            assert.ok(msg.payload.equals(input), `${id}: the Buffer came back intact`);
+        };
+        await send("nColdBlob", 1);
+        await S.waitFor(() => S.ourBlobFiles().length === 0, 30000, "the cold node's files to be removed");
+        await send("nWarm", 2);
+        assert.strictEqual(spares().length, 1, "the hot node kept the file it wrote");
+        await send("nWarm", 3);   // written into the warm file: the bytes are the new ones
+        await send("nWarm", 4);
+        await S.waitFor(() => S.ourBlobFiles().length === 1, 30000, "only the spare to stay");
+        assert.strictEqual(spares().length, 1);
+        await S.unload();
+        assert.deepStrictEqual(S.ourBlobFiles(), []);
+    });
+
     it("fails a message that runs past the timeout and keeps the kernel's state", async function () {
         await load([N.kernelexecNode, N.catchNode], [
             py("n1", "import time\nstate['n'] = state.get('n', 0) + 1\nif msg['payload'] == 'slow':\n    time.sleep(30)\nmsg['payload'] = state['n']\nreturn msg", { timeout: 1, initialize: "state = {}" }),
