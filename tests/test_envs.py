@@ -161,6 +161,18 @@ def test_directories_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 # --------------------------------------------------------------------------- build and reuse
 
 
+def has_bytecode(python: Path, module: str) -> bool:
+    """Whether the environment holds ``module``'s compiled bytecode (the module not imported,
+    nothing written: what a kernel user who cannot write __pycache__ finds)."""
+    probe = (
+        "import importlib.util as u, os, sys\n"
+        f"origin = u.find_spec({module!r}).origin\n"
+        "sys.exit(0 if os.path.exists(u.cache_from_source(origin)) else 1)"
+    )
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([str(python), "-c", probe], env=env, check=False).returncode == 0
+
+
 @needs_registry
 def test_environment_is_built_with_ipykernel_and_requirements(
     built: tuple[envs.EnvInfo, float, list[str]],
@@ -175,6 +187,7 @@ def test_environment_is_built_with_ipykernel_and_requirements(
         check=True,
     )
     assert int(site.stdout.split(".")[0]) in (6, 7)
+    assert has_bytecode(info.python_bin, "ipykernel.kernelapp"), "uv compiles, as pip does"
     assert any(line.startswith("installing (") and "six" in line for line in lines), lines
     assert not list(info.path.parent.glob(".build-*")), "no half-built directory left"
     meta = json.loads((info.path / envs.MARKER).read_text())
@@ -384,6 +397,7 @@ async def test_pip_fallback_builds_the_same_environment(
     assert info.installer == "pip"
     check = [str(info.python_bin), "-c", "import six, ipykernel"]
     assert subprocess.run(check, check=False).returncode == 0
+    assert has_bytecode(info.python_bin, "ipykernel.kernelapp")
     pip_script = (info.path / "bin/pip").read_text()
     assert f"{info.path}/bin/python" in pip_script and ".build-" not in pip_script
     pip = subprocess.run([str(info.path / "bin/pip"), "--version"], check=False)

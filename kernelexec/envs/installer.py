@@ -67,8 +67,11 @@ async def install(interp: Interpreter, target: Path, req_file: Path, feed: Insta
     if uv:
         steps = [
             [uv, "venv", "--quiet", "--no-project", "--python", interp.path, str(target)],
-            [uv, "pip", "install", "--no-progress", "--python", str(target / "bin/python"),
-             "-r", str(req_file)],
+            # bytecode now, as pip does: a kernel's user (env.user) cannot write __pycache__
+            # here, nor can anyone under PYTHONDONTWRITEBYTECODE, and compiling ipykernel's
+            # imports from source doubles a kernel's start (docs/performance.md)
+            [uv, "pip", "install", "--no-progress", "--compile-bytecode", "--python",
+             str(target / "bin/python"), "-r", str(req_file)],
         ]  # fmt: skip
     else:
         steps = [

@@ -200,7 +200,9 @@ async function build(dir, progress) {
         if (res.code !== 0) {
             throw setupError("VENV_FAILED", t("kernelexec.setup.error.venvFailed", { python: found.executable, output: res.output.trim() }));
         }
-        res = await run("uv", ["pip", "install", "--python", python, pkg], { onLine, timeout: INSTALL_TIMEOUT_MS });
+        // bytecode now, as pip does by default: without it every kernel start compiles ipykernel's
+        // imports when __pycache__ cannot be written (PYTHONDONTWRITEBYTECODE, a kernel user)
+        res = await run("uv", ["pip", "install", "--compile-bytecode", "--python", python, pkg], { onLine, timeout: INSTALL_TIMEOUT_MS });
     } else {
         res = await run(found.python, ["-c", "import venv, ensurepip"]);
         if (res.code !== 0) {

@@ -177,6 +177,10 @@ ps.resolve(say("status")).then((p) => process.stdout.write("python " + p + "\\n"
         assert.match(a.out + b.out, /status setting up Python: installing \d+ packages/);
         const version = spawnSync(python, ["-c", "import importlib.metadata as m, kernelexec.server; print(m.version('kernelexec'))"], { encoding: "utf8" });
         assert.strictEqual(version.stdout.trim(), VERSION, version.stderr);
+        // compiled at install (uv --compile-bytecode, as pip does): read without importing it
+        const probe = "import importlib.util as u, os, sys\norigin = u.find_spec('ipykernel.kernelapp').origin\nsys.exit(0 if os.path.exists(u.cache_from_source(origin)) else 1)";
+        const compiled = spawnSync(python, ["-c", probe], { env: Object.assign({}, process.env, { PYTHONDONTWRITEBYTECODE: "1" }) });
+        assert.strictEqual(compiled.status, 0, "ipykernel's bytecode is in the environment");
         assert.deepStrictEqual(fs.readdirSync(path.join(userDir, "kernelexec-python")), [VERSION]);
     });
 });
