@@ -125,7 +125,7 @@ class Runner {
         this.status = new PoolStatus(node, config.mode);
         this.links = new nodeops.LinkCalls(node);
         // hot mode keeps one warm blob file for the next large Buffer (lib/blob_spare.js)
-        this.spare = config.mode === "cold" ? null : new BlobSpare(codec.SYNC_IO_MAX);
+        this.spare = (config.mode || "hot") === "hot" ? new BlobSpare(codec.SYNC_IO_MAX) : null;
     }
 
     start() {
