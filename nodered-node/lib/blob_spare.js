@@ -92,8 +92,8 @@ class BlobSpare {
      */
     take(file, buf, mine) {
         const spare = this.spare;
-        if (!spare || path.dirname(file) !== path.dirname(spare.file)) {
-            return false;
+        if (!spare || buf.length > this.maxSize || path.dirname(file) !== path.dirname(spare.file)) {
+            return false;   // a larger Buffer is written off the event loop, as before
         }
         this.spare = null;
         let sent = false;

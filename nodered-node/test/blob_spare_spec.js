@@ -48,6 +48,13 @@ describe("blob spare", function () {
         assert.ok(fs.readFileSync(next).equals(data), "exactly the new bytes, the old tail cut off");
         assert.deepStrictEqual(spareFiles(), []);
         assert.strictEqual(spare.take(path.join(dir, BLOB_PREFIX + `${process.pid}-c-0`), data), false, "used up");
+        const again = blobFile(BLOB_PREFIX + "1-d-0", "x");
+        assert.strictEqual(spare.keep(again, wrote(again)), true);
+        const big = path.join(dir, BLOB_PREFIX + `${process.pid}-e-0`);
+        assert.strictEqual(spare.take(big, Buffer.alloc(MAX + 1)), false, "above the limit: not on the event loop");
+        assert.ok(!fs.existsSync(big));
+        assert.strictEqual(spareFiles().length, 1, "still there for a Buffer that fits");
+        spare.close();
     });
 
     it("keeps one file at a time, none larger than its limit, and no link, symlink or directory", function () {
