@@ -85,11 +85,12 @@ def evaluate(nr: dict[str, Any]) -> list[Row]:
             (f"≤ {must:g}x floor startup", lambda r, must=must: r <= must),
             (f"≤ {aim:g}x floor startup", lambda r, aim=aim: r <= aim),
         )
-    for size in ("1", "64"):
-        blob = _get(nr, "blobs", "hot1", size, "mib_per_s")
+    paths = (("the lane", "hot1"), ("Jupyter path", "hot1j"))
+    for size, (label, subject) in ((size, path) for size in ("1", "64") for path in paths):
+        blob = _get(nr, "blobs", subject, size, "mib_per_s")
         floor_blob = _get(nr, "blobs", "floor", size, "mib_per_s")
         add(
-            f"{size} MiB Buffer round trip (hot, 1 worker)",
+            f"{size} MiB Buffer round trip (hot, 1 worker, {label})",
             _ratio(blob, floor_blob),
             lambda r, blob=blob, floor_blob=floor_blob: (
                 f"{blob:,.0f} MiB/s = {r:.2f}x floor ({floor_blob:,.0f} MiB/s)"
