@@ -11,8 +11,11 @@
 // wrote, `inodeOf`), still this user's, mode 0600, one link, at most `maxSize` bytes. Only a
 // hot pool's runner keeps one (its kernels run the same node code, and hot mode shares state
 // between messages by design); cold mode never does, so a message never lands in a file
-// another message's process has had open. Each step by path is checked against the fd it was
-// meant for (same inode), so a swapped name is never written to or sent.
+// another message's process has had open. Each step by path is checked against the inode it
+// was meant for, so a swapped name is never written to or sent. The names it acts on by path
+// are names this runner made itself in the blob directory (a rename, or a link that fails
+// when the name exists), which is sticky by default (/dev/shm, the temp directory): another
+// user cannot swap them, and code of this same user that does only loses its own file.
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -26,11 +29,10 @@ function inodeOf(info) {
     return `${info.dev}:${info.ino}`;
 }
 
-function sameFile(fd, file) {
+/** Whether `file` (not followed) is the inode `id` (inodeOf). */
+function names(file, id) {
     try {
-        const a = fs.fstatSync(fd);
-        const b = fs.lstatSync(file);
-        return a.ino === b.ino && a.dev === b.dev;
+        return inodeOf(fs.lstatSync(file)) === id;
     } catch {
         return false;
     }
@@ -48,7 +50,7 @@ class BlobSpare {
     /** `maxSize`: the largest file kept (a bigger one is removed as before). */
     constructor(maxSize) {
         this.maxSize = maxSize;
-        this.spare = null;   // {fd, file}
+        this.spare = null;   // {fd, file, id}
         this.closed = false;
     }
 
@@ -67,7 +69,8 @@ class BlobSpare {
             return false;
         }
         const info = fs.fstatSync(fd);
-        const fits = mine.has(inodeOf(info)) && info.isFile() && info.nlink === 1
+        const id = inodeOf(info);
+        const fits = mine.has(id) && info.isFile() && info.nlink === 1
             && info.uid === process.geteuid() && (info.mode & 0o777) === 0o600 && info.size <= this.maxSize;
         const name = path.join(path.dirname(file), `${BLOB_PREFIX}${process.pid}-spare-${++spareCounter}`);
         try {
@@ -75,14 +78,14 @@ class BlobSpare {
                 throw new Error("not kept");
             }
             fs.renameSync(file, name);
-            if (!sameFile(fd, name)) {
+            if (!names(name, id)) {
                 throw new Error("swapped");
             }
         } catch {
             closeQuietly(fd);
             return false;
         }
-        this.spare = { fd, file: name };
+        this.spare = { fd, file: name, id };
         return true;
     }
 
@@ -104,11 +107,11 @@ class BlobSpare {
             fs.ftruncateSync(spare.fd, buf.length);
             fs.linkSync(spare.file, file);
             fs.unlinkSync(spare.file);   // before any kernel looks: a blob file has one link
-            sent = sameFile(spare.fd, file);
+            sent = names(file, spare.id);
             if (!sent) {
-                fs.unlinkSync(file);
+                fs.unlinkSync(file);   // our link, to a file planted under the spare's name
             } else if (mine) {
-                mine.add(inodeOf(fs.fstatSync(spare.fd)));
+                mine.add(spare.id);
             }
         } catch {
             sent = false;

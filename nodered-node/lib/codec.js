@@ -574,9 +574,9 @@ async function decodeValue(value, options) {
         }
     }
     if (unlink) {   // not awaited: the reader has the bytes (removals())
-        const whole = table.filter((_, i) => buffers[i] !== null);
-        removeFiles(keepOne(tablePaths(table, reqId, blobDir), options && options.spare,
-            options && options.mine, tablePaths(whole, reqId, blobDir)));
+        const spare = options && options.spare;
+        const read = spare ? tablePaths(table.filter((_, i) => buffers[i] !== null), reqId, blobDir) : null;
+        removeFiles(keepOne(tablePaths(table, reqId, blobDir), spare, options && options.mine, read));
     }
     if (failure) {
         throw failure;
