@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["CONTENT_TYPE", "BridgeMetrics"]
+__all__ = ["CONTENT_TYPE", "BridgeMetrics", "stat_value"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -42,11 +42,12 @@ _GAUGES = (
 )
 
 
-def _number(stats: Any, name: str) -> float:
+def stat_value(stats: Any, name: str) -> int:
+    """One figure of a pool's stats (a PoolStats, or a mapping of the same names); 0 if absent."""
     value = getattr(stats, name, None)
     if value is None and isinstance(stats, dict):
         value = stats.get(name)
-    return float(value or 0)
+    return int(value or 0)
 
 
 class _PoolCollector:
@@ -69,9 +70,9 @@ class _PoolCollector:
         )
         for node_id, stats, is_ready in self._source():
             for key, counter in counters.items():
-                counter.add_metric([node_id], _number(stats, key))
+                counter.add_metric([node_id], stat_value(stats, key))
             for key, gauge in gauges.items():
-                gauge.add_metric([node_id], _number(stats, key))
+                gauge.add_metric([node_id], stat_value(stats, key))
             ready.add_metric([node_id], 1.0 if is_ready else 0.0)
         yield from counters.values()
         yield from gauges.values()

@@ -26,6 +26,7 @@ from ..config import PoolConfig
 from ..errors import ErrorObject, KernelexecError
 from ..protocol import PoolState
 from .frames import error_object
+from .metrics import stat_value
 
 if TYPE_CHECKING:
     from ..pool import PoolHooks
@@ -122,13 +123,6 @@ def _kernel_uid(config: PoolConfig) -> dict[str, int]:
         return {}
 
 
-def _stat(stats: Any, name: str) -> int:
-    value = getattr(stats, name, None)
-    if value is None and isinstance(stats, dict):
-        value = stats.get(name)
-    return int(value or 0)
-
-
 class PoolEntry:
     """One node's pool as the bridge sees it: config, owner, state, start/close tasks."""
 
@@ -167,7 +161,7 @@ class PoolEntry:
         """The pool's numbers for metrics; ``queued`` includes messages waiting for the start."""
         stats = self.stats()
         names = ("busy", "total", "queued", "messages", "errors", "timeouts", "restarts")
-        counts = {name: _stat(stats, name) for name in names}
+        counts = {name: stat_value(stats, name) for name in names}
         counts["queued"] += self.waiting
         return counts
 
@@ -177,9 +171,9 @@ class PoolEntry:
             "type": "pool_state",
             "node_id": self.node_id,
             "state": self.state,
-            "busy": _stat(stats, "busy"),
-            "total": _stat(stats, "total"),
-            "queued": _stat(stats, "queued") + self.waiting,
+            "busy": stat_value(stats, "busy"),
+            "total": stat_value(stats, "total"),
+            "queued": stat_value(stats, "queued") + self.waiting,
             "error": self.error,
             "detail": self.detail,
             **self._kernel_uid,
