@@ -213,7 +213,9 @@ async def test_a_template_that_does_not_answer_a_fork_is_given_up(
 
     monkeypatch.setattr(forking, "_FORK_TIMEOUT", 0.3)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stand_in = subprocess.Popen(  # alive until its stdin closes, and answering nothing
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     template = forking.KernelTemplate(stand_in, ours)
     try:
         theirs.send(json.dumps({"ready": True}).encode())
@@ -223,3 +225,5 @@ async def test_a_template_that_does_not_answer_a_fork_is_given_up(
     finally:
         template.close()
         theirs.close()
+        assert stand_in.stdin is not None
+        stand_in.stdin.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -279,11 +280,12 @@ async def test_messages_sent_while_the_pool_starts_wait_for_it(client: Client) -
 async def test_messages_beyond_the_queue_limit_are_refused_while_the_pool_starts(
     client: Client, tmp_path: Path
 ) -> None:
-    """Setup blocks until a file exists: 2 messages wait for the start (queue_limit 2), the
-    next ones are refused at once with QUEUE_FULL, naming the node and the limit; the two
-    waiting ones run once the start finishes."""
+    """Setup blocks reading a FIFO until the test writes it: 2 messages wait for the start
+    (queue_limit 2), the next ones are refused at once with QUEUE_FULL, naming the node and the
+    limit; the two waiting ones run once the start finishes."""
     go = tmp_path / "go"
-    setup = f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.005)"
+    os.mkfifo(go)
+    setup = f"open({str(go)!r}).read()"
     config = {"code": "return msg", "setup": setup, "queue_limit": 2}
     await client.send(type="configure", node_id="full-start", config=config)
     await client.state("full-start", "starting")
@@ -294,7 +296,7 @@ async def test_messages_beyond_the_queue_limit_are_refused_while_the_pool_starts
         assert frame["error"]["code"] == "QUEUE_FULL"
         assert "full-start" in frame["error"]["message"]
         assert "queueLimit 2" in frame["error"]["message"]
-    go.touch()
+    await asyncio.to_thread(go.write_text, "go")  # opens once the kernel's setup reads it
     waited = [await client.result(f"fs{i}") for i in (0, 1)]
     assert [r["error"] for r in waited] == [None, None]
     await client.send(type="close", node_id="full-start")
