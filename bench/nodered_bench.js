@@ -138,7 +138,8 @@ function procTable() {
             const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
             const cmd = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").join(" ").trim();
             const cpu = Number(tail[11]) + Number(tail[12]);
-            table.push({ pid: Number(entry), ppid: Number(tail[1]), cpu, cmd, comm });
+            const reaped = Number(tail[13]) + Number(tail[14]);
+            table.push({ pid: Number(entry), ppid: Number(tail[1]), cpu, reaped, cmd, comm });
         } catch (err) {
             // the process ended while we looked
         }
@@ -189,20 +190,44 @@ function kernelexecProcesses() {
     return { bridge, kernels, all: mine };
 }
 
-/** CPU time (ms) used so far by this process, the bridge, the kernels and the floor process. */
+const TICK_MS = 10; // ms per clock tick (CLK_TCK 100 on Linux)
+
+/** CPU time (ms) a process has used: its threads' run time in ns (/proc/PID/task/TID/schedstat)
+ * where the kernel keeps it, else utime + stime in clock ticks (too coarse for one round of
+ * small messages). */
+function ownCpuMs(p) {
+    try {
+        let ns = 0;
+        for (const tid of fs.readdirSync(`/proc/${p.pid}/task`)) {
+            ns += Number(fs.readFileSync(`/proc/${p.pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+        }
+        return ns / 1e6;
+    } catch (err) {
+        return p.cpu * TICK_MS; // no schedstat, or the process ended meanwhile
+    }
+}
+
+/** CPU time (ms) used so far by this process, the bridge, the kernels and the floor process.
+ * The kernels' figure includes the template, and a cold kernel's per-message processes: alive
+ * ones by their own time, ended ones by their kernel's reaped time (cutime + cstime), which a
+ * process enters only as it leaves /proc, so none is counted twice. */
 function cpuSnapshot() {
     const table = procTable();
     const mine = descendants(process.pid, table);
     mine.forEach((p) => seenPids.add(p.pid));
-    const tick = 10; // ms per clock tick (CLK_TCK 100 on Linux)
-    const sum = (list) => list.reduce((a, p) => a + p.cpu * tick, 0);
+    const sum = (list, reaped = false) => list.reduce((a, p) => a + ownCpuMs(p) + (reaped ? p.reaped * TICK_MS : 0), 0);
     const usage = process.cpuUsage();
     return {
         node_red: (usage.user + usage.system) / 1000,
         bridge: sum(mine.filter((p) => p.cmd.includes("kernelexec serve"))),
-        kernels: sum(mine.filter((p) => /kernelexec\.(kernel|handles\.template)\b/.test(p.cmd))), // template's included
+        kernels: sum(mine.filter((p) => /kernelexec\.(kernel|handles\.template)\b/.test(p.cmd)), true),
         floor: sum(mine.filter((p) => p.cmd.includes("floor_worker.py"))),
     };
+}
+
+/** The median of each key over a list of objects of numbers (rounds of cpuPerMessage). */
+function medianEach(list) {
+    return Object.fromEntries(Object.keys(list[0] || {}).map((key) => [key, median(list.map((x) => x[key]))]));
 }
 
 function cpuPerMessage(before, after, count) {
@@ -627,17 +652,21 @@ class Bench {
         const cfg = this.cfg;
         const samples = Object.fromEntries(this.names.map((n) => [n, []]));
         const rounds = Object.fromEntries(this.names.map((n) => [n, []]));
+        const cpu = Object.fromEntries(this.names.map((n) => [n, []]));
         for (let r = 0; r < cfg.latencyRounds; r++) {
             for (const name of rotate(this.names, r)) {
                 const count = Math.ceil((SUBJECTS[name].cold ? cfg.coldLatency : cfg.latency) / cfg.latencyRounds);
+                const before = cpuSnapshot();
                 const got = await latencyRun(this.channel(name), count);
+                cpu[name].push(cpuPerMessage(before, cpuSnapshot(), count));
                 samples[name].push(...got);
                 rounds[name].push(median(got));
             }
             log(`latency round ${r + 1}/${cfg.latencyRounds}: ` + this.names.map((n) => `${n} ${rounds[n][r]?.toFixed(3)} ms`).join(", "));
         }
         for (const name of this.names) {
-            this.result.latency[name] = Object.assign(summary(samples[name]), { round_p50: rounds[name] });
+            const perRound = { round_p50: rounds[name], cpu_us_per_msg: medianEach(cpu[name]), cpu_rounds: cpu[name] };
+            this.result.latency[name] = Object.assign(summary(samples[name]), perRound);
         }
         if (this.names.includes("cold")) {
             this.result.cold.back_to_back = this.result.latency.cold;

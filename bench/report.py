@@ -145,7 +145,31 @@ def burst_lines(nr: dict[str, Any]) -> list[str]:
     ]
 
 
+CPU_KEYS = ("node_red", "floor", "bridge", "kernels")
+CPU_COLUMNS = ["subject", "Node-RED process", "floor process", "bridge", "kernels", "total"]
+
+
+def cpu_row(nr: dict[str, Any], name: str, med: dict[str, Any]) -> list[str]:
+    """One subject's CPU time per message (µs) by process, and their sum."""
+    values = [int(med.get(k) or 0) for k in CPU_KEYS]
+    return [label(nr, name), *(str(v) for v in values), str(sum(values))]
+
+
 def cpu_lines(nr: dict[str, Any]) -> list[str]:
+    """CPU time per message by process: one message in flight (the latency rounds), and in
+    the bursts."""
+    lines: list[str] = []
+    latency = [
+        cpu_row(nr, name, s["cpu_us_per_msg"])
+        for name in subjects(nr)
+        if (s := nr.get("latency", {}).get(name)) and s.get("cpu_us_per_msg")
+    ]
+    if latency:
+        lines += [
+            "### CPU time per message, one message in flight (µs, median of the latency rounds)",
+            "",
+            *table(CPU_COLUMNS, latency),
+        ]
     rows = []
     for name in subjects(nr):
         runs = [
@@ -153,20 +177,18 @@ def cpu_lines(nr: dict[str, Any]) -> list[str]:
             for r in (nr.get("burst", {}).get(name) or {}).get("rounds", [])
             if r.get("cpu_us_per_msg")
         ]
-        if not runs:
-            continue
-        keys = ("node_red", "floor", "bridge", "kernels")
-        med = {k: sorted(r["cpu_us_per_msg"][k] for r in runs)[len(runs) // 2] for k in keys}
-        rows.append([label(nr, name), *(str(med[k]) for k in keys), str(sum(med.values()))])
-    if not rows:
-        return []
-    return [
-        "### CPU time per message during the bursts (µs, median of rounds)",
-        "",
-        *table(
-            ["subject", "Node-RED process", "floor process", "bridge", "kernels", "total"], rows
-        ),
-    ]
+        if runs:
+            med = {
+                k: sorted(r["cpu_us_per_msg"][k] for r in runs)[len(runs) // 2] for k in CPU_KEYS
+            }
+            rows.append(cpu_row(nr, name, med))
+    if rows:
+        lines += [
+            "### CPU time per message during the bursts (µs, median of rounds)",
+            "",
+            *table(CPU_COLUMNS, rows),
+        ]
+    return lines
 
 
 def blob_lines(nr: dict[str, Any]) -> list[str]:
