@@ -116,6 +116,10 @@ class MemoryHooks:
         self.states.append((node_id, state))
 
 
+#: Worker states before a worker first serves (counted in PoolStats.starting).
+_STARTING = frozenset({WorkerState.NEW, WorkerState.STARTING})
+
+
 @dataclass
 class PoolStats:
     state: str
@@ -126,6 +130,8 @@ class PoolStats:
     errors: int
     timeouts: int
     restarts: int
+    #: Workers still starting (a READY pool serves with the others meanwhile).
+    starting: int = 0
 
 
 def node_workdir(node_id: str, workdir: str = "") -> str:
@@ -168,7 +174,12 @@ class Pool:
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
-        """Start every worker; raises the first setup or environment error (and retries)."""
+        """Start every worker; raises the first setup or environment error (and retries).
+
+        The pool is READY, and serves, as soon as its first worker is up: the others join
+        as they come (on 2 cores, 4 kernels starting together are each slower to start than
+        one alone). It returns when every worker has started or failed.
+        """
         self._set_state(PoolState.STARTING)
         try:
             if self.config.notebook:  # the live link: the code comes from the notebook
@@ -177,19 +188,30 @@ class Pool:
                 self._watcher = open_link(self)
             self.workers = [await self._make_worker(i) for i in range(self.config.workers)]
             results = await asyncio.gather(
-                *(w.start() for w in self.workers), return_exceptions=True
+                *(self._start_worker(w) for w in self.workers), return_exceptions=True
             )
         except KernelexecError as exc:
             self._fail(exc)
             raise
         errors = [r for r in results if isinstance(r, BaseException)]
-        self._loops = [asyncio.ensure_future(self._serve(w)) for w in self.workers]
+        self._loops += [  # a failed worker is served once a restart brings it up
+            asyncio.ensure_future(self._serve(w))
+            for w, result in zip(self.workers, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
         if errors:
             first = _as_kernelexec_error(errors[0])
             self._fail(first)
             self._retry = asyncio.ensure_future(self._retry_failed())
             raise first
         self._set_state(PoolState.READY)
+
+    async def _start_worker(self, worker: Worker) -> None:
+        """Start one worker and serve with it at once; the first one up makes the pool READY."""
+        await worker.start()
+        self._loops.append(asyncio.ensure_future(self._serve(worker)))
+        if self.state in (PoolState.STARTING, PoolState.INSTALLING):
+            self._set_state(PoolState.READY)
 
     async def _make_worker(self, index: int) -> Worker:
         kernel = await self._kernels.make(index)
@@ -503,6 +525,7 @@ class Pool:
             errors=self._counts["errors"],
             timeouts=self._counts["timeouts"],
             restarts=sum(w.restarts for w in self.workers),
+            starting=sum(1 for w in self.workers if w.state in _STARTING),
         )
 
     def kernels(self) -> list[dict[str, Any]]:
@@ -544,6 +567,7 @@ class Pool:
                 "busy": stats.busy,
                 "total": stats.total,
                 "queued": stats.queued,
+                "starting": stats.starting,
                 "error": self.error.to_dict() if self.error and state is PoolState.ERROR else None,
                 "detail": detail,
             },

@@ -141,9 +141,14 @@ class Client:
     async def state(
         self, node_id: str, *states: str, timeout: float = READ_TIMEOUT
     ) -> dict[str, Any]:
+        """The next pool_state of ``node_id`` in one of ``states``; "ready" means every kernel
+        is up (a pool serves from its first one, docs/protocol.md)."""
         return await self.next(
             lambda f: (
-                f["type"] == "pool_state" and f["node_id"] == node_id and f["state"] in states
+                f["type"] == "pool_state"
+                and f["node_id"] == node_id
+                and f["state"] in states
+                and not (f["state"] == "ready" and f.get("starting"))
             ),
             timeout,
         )

@@ -469,3 +469,30 @@ async def test_a_deleted_node_loses_its_working_directory_a_closed_one_keeps_it(
         await client.next(lambda f, n=node_id: f["type"] == "closed" and f["node_id"] == n)
     assert (node_workdir("keeps") / "kept.txt").exists()
     assert not node_workdir("deleted").exists()
+
+
+async def test_a_pool_serves_from_its_first_kernel_while_the_others_start(
+    client: Client, tmp_path: Path
+) -> None:
+    """The first kernel up answers; the second, held in its setup by a FIFO, joins later."""
+    claimed, gate = tmp_path / "claimed", tmp_path / "gate"
+    os.mkfifo(gate)
+    setup = (  # the first kernel to get here goes on; the other waits for the test
+        "import os\n"
+        f"try:\n    os.close(os.open({str(claimed)!r}, os.O_CREAT | os.O_EXCL))\n"
+        f"except FileExistsError:\n    open({str(gate)!r}).read()\n"
+    )
+    config = {"code": "return msg", "workers": 2, "setup": setup}
+    await client.send(type="configure", node_id="early", config=config)
+    first = await client.next(lambda f: f["type"] == "pool_state" and f["node_id"] == "early"
+                              and f["state"] in ("ready", "error"))  # fmt: skip
+    assert first["state"] == "ready" and first["starting"] == 1 and first["total"] == 2, first
+    result = await client.execute("early", "e1", {"payload": "first"})
+    assert result["error"] is None and result["outputs"] == [[{"payload": "first"}]]
+    # the held kernel's setup reads this, then ends (in a thread: opening a FIFO to write
+    # waits for its reader, and the bridge runs on this loop)
+    await asyncio.to_thread(gate.write_text, "go")
+    everyone = await client.state("early", "ready", "error")
+    assert everyone["state"] == "ready" and everyone["starting"] == 0 and everyone["total"] == 2
+    await client.send(type="close", node_id="early")
+    await client.next(lambda f: f["type"] == "closed" and f["node_id"] == "early")

@@ -174,6 +174,7 @@ class PoolEntry:
             "busy": stat_value(stats, "busy"),
             "total": stat_value(stats, "total"),
             "queued": stat_value(stats, "queued") + self.waiting,
+            "starting": stat_value(stats, "starting"),
             "error": self.error,
             "detail": self.detail,
             **self._kernel_uid,
@@ -186,8 +187,8 @@ class PoolEntry:
         frame = self.state_frame()
         error = frame["error"] or {}
         key = (
-            frame["state"], frame["busy"], frame["total"], frame["queued"], frame["detail"],
-            error.get("code"), error.get("message"),
+            frame["state"], frame["busy"], frame["total"], frame["queued"], frame["starting"],
+            frame["detail"], error.get("code"), error.get("message"),
         )  # fmt: skip
         if key == self._last_sent:
             return
@@ -226,6 +227,8 @@ class PoolEntry:
             if new_state == PoolState.READY:
                 self.failure = None
             self.set_state(PoolState(new_state), error=state.get("error"))
+        elif new_state == PoolState.READY and not state.get("starting"):
+            self.send_state()  # the last kernel is up: said at once, not with the load
         else:
             self.load_changed()
 

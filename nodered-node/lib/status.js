@@ -49,7 +49,9 @@ class PoolStatus {
         const busy = frame.busy || 0;
         const total = frame.total || 0;
         const queued = frame.queued || 0;
-        const text = t(queued ? "kernelexec.status.queued" : "kernelexec.status.ready", { mode: this.mode, busy, total, queued });
+        const starting = frame.starting || 0;   // kernels still coming up: the pool serves meanwhile
+        const text = t(queued ? "kernelexec.status.queued" : "kernelexec.status.ready", { mode: this.mode, busy, total, queued }) +
+            (starting > 0 ? t("kernelexec.status.alsoStarting", { count: starting }) : "");
         const fill = queued > 0 ? "yellow" : busy > 0 ? "blue" : "green";
         return { fill, shape: "dot", text };
     }

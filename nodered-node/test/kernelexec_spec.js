@@ -2,6 +2,7 @@
 // (spawned by the node with KERNELEXEC_PYTHON) and real IPython kernels.
 "use strict";
 const assert = require("assert");
+const { execFileSync } = require("child_process");
 const fs = require("fs");
 const path = require("path");
 const bridges = require("../lib/bridge");
@@ -188,6 +189,28 @@ describe("kernelexec node (real bridge, real kernels)", function () {
         n1.receive({ payload: 5 });
         const [status] = await user;
         assert.deepStrictEqual(status, { fill: "blue", shape: "ring", text: "seen 5" });
+    });
+
+    it("answers from the first kernel up while another is still in its setup, and says so", async function () {
+        // the first kernel to run the setup goes on; the other waits on a FIFO the test writes
+        const dir = S.tempDir();
+        const claimed = path.join(dir, "claimed");
+        const gate = path.join(dir, "gate");
+        execFileSync("mkfifo", [gate]);
+        const setup = [
+            "import os",
+            `try:\n    os.close(os.open(${JSON.stringify(claimed)}, os.O_CREAT | os.O_EXCL))`,
+            `except FileExistsError:\n    open(${JSON.stringify(gate)}).read()`,
+        ].join("\n");
+        await load(N.kernelexecNode, [py("n1", "return msg", { workers: 2, initialize: setup }), { id: "out", type: "helper" }]);
+        const n1 = helper.getNode("n1");
+        await S.call(n1, "status", (s) => s && /hot 0\/2 busy, 1 starting/.test(s.text));
+        const got = S.messages(helper.getNode("out"), 1);
+        n1.receive({ payload: "first" });
+        assert.strictEqual((await got)[0].payload, "first");
+        const everyone = S.call(n1, "status", (s) => s && s.text === "hot 0/2 busy");
+        await fs.promises.writeFile(gate, "go");   // off the event loop: a FIFO's open waits for its reader
+        await everyone;
     });
 
     it("reads and writes node, flow and global context, Buffers included", async function () {
