@@ -176,9 +176,11 @@ class Pool:
     async def start(self) -> None:
         """Start every worker; raises the first setup or environment error (and retries).
 
-        The pool is READY, and serves, as soon as its first worker is up: the others join
-        as they come (on 2 cores, 4 kernels starting together are each slower to start than
-        one alone). It returns when every worker has started or failed.
+        The pool is READY, and serves, as soon as its first worker is up; the others join
+        as they come. Local kernels share this machine's cores, so the first one starts alone
+        and the others once it is up: four kernels starting together on 2 cores are each
+        about twice as slow as one alone (gateway kernels start together). It returns when
+        every worker has started or failed.
         """
         self._set_state(PoolState.STARTING)
         try:
@@ -187,9 +189,12 @@ class Pool:
 
                 self._watcher = open_link(self)
             self.workers = [await self._make_worker(i) for i in range(self.config.workers)]
-            results = await asyncio.gather(
-                *(self._start_worker(w) for w in self.workers), return_exceptions=True
-            )
+            alone = 1 if not self.config.env.gateway_url else len(self.workers)
+            results: list[Any] = []
+            for group in (self.workers[:alone], self.workers[alone:]):
+                results += await asyncio.gather(
+                    *(self._start_worker(w) for w in group), return_exceptions=True
+                )
         except KernelexecError as exc:
             self._fail(exc)
             raise
@@ -210,7 +215,8 @@ class Pool:
         """Start one worker and serve with it at once; the first one up makes the pool READY."""
         await worker.start()
         self._loops.append(asyncio.ensure_future(self._serve(worker)))
-        if self.state in (PoolState.STARTING, PoolState.INSTALLING):
+        failed = any(w.state is WorkerState.FAILED for w in self.workers)  # ERROR comes instead
+        if self.state in (PoolState.STARTING, PoolState.INSTALLING) and not failed:
             self._set_state(PoolState.READY)
 
     async def _make_worker(self, index: int) -> Worker:
