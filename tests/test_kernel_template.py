@@ -138,6 +138,49 @@ async def test_a_cancelled_start_leaves_no_kernel(
     assert children() == before
 
 
+async def test_a_cancelled_start_that_closes_its_pipes_leaves_the_template_in_use(
+    template: forking.KernelTemplate, tmp_path: Path
+) -> None:
+    """Starts queued for the template and cancelled, whose callers then close the pipes they
+    were to hand over (a worker's shutdown does) before their turn comes: the template forks
+    with its own copies, the kernels are killed, and it still forks the next kernel."""
+    from jupyter_client.connect import write_connection_file
+
+    def children() -> set[int]:
+        return {c.pid for c in psutil.Process().children() if c.pid != template.process.pid}
+
+    before = children()
+    argv = list(default_launch_spec().argv[:3])
+    env = kernel_environment()
+    tasks, pipes = [], []
+    for i in range(4):
+        connection, _info = write_connection_file(
+            str(tmp_path / f"c{i}.json"), transport="ipc", ip=str(tmp_path / f"ipc{i}")
+        )
+        read_end, write_end = os.pipe()
+        pipes += [read_end, write_end]
+        fork = template.fork([*argv, "-f", connection], env, None, (write_end,))
+        tasks.append(asyncio.ensure_future(fork))
+    await asyncio.sleep(0)  # the first exchange has begun, the others wait for their turn
+    for task in tasks:
+        task.cancel()
+    for fd in pipes:  # before the queued exchanges have sent theirs
+        os.close(fd)
+    for task in tasks:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    connection, _info = write_connection_file(
+        str(tmp_path / "last.json"), transport="ipc", ip=str(tmp_path / "ipclast")
+    )
+    pid = await template.fork([*argv, "-f", connection], env, None, ())
+    assert template.failed is None
+    assert children() - before == {pid}
+    process = forking.ForkedProcess(pid)
+    process.kill()
+    assert process.wait(30) == -signal.SIGKILL
+    assert children() == before  # the unwanted ones were killed as their exchanges ended
+
+
 async def test_the_template_forks_only_kernels_of_its_interpreter(
     template: forking.KernelTemplate,
 ) -> None:

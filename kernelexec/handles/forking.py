@@ -137,11 +137,15 @@ class KernelTemplate:
 
         The exchange with the template is never cut in half: a caller cancelled meanwhile
         (a redeploy while the pool starts) leaves it to finish, and the kernel it made is
-        killed and reaped, not left running unmanaged."""
+        killed and reaped, not left running unmanaged. The exchange sends its own duplicates
+        of ``pass_fds``: a cancelled caller closes its pipes while the exchange may still wait
+        for its turn, and a send of closed fds would have put the template out of use."""
         if self.failed is not None:
             raise RuntimeError(self.failed)
         request = {"argv": argv, "env": env, "cwd": cwd, "fds": list(pass_fds)}
-        exchange = asyncio.ensure_future(self._exchange(request, pass_fds))
+        owned = tuple(os.dup(fd) for fd in pass_fds)  # non-inheritable, closed when done
+        exchange = asyncio.ensure_future(self._exchange(request, owned))
+        exchange.add_done_callback(lambda _done: _close_all(owned))
         try:
             answer = await asyncio.shield(exchange)
         except asyncio.CancelledError:
@@ -168,6 +172,12 @@ class KernelTemplate:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _kill_unwanted(exchange: asyncio.Future[dict[str, Any]]) -> None:
