@@ -173,11 +173,13 @@ async def test_a_cancelled_start_that_closes_its_pipes_leaves_the_template_in_us
         str(tmp_path / "last.json"), transport="ipc", ip=str(tmp_path / "ipclast")
     )
     pid = await template.fork([*argv, "-f", connection], env, None, ())
-    assert template.failed is None
-    assert children() - before == {pid}
     process = forking.ForkedProcess(pid)
-    process.kill()
-    assert process.wait(30) == -signal.SIGKILL
+    try:
+        assert template.failed is None
+        assert children() - before == {pid}
+    finally:  # not left running when an assertion fails
+        process.kill()
+        assert process.wait(30) == -signal.SIGKILL
     assert children() == before  # the unwanted ones were killed as their exchanges ended
 
 
