@@ -594,12 +594,14 @@ class Bench {
         return { name, seconds, error: r.error ? String(r.error.message || r.error) : null };
     }
 
-    async removeStartup(base, name) {
-        const before = kernelexecProcesses().kernels.length;
+    /** Remove a startup node and wait until its kernels are gone (`baseline`: the number of
+     * kernels before it was deployed; some of its kernels may still be starting when its first
+     * answer came, so counting them now would not do). */
+    async removeStartup(base, name, baseline) {
         await deploy(buildFlows(base));
         delete this.channels[name];
         for (let i = 0; i < 200; i++) {
-            if (kernelexecProcesses().kernels.length <= before - 4) {
+            if (kernelexecProcesses().kernels.length <= baseline) {
                 return;
             }
             await sleep(50);
@@ -743,10 +745,11 @@ class Bench {
 
     async startup() {
         const runs = [];
+        const baseline = kernelexecProcesses().kernels.length;
         for (let r = 0; r < this.cfg.startupReps; r++) {
             const one = await this.startupOnce(this.names);
             runs.push(one);
-            await this.removeStartup(this.names, one.name);
+            await this.removeStartup(this.names, one.name, baseline);
         }
         this.result.startup.redeploy_s = runs.map((x) => x.seconds);
         this.result.startup.redeploy_errors = runs.map((x) => x.error).filter(Boolean);
