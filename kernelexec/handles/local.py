@@ -38,7 +38,7 @@ _DEATH_POLL_SECONDS = 0.05
 #: While IOPub has delivered nothing (its subscription is still on its way to the kernel),
 #: another kernel_info_request this often: each makes the kernel publish busy/idle, and the
 #: first one that arrives says IOPub is up. (Waiting 0.2 s for the first request's busy/idle,
-#: then a whole new round, put ~0.3 s into about one kernel start in six.)
+#: then a whole new round, cost a start 0.2 s or more whenever the subscription came later.)
 _IOPUB_PROBE_SECONDS = 0.01
 
 
