@@ -161,10 +161,13 @@ async def test_a_cancelled_start_that_closes_its_pipes_leaves_the_template_in_us
         pipes += [read_end, write_end]
         fork = template.fork([*argv, "-f", connection], env, None, (write_end,))
         tasks.append(asyncio.ensure_future(fork))
-    await asyncio.sleep(0)  # the first exchange has begun, the others wait for their turn
+    # One turn of the loop, not a wait for time: each fork task runs its first step, so each
+    # has taken its copies of the fds and scheduled its exchange, and none has sent yet
+    # (without this turn the tasks would be cancelled before they began, testing nothing).
+    await asyncio.sleep(0)
     for task in tasks:
         task.cancel()
-    for fd in pipes:  # before the queued exchanges have sent theirs
+    for fd in pipes:  # before any exchange has sent its fds: they wait for the lock in turn
         os.close(fd)
     for task in tasks:
         with pytest.raises(asyncio.CancelledError):
