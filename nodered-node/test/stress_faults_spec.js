@@ -7,6 +7,7 @@ const assert = require("assert");
 const fs = require("fs");
 const path = require("path");
 const bridges = require("../lib/bridge");
+const codec = require("../lib/codec");
 const S = require("./support");
 
 const { helper } = S;
@@ -141,6 +142,7 @@ describe("stress: faults with messages in flight", function () {
             assert.strictEqual(out.n, 64 * MiB);
             assert.strictEqual(out.payload[out.payload.length - 1], 1);
         }
+        await codec.removals(); // started before each message ended, finished off its path
         assert.strictEqual(S.ourBlobFiles().length, 0, "the node removed its input files");
         await unloadAndCheck(S.bridgeProcesses());
     });
