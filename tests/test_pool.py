@@ -464,6 +464,34 @@ async def test_cold_pool_forks_ahead_when_idle_and_stays_isolated(
         await closed(pool)
 
 
+async def test_a_cold_message_that_follows_at_once_finds_its_process_forked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Right after a cold message's answer the kernel forks the next message's child, without
+    waiting for the pool to be idle: with the idle prefork switched off, the next message
+    still runs in a process that was forked before it was sent."""
+    pool, _ = await started("import os\nmsg['payload'] = os.getpid()\nreturn msg", mode="cold")
+
+    async def no_prefork() -> None:
+        return None
+
+    monkeypatch.setattr(pool.workers[0], "prefork", no_prefork)
+    kernel = psutil.Process(pool.workers[0].kernel.pid)
+    try:
+        ran = payloads(await pool.submit("first", {}))[0]
+        spares: list[int] = []
+
+        def spare_forked() -> bool:
+            spares[:] = [p.pid for p in kernel.children() if p.pid != ran and alive(p.pid)]
+            return bool(spares)
+
+        await until(spare_forked)
+        assert spares, "no child was forked after the first message's answer"
+        assert payloads(await pool.submit("second", {}))[0] in spares
+    finally:
+        await closed(pool)
+
+
 async def test_no_cold_child_outlives_a_killed_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Children that answered (killed LINGER later), a spare (copying or waiting) and one
     forked back to back: when the kernel dies -9, every one of them exits by itself."""

@@ -22,6 +22,7 @@ gateway kernels. This module runs inside the kernel: standard library and ipyker
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import os
@@ -186,6 +187,11 @@ def _kernel_class() -> Any:
         def kernelexec_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
             session: Any = self.session
             session.send(stream, REPLY_TYPE, self._answer(), parent, ident=ident)
+            shell: Any = self.shell
+            runtime = shell.user_ns.get(RUNTIME_NAME)
+            if runtime is not None:  # once the handler returned: SIGINT is ignored again
+                request = (parent.get("content") or {}).get("kernelexec")
+                asyncio.get_running_loop().call_soon(runtime.after_answer, request)
 
         def _answer(self) -> dict[str, Any]:
             shell: Any = self.shell

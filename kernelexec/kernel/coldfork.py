@@ -134,11 +134,12 @@ def _fork() -> int:
         return os.fork()
 
 
-def _child(runtime: ForkHost, fds: tuple[int, int, int, int], *, spare: bool) -> None:
+def _child(runtime: ForkHost, fds: tuple[int, int, int, int]) -> None:
     """In the child: wait for the message on the pipe, run it, write the RESULT, exit.
 
-    Never returns. A spare child (forked ahead of time) first copies the pages it shares with
-    the kernel (kernelexec/kernel/prewarm.py), then waits here until its message comes; end of file
+    Never returns. A spare child (forked ahead of time) waits here until its message comes;
+    told to warm up first (a ``{"warm": true}`` frame, the node idle), it copies the pages it
+    shares with the kernel (kernelexec/kernel/prewarm.py) until its message comes. End of file
     on the pipe (the kernel is gone, or discarded the spare) makes it exit.
     """
     code = 0
@@ -152,10 +153,12 @@ def _child(runtime: ForkHost, fds: tuple[int, int, int, int], *, spare: bool) ->
             os.setpgid(0, 0)
         channel = PipeChannel(to_parent, from_parent)
         runtime.become_child(channel)
-        if spare and enabled():
-            copy_shared_pages(from_parent)
         try:
             order = _read_frame(from_parent)
+            if order.get(_WARM):
+                if enabled():
+                    copy_shared_pages(from_parent)
+                order = _read_frame(from_parent)
         except EOFError:
             os._exit(0)
         channel.finish(runtime.run_here(order["msg"], order["req_id"], 0.0, order.get(blobs.TABLE)))
@@ -173,11 +176,26 @@ def _wait_for_close(fd: int) -> None:
             pass
 
 
+#: The frame that tells a spare child to copy its pages while it waits (the kernel only
+#: writes it; a message travels inside an order's "msg", never at its top level).
+_WARM = "warm"
+
+
 class _Spare:
     """A child forked ahead of time, blocked reading its message: no fork on the next path."""
 
     def __init__(self, pid: int, to_child: int, from_child: int) -> None:
         self.pid, self.to_child, self.from_child = pid, to_child, from_child
+        self.warming = False
+
+    def warm(self) -> bool:
+        """Tell it to copy its pages while it waits; False if it is gone."""
+        try:
+            _write_frame(self.to_child, {_WARM: True})
+        except OSError:  # EPIPE: it died
+            return False
+        self.warming = True
+        return True
 
     def alive(self) -> bool:
         try:
@@ -195,13 +213,18 @@ class _Spare:
 _SPARE: list[_Spare] = []
 
 
-def _fork_child(runtime: ForkHost, *, spare: bool = False) -> _Spare:
+def _fork_child(runtime: ForkHost) -> _Spare:
     """Fork a child that waits for its message (see _child)."""
     to_parent_r, to_parent_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
-    pid = _fork()
+    try:
+        pid = _fork()
+    except OSError:
+        for fd in (to_parent_r, to_parent_w, to_child_r, to_child_w):
+            os.close(fd)
+        raise
     if pid == 0:
-        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w), spare=spare)
+        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w))
     os.close(to_parent_w)
     os.close(to_child_r)
     return _Spare(pid, to_child_w, to_parent_r)
@@ -210,14 +233,29 @@ def _fork_child(runtime: ForkHost, *, spare: bool = False) -> _Spare:
 _KERNEL_COPY = BackgroundCopy()
 
 
-def prefork(runtime: ForkHost) -> None:
-    """Fork the next message's child now, while the node is idle (op ``prefork``); then the
-    kernel takes back its own pages in the background (kernelexec/kernel/prewarm.py)."""
+def fork_ahead(runtime: ForkHost) -> None:
+    """Fork the next message's child right after a message's answer went out (the lane's
+    ``run`` op): a message that follows at once finds its process forked. It only waits: on
+    2 cores, copying pages now would take the CPU the next message needs."""
     if not _SPARE:
         _KERNEL_COPY.stop()
-        _SPARE.append(_fork_child(runtime, spare=True))
-        if enabled():
-            _KERNEL_COPY.start()
+        with contextlib.suppress(OSError):  # no process to spare now: the message forks its own
+            _SPARE.append(_fork_child(runtime))
+
+
+def prefork(runtime: ForkHost) -> None:
+    """The node is idle (op ``prefork``): the next message's child copies its pages while it
+    waits (forked now if need be), and the kernel takes back its own pages in the background
+    (kernelexec/kernel/prewarm.py)."""
+    fork_ahead(runtime)
+    if not _SPARE or not enabled() or _SPARE[-1].warming:
+        return
+    if not _SPARE[-1].warm():  # it died: one more try with a new one
+        discard_spare()
+        fork_ahead(runtime)
+        if not _SPARE or not _SPARE[-1].warm():
+            return
+    _KERNEL_COPY.start()
 
 
 def discard_spare() -> None:

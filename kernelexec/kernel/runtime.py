@@ -263,6 +263,14 @@ class Runtime:
             answer = None
         if self._results is not None:
             self._results.answer(answer_frame(frame.get(SEQ), answer))
+        self.after_answer(request)
+
+    def after_answer(self, request: Any) -> None:
+        """An op's answer went out (the lane, or a kernelexec_request's reply): in cold mode,
+        after a ``run``, the next message's child is forked now, so that a message that
+        follows at once finds it forked (coldfork.fork_ahead)."""
+        if self.fork and isinstance(request, dict) and request.get("op") == KernelOp.RUN:
+            coldfork.fork_ahead(self)
 
     def prefork(self) -> dict[str, Any]:
         """Cold mode: fork the next message's child now, while the node is idle."""
