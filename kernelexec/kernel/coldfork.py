@@ -149,6 +149,9 @@ def _child(runtime: ForkHost, fds: tuple[int, int, int, int]) -> None:
         os.close(to_child_unused)
         _REAPER.close_inherited_pipes()  # the lingering children's: they must see EOF
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        # as a message's own fork would have it, wherever this child was forked (an idle
+        # kernel ignores SIGINT, and an ignored signal stays ignored across exec)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
         channel = PipeChannel(to_parent, from_parent)
