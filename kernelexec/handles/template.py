@@ -100,9 +100,10 @@ def spawn(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], socket.socket]:
 
 
 def spawn_early(env: dict[str, str]) -> None:
-    """Start the template first thing in ``kernelexec serve``, before the bridge imports its
-    server: its imports (~0.35 s) then run beside the bridge's own (~0.45 s) on another core
-    instead of after them, and the first deploy's kernels are forked that much sooner."""
+    """Start the template first thing in ``kernelexec serve`` (kernelexec/cli.py, before it
+    builds its parser): its imports (~0.35 s) then run beside the bridge's own on another core
+    instead of after them, and the first deploy's kernels are forked that much sooner. Once
+    only: a second call while it waits for adoption does nothing."""
     global _early
     if _early is None and wanted():
         _early = spawn(env)

@@ -1,0 +1,44 @@
+"""`kernelexec serve` starts the kernel template first thing (kernelexec/cli.py), in process."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+
+import pytest
+
+from kernelexec import cli
+from kernelexec.handles import template
+
+pytestmark = pytest.mark.skipif(not template.can_fork_kernels(), reason="no kernel template here")
+
+
+def test_serve_starts_the_template_before_the_parser_and_takes_it_down_on_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template's imports start before the parser imports every command; a bridge that
+    refuses its arguments (a non-loopback address without --allow-remote) leaves no template
+    behind."""
+    monkeypatch.setenv(template.SWITCH, "1")
+    at_parse: list[subprocess.Popen[bytes] | None] = []
+    build_parser = cli.build_parser
+
+    def recording_build_parser() -> argparse.ArgumentParser:
+        early = template._early
+        at_parse.append(early[0] if early is not None else None)
+        return build_parser()
+
+    monkeypatch.setattr(cli, "build_parser", recording_build_parser)
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert at_parse and at_parse[0] is not None, "no template was running when the parser began"
+    assert at_parse[0].poll() is not None, "the refused bridge's template is still running"
+    assert template._early is None
+
+
+def test_other_commands_start_no_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(template.SWITCH, "1")
+    spawned: list[object] = []
+    monkeypatch.setattr(template, "spawn", lambda env: spawned.append(env))
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert spawned == []
