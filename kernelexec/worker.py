@@ -125,10 +125,11 @@ class Worker:
         self.state = WorkerState.READY
 
     async def _prepare(self) -> None:
-        reply = await self.kernel.execute(self.bootstrap_code, {})
-        if reply.get("status") != "ok":
-            text = f"could not load the kernelexec runtime in the kernel: {_reply_error(reply)}"
-            raise KernelexecError(text)
+        if not (self.kernel.installs_runtime and self.bootstrap_code == BOOTSTRAP_CODE):
+            reply = await self.kernel.execute(self.bootstrap_code, {})
+            if reply.get("status") != "ok":
+                text = f"could not load the kernelexec runtime in the kernel: {_reply_error(reply)}"
+                raise KernelexecError(text)
         node = self._node_info()
         pipe, lane = self.kernel.result_pipe, self.kernel.request_pipe
         if pipe is not None:

@@ -20,7 +20,7 @@ import pytest_asyncio
 from kernelexec.config import PoolConfig
 from kernelexec.handles.base import LaunchSpec
 from kernelexec.handles.local import LocalKernel, default_launch_spec
-from kernelexec.worker import Job, Worker
+from kernelexec.worker import BOOTSTRAP_CODE, Job, Worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -32,11 +32,19 @@ CODE = "node.send({'payload': 'early'})\nmsg['payload'] += 1\nreturn msg"
 
 
 class RecordingKernel(LocalKernel):
-    """A LocalKernel that also records the type of every IOPub message."""
+    """A LocalKernel that also records the type of every IOPub message and the code of every
+    execute_request."""
 
     def __init__(self, launch: LaunchSpec) -> None:
         super().__init__(launch)
         self.iopub_types: list[str] = []
+        self.executed: list[str] = []
+
+    async def execute(
+        self, code: str, extra: dict[str, Any], buffers: list[bytes] | None = None
+    ) -> dict[str, Any]:
+        self.executed.append(code)
+        return await super().execute(code, extra, buffers)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
         self.iopub_types.append(msg["header"]["msg_type"])
@@ -79,6 +87,17 @@ async def test_kernelexecs_kernel_announces_and_answers_kernelexec_requests(
     assert kernel.iopub_types == ["comm_msg"]
 
 
+async def test_kernelexecs_kernel_installs_its_runtime_with_the_first_request(
+    ours: tuple[Worker, RecordingKernel],
+) -> None:
+    """No bootstrap cell: the kernel said its first kernelexec_request installs the runtime
+    (KERNEL_INFO ``installs_runtime``), and the init op did."""
+    worker, kernel = ours
+    assert kernel.installs_runtime
+    assert BOOTSTRAP_CODE not in kernel.executed
+    assert (await run_one(worker, "first", 1))["outputs"] == [[{"payload": 2}]]
+
+
 async def test_a_kernelexec_request_reports_user_errors_like_an_execute(
     ours: tuple[Worker, RecordingKernel],
 ) -> None:
@@ -105,7 +124,8 @@ async def test_execute_requests_still_publish_busy_and_idle(
 async def test_a_stock_ipykernel_gets_execute_requests(tmp_path: Path) -> None:
     worker, kernel = await started_worker(STOCK, tmp_path)
     try:
-        assert not kernel._speaks_requests
+        assert not kernel._speaks_requests and not kernel.installs_runtime
+        assert kernel.executed[0] == BOOTSTRAP_CODE  # the runtime comes in a cell
         result = await run_one(worker, "s1", 1)
         assert result["error"] is None and result["outputs"] == [[{"payload": 2}]]
     finally:

@@ -86,6 +86,9 @@ class KernelHandle(ABC):
     result_pipe: ResultPipe | None = None
     #: Local kernels: the pipe that carries ``run`` ops into the kernel (kernelexec.kernel.lane).
     request_pipe: RequestPipe | None = None
+    #: Whether the kernel's first :meth:`request` installs the runtime itself (kernelexec's own
+    #: kernel says so in its kernel_info_reply): the worker then skips its bootstrap cell.
+    installs_runtime: bool = False
 
     @abstractmethod
     async def start(self) -> None:

@@ -127,6 +127,8 @@ class LocalKernel(KernelHandle):
                 await asyncio.wait_for(channels.stdin_ready.wait(), 1.0)
                 info = reply["content"].get("kernelexec") or {}
                 self._speaks_requests = info.get("request") == REQUEST_TYPE
+                installs = info.get("installs_runtime") is True
+                self.installs_runtime = self._speaks_requests and installs
                 return
             except (TimeoutError, asyncio.TimeoutError):
                 if loop.time() > deadline:

@@ -16,8 +16,10 @@ ipykernel's own IPKernelApp with:
   docs/performance.md). ``kernel_info_reply`` announces it under the key ``kernelexec``, so a
   client uses it only with a kernel that has it (stock kernels get the execute_request).
 
-The in-kernel runtime is installed by the worker's first execute, the same way on local and
-gateway kernels. This module runs inside the kernel: standard library and ipykernel only.
+The in-kernel runtime is installed by the first ``kernelexec_request`` (the worker's ``init``
+op), as ``kernel_info_reply`` says (``installs_runtime``); kernels that do not say so (stock,
+gateway) get it from the worker's bootstrap cell. This module runs inside the kernel: standard
+library and ipykernel only.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ __all__ = ["REQUEST_TYPE", "kernel_config", "main", "wire_pack"]
 #: The shell message type of one runtime op (see the module docstring), from spec.json.
 REQUEST_TYPE = KERNEL_REQUEST_TYPE
 REPLY_TYPE = KERNEL_REPLY_TYPE
-#: Announced in kernel_info_reply (content["kernelexec"]).
-KERNEL_INFO = {"request": REQUEST_TYPE, "version": 1}
+#: Announced in kernel_info_reply (content["kernelexec"]): the request type this kernel
+#: answers, and that its first request installs the runtime (no bootstrap cell needed).
+KERNEL_INFO = {"request": REQUEST_TYPE, "version": 1, "installs_runtime": True}
 
 _FFFD = "kernelexec.fffd"
 
@@ -196,8 +199,14 @@ def _kernel_class() -> Any:
         def _answer(self) -> dict[str, Any]:
             shell: Any = self.shell
             runtime = shell.user_ns.get(RUNTIME_NAME)
-            if runtime is None:
-                return _error_reply("RuntimeError", "the kernelexec runtime is not installed")
+            if runtime is None:  # the first request (KERNEL_INFO "installs_runtime")
+                try:
+                    from .runtime import install
+
+                    runtime = install(shell)
+                except Exception as exc:  # as the bootstrap cell's failure would say
+                    text = f"could not load the kernelexec runtime in the kernel: {exc}"
+                    return _error_reply(type(exc).__name__, text)
             try:
                 answer = runtime.respond()
             except KeyboardInterrupt:  # the worker's backstop interrupt
