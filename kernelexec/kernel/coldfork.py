@@ -152,6 +152,7 @@ def _child(runtime: ForkHost, fds: tuple[int, int, int, int]) -> None:
         # as a message's own fork would have it, wherever this child was forked (an idle
         # kernel ignores SIGINT, and an ignored signal stays ignored across exec)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # fork_ahead blocked it
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
         channel = PipeChannel(to_parent, from_parent)
@@ -240,10 +241,15 @@ def fork_ahead(runtime: ForkHost) -> None:
     """Fork the next message's child right after a message's answer went out (the lane's
     ``run`` op): a message that follows at once finds its process forked. It only waits: on
     2 cores, copying pages now would take the CPU the next message needs."""
-    if not _SPARE:
-        _KERNEL_COPY.stop()
+    if _SPARE:
+        return
+    _KERNEL_COPY.stop()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # no half-made spare
+    try:
         with contextlib.suppress(OSError):  # no process to spare now: the message forks its own
             _SPARE.append(_fork_child(runtime))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def prefork(runtime: ForkHost) -> None:
@@ -293,6 +299,7 @@ def run_in_child(
             return _failed(runtime, req_id, started, _died(pid))
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
+        fork_ahead(runtime)  # the next message's child, while this one runs on another core
         result, answered = _parent(
             runtime, pid, child.from_child, child.to_child, req_id, timeout, started
         )
