@@ -25,6 +25,7 @@ STDLIB_ONLY = (
     "kernelexec.kernel.guard",
     "kernelexec.kernel.lane",
     "kernelexec.kernel.nodeapi",
+    "kernelexec.kernel.packing",
     "kernelexec.kernel.prewarm",
     "kernelexec.kernel.reaper",
     "kernelexec.kernel.resultpipe",

@@ -25,13 +25,12 @@ library and ipykernel only.
 from __future__ import annotations
 
 import asyncio
-import codecs
-import json
 import os
 import sys
 from typing import Any
 
 from ..protocol import KERNEL_REPLY_TYPE, KERNEL_REQUEST_TYPE, RUNTIME_NAME
+from .packing import wire_pack
 
 __all__ = ["REQUEST_TYPE", "kernel_config", "main", "wire_pack"]
 
@@ -41,59 +40,6 @@ REPLY_TYPE = KERNEL_REPLY_TYPE
 #: Announced in kernel_info_reply (content["kernelexec"]): the request type this kernel
 #: answers, and that its first request installs the runtime (no bootstrap cell needed).
 KERNEL_INFO = {"request": REQUEST_TYPE, "version": 1, "installs_runtime": True}
-
-_FFFD = "kernelexec.fffd"
-
-try:  # optional: a kernel in a managed environment may not have it
-    import orjson as _orjson
-
-    _ORJSON_OPTIONS = _orjson.OPT_NAIVE_UTC | _orjson.OPT_UTC_Z
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None  # type: ignore[assignment]
-    _ORJSON_OPTIONS = 0
-
-
-def _replace_lone_surrogates(error: UnicodeError) -> tuple[bytes, int]:
-    if isinstance(error, UnicodeEncodeError):  # the UTF-8 encoder takes bytes (or ASCII str)
-        return "\ufffd".encode() * (error.end - error.start), error.end
-    raise error
-
-
-codecs.register_error(_FFFD, _replace_lone_surrogates)
-
-
-def wire_pack(obj: Any) -> bytes:
-    """jupyter_client's json_packer, except that a lone surrogate (a str that UTF-8 cannot
-    encode: JSON ``"\\ud800"`` from JavaScript, or made by user code) becomes U+FFFD, as
-    JavaScript's own UTF-8 encoding does, instead of failing the whole message."""
-    from jupyter_client import jsonutil
-    from jupyter_client.session import json_packer
-
-    # jupyter_client 6.1 (kernels of Enterprise Gateway 3.3) has only date_default
-    json_default = getattr(jsonutil, "json_default", None) or jsonutil.date_default
-
-    if _orjson is not None:
-        try:  # the fast path: orjson writes NaN/Infinity as null itself
-            return bytes(_orjson.dumps(obj, default=json_default, option=_ORJSON_OPTIONS))
-        except (TypeError, ValueError):
-            pass  # a lone surrogate, a non-str key...: the json module's path below
-    try:
-        text = json.dumps(obj, default=json_default, ensure_ascii=False, allow_nan=False)
-    except ValueError:  # NaN or Infinity: null, as JSON.stringify and spec.json say
-        text = json.dumps(_finite(obj), default=json_default, ensure_ascii=False)
-    except TypeError:
-        return bytes(json_packer(obj))
-    return text.encode("utf-8", _FFFD)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value - value == 0.0 else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
 
 
 def kernel_config() -> Any:

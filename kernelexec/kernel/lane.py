@@ -67,7 +67,7 @@ def request_frame(seq: int, op: dict[str, Any]) -> bytes:
     body = {SEQ: seq, "request": op}
     data = _fast_dumps(body)
     if data is None:  # no orjson, a lone surrogate (U+FFFD then), NaN (null)...
-        from .app import wire_pack  # what the shell channel's messages are packed with
+        from .packing import wire_pack  # what the shell channel's messages are packed with
 
         data = wire_pack(body)
     return framed(data)

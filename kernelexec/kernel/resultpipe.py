@@ -49,10 +49,10 @@ class ResultWriter:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        from .app import _ORJSON_OPTIONS, wire_pack
+        from .packing import ORJSON_OPTIONS, wire_pack
 
         self._slow = wire_pack  # lone surrogates, NaN...: the kernel's own packer
-        self._options = _ORJSON_OPTIONS
+        self._options = ORJSON_OPTIONS
         self._default: Any = None
         if _orjson is not None:
             from jupyter_client.jsonutil import json_default
