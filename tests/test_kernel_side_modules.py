@@ -19,6 +19,7 @@ STDLIB_ONLY = (
     "kernelexec.protocol",
     "kernelexec.kernel",
     "kernelexec.kernel.blobs",
+    "kernelexec.kernel.clone",
     "kernelexec.kernel.coldfork",
     "kernelexec.kernel.convert",
     "kernelexec.kernel.framing",
@@ -32,6 +33,7 @@ STDLIB_ONLY = (
     "kernelexec.kernel.results",
     "kernelexec.kernel.runtime",
     "kernelexec.kernel.wrapping",
+    "kernelexec.kernel.zygote",
 )
 #: In the kernel too, but built on ipykernel / jupyter_client (present in every kernel).
 ON_JUPYTER = ("kernelexec.kernel.app", "kernelexec.kernel.decoding")

@@ -21,6 +21,7 @@ from kernelexec.handles import forking
 from kernelexec.handles.local import LocalKernel, kernel_environment
 from kernelexec.handles.template import TEMPLATE_COMM
 from kernelexec.kernel import blobs
+from kernelexec.kernel.clone import can_clone_siblings
 from kernelexec.pool import MemoryHooks, Pool, make_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -488,15 +489,50 @@ async def test_a_cold_message_that_follows_at_once_finds_its_process_forked(
     try:
         ran, interruptible = payloads(await pool.submit("first", {}))[0]
         assert interruptible
-        spares: list[int] = []
+        others: list[int] = []
+        expected = 2 if can_clone_siblings() else 1  # the spare, and the zygote it came from
 
         def spare_forked() -> bool:
-            spares[:] = [p.pid for p in kernel.children() if p.pid != ran and alive(p.pid)]
-            return bool(spares)
+            others[:] = [p.pid for p in kernel.children() if p.pid != ran and alive(p.pid)]
+            return len(others) == expected
 
         await until(spare_forked)
-        assert spares, "no child was forked after the first message's answer"
-        assert payloads(await pool.submit("second", {}))[0] == [spares[0], True]
+        assert len(others) == expected, "no child was forked after the first message's answer"
+        second, interruptible = payloads(await pool.submit("second", {}))[0]
+        assert second in others and interruptible
+    finally:
+        await closed(pool)
+
+
+async def test_cold_children_are_the_kernels_cloned_from_one_zygote() -> None:
+    """Each message's process is the kernel's child, cloned from a zygote (kernel/zygote.py):
+    one more child of the kernel, in a process group of its own, the same for every message
+    and none of them; a code change replaces it."""
+    code = "import os\nmsg['payload'] = [os.getpid(), os.getppid()]\nreturn msg"
+    pool, _ = await started(code, mode="cold")
+    kernel = psutil.Process(pool.workers[0].kernel.pid)
+    ran: list[int] = []
+    settled: list[set[int]] = []
+
+    def children() -> set[int]:
+        return {p.pid for p in kernel.children() if alive(p.pid)}
+
+    try:
+        for i in range(3):
+            pid, parent = payloads(await pool.submit(f"z{i}", {}))[0]
+            assert parent == kernel.pid
+            ran.append(pid)
+            await until(lambda: len(children()) == 2)  # the zygote and the next spare
+            settled.append(children())
+        zygotes = set.intersection(*settled)
+        assert len(zygotes) == 1, f"no one process in every settled tree: {settled}"
+        [zygote] = zygotes
+        assert zygote not in ran and os.getpgid(zygote) == zygote
+        assert [s - zygotes for s in settled[:2]] == [{ran[1]}, {ran[2]}]
+        await pool.update_code(code + "\n# changed")
+        assert payloads(await pool.submit("after", {}))[0][1] == kernel.pid
+        await until(lambda: zygote not in children())
+        assert zygote not in children(), "the zygote with the old code is still there"
     finally:
         await closed(pool)
 

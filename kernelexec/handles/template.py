@@ -25,13 +25,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
 import sys
 import traceback
 from typing import Any
+
+from ..kernel.clone import can_clone_siblings, clone_sibling, die_with_parent
 
 #: what a kernel imports (kernelexec.kernel.app.main and the runtime's first op)
 PRELOAD = (
@@ -64,9 +65,6 @@ PRELOAD = (
 )
 #: the module the template runs in a child; a request runs ``python -m`` this, nothing else
 KERNEL_MODULE = "kernelexec.kernel"
-_CLONE_PARENT = 0x00008000
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
-_PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 #: the template's process name (/proc/PID/comm), so tools tell it from its kernels, which
 #: share its command line ("python", as a launched kernel's)
@@ -77,7 +75,7 @@ _MAX_FDS = 8
 
 def can_fork_kernels() -> bool:
     """Whether this machine has what the template needs (Linux, a known clone syscall)."""
-    return sys.platform.startswith("linux") and platform.machine() in _SYS_CLONE
+    return can_clone_siblings()
 
 
 # ---------------------------------------------------------------- the bridge's side
@@ -136,24 +134,6 @@ def discard_early() -> None:
         process.wait()
 
 
-def _clone_sibling() -> int:
-    """fork(), but the child's parent is this process's parent (CLONE_PARENT), with CPython's
-    own before/after-fork steps around it, as os.fork does. The GIL is held throughout."""
-    libc = ctypes.PyDLL(None, use_errno=True)
-    api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    flags = _CLONE_PARENT | signal.SIGCHLD
-    pid = int(libc.syscall(_SYS_CLONE[platform.machine()], flags, 0, 0, 0, 0))
-    if pid == 0:
-        api.PyOS_AfterFork_Child()
-        return 0
-    api.PyOS_AfterFork_Parent()
-    if pid < 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"clone: {os.strerror(error)}")
-    return pid
-
-
 def _set_comm(name: bytes) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
@@ -168,13 +148,6 @@ def _set_cmdline(argv: list[str]) -> None:
     room = end - start
     data = b"\0".join(a.encode() for a in argv)[: room - 1]
     ctypes.memmove(start, data + b"\0" * (room - len(data)), room)
-
-
-def _die_with_parent(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the bridge died before prctl took effect
-        os._exit(0)
 
 
 def _check(request: Any, fds: list[int]) -> tuple[list[str], dict[str, str], str, list[int]]:
@@ -257,7 +230,7 @@ def _serve(channel: socket.socket) -> None:
             return
         try:
             args, env, cwd, targets = _check(json.loads(data), fds)
-            pid = _clone_sibling()
+            pid = clone_sibling()
             if pid == 0:
                 _become_kernel(channel, args, env, cwd, fds, targets)
             answer: dict[str, Any] = {"pid": pid}
@@ -273,7 +246,7 @@ def main(argv: list[str]) -> None:
     """``FD PID PADDING``: the socket, the bridge's pid, room for the kernels' command lines."""
     parent = int(argv[1])
     channel = socket.socket(fileno=int(argv[0]))
-    _die_with_parent(parent)
+    die_with_parent(parent)
     _set_comm(TEMPLATE_COMM)
     _set_cmdline([sys.executable, "-m", "kernelexec.handles.template"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the bridge

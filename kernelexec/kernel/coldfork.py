@@ -1,5 +1,10 @@
 """Cold mode: every message runs in a child forked from the set-up kernel, then exits.
 
+The children are cloned from the kernel's zygote (kernelexec/kernel/zygote.py), a process
+forked from the kernel once, so that the kernel shares its pages with one quiet process rather
+than with each child; they are still the kernel's children (CLONE_PARENT). The next message's
+child is forked ahead: while a message runs, or right after its answer (:func:`fork_ahead`).
+
 The child (its own process group) runs the message exactly as a hot kernel would
 (:meth:`Runtime.run_here`) but talks only to a pipe: events and context requests go to the
 parent as frames, context replies come back on a second pipe, and the RESULT is the last
@@ -20,22 +25,24 @@ Standard library only: this module runs inside the kernel.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ErrorObject, ExecutionTimeoutError, KernelDiedError
 from . import blobs
+from .clone import can_clone_siblings, fork_quietly
 from .framing import HEADER, framed, take_frames
 from .prewarm import BackgroundCopy, copy_shared_pages, enabled
 from .reaper import Reaper, kill_group, wait_status
 from .results import Result, failed_result
+from .zygote import Zygote
 
 if TYPE_CHECKING:
     from .nodeapi import Channel
@@ -128,13 +135,7 @@ class _FrameReader:
         return [json.loads(body) for body in take_frames(self.buffer)]
 
 
-def _fork() -> int:
-    with warnings.catch_warnings():  # "This process is multi-threaded, use of fork()..."
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
-
-
-def _child(runtime: ForkHost, fds: tuple[int, int, int, int]) -> None:
+def _child(runtime: ForkHost, from_parent: int, to_parent: int) -> None:
     """In the child: wait for the message on the pipe, run it, write the RESULT, exit.
 
     Never returns. A spare child (forked ahead of time) waits here until its message comes;
@@ -144,9 +145,6 @@ def _child(runtime: ForkHost, fds: tuple[int, int, int, int]) -> None:
     """
     code = 0
     try:
-        from_parent, to_parent_unused, to_child_unused, to_parent = fds
-        os.close(to_parent_unused)
-        os.close(to_child_unused)
         _REAPER.close_inherited_pipes()  # the lingering children's: they must see EOF
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         # as a message's own fork would have it, wherever this child was forked (an idle
@@ -215,23 +213,63 @@ class _Spare:
 
 
 _SPARE: list[_Spare] = []
+#: The zygote the children are cloned from (kernelexec/kernel/zygote.py), once started.
+_ZYGOTE: list[Zygote] = []
 
 
 def _fork_child(runtime: ForkHost) -> _Spare:
-    """Fork a child that waits for its message (see _child)."""
-    to_parent_r, to_parent_w = os.pipe()
-    to_child_r, to_child_w = os.pipe()
+    """A child that waits for its message (see _child): cloned from the zygote, or forked
+    from the kernel where there can be none. SIGINT is blocked meanwhile: an interrupt never
+    leaves a half-made child, nor a zygote's answer unread."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        pid = _fork()
-    except OSError:
-        for fd in (to_parent_r, to_parent_w, to_child_r, to_child_w):
-            os.close(fd)
-        raise
-    if pid == 0:
-        _child(runtime, (to_child_r, to_parent_r, to_child_w, to_parent_w))
+        zygote = _zygote(runtime)  # before the pipes: it must not hold copies of them
+        to_parent_r, to_parent_w = os.pipe()
+        to_child_r, to_child_w = os.pipe()
+        try:
+            pid = _spawn(runtime, zygote, to_child_r, to_parent_w, (to_parent_r, to_child_w))
+        except OSError:
+            for fd in (to_parent_r, to_parent_w, to_child_r, to_child_w):
+                os.close(fd)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(to_parent_w)
     os.close(to_child_r)
     return _Spare(pid, to_child_w, to_parent_r)
+
+
+def _zygote(runtime: ForkHost) -> Zygote | None:
+    """The zygote, started now if there is none (None where clone is not available)."""
+    if not _ZYGOTE and can_clone_siblings():
+        with contextlib.suppress(OSError):  # then the kernel forks its children itself
+            child = functools.partial(_child, runtime)
+            _ZYGOTE.append(Zygote.start(child, _REAPER.close_inherited_pipes))
+    return _ZYGOTE[0] if _ZYGOTE else None
+
+
+def _spawn(
+    runtime: ForkHost, zygote: Zygote | None, from_parent: int, to_parent: int,
+    kernel_ends: tuple[int, int],
+) -> int:
+    if zygote is not None:
+        try:
+            return zygote.fork(from_parent, to_parent)
+        except (OSError, ValueError):  # gone, or no answer: forked from the kernel this once
+            _discard_zygote()
+    pid = fork_quietly()
+    if pid == 0:
+        for fd in kernel_ends:
+            os.close(fd)
+        _child(runtime, from_parent, to_parent)
+    return pid
+
+
+def _discard_zygote() -> None:
+    while _ZYGOTE:
+        zygote = _ZYGOTE.pop()
+        zygote.close()
+        _REAPER.reap(zygote.pid)
 
 
 _KERNEL_COPY = BackgroundCopy()
@@ -244,12 +282,8 @@ def fork_ahead(runtime: ForkHost) -> None:
     if _SPARE:
         return
     _KERNEL_COPY.stop()
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # no half-made spare
-    try:
-        with contextlib.suppress(OSError):  # no process to spare now: the message forks its own
-            _SPARE.append(_fork_child(runtime))
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with contextlib.suppress(OSError):  # no process to spare now: the message forks its own
+        _SPARE.append(_fork_child(runtime))
 
 
 def prefork(runtime: ForkHost) -> None:
@@ -260,7 +294,7 @@ def prefork(runtime: ForkHost) -> None:
     if not _SPARE or not enabled() or _SPARE[-1].warming:
         return
     if not _SPARE[-1].warm():  # it died: one more try with a new one
-        discard_spare()
+        _SPARE.pop().discard()
         fork_ahead(runtime)
         if not _SPARE or not _SPARE[-1].warm():
             return
@@ -268,9 +302,10 @@ def prefork(runtime: ForkHost) -> None:
 
 
 def discard_spare() -> None:
-    """Drop the spare child (the code changed: it was forked with the old code)."""
+    """Drop the spare child and the zygote (the code changed: they have the old code)."""
     while _SPARE:
         _SPARE.pop().discard()
+    _discard_zygote()
 
 
 def _take_child(runtime: ForkHost) -> _Spare:

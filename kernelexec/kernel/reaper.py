@@ -44,12 +44,15 @@ class Reaper:
 
     def close_inherited_pipes(self) -> None:
         """In a child just forked: close its copies of the pipes of children waiting to be
-        killed, so that each of them sees end of file when the kernel goes (no lock: the
-        reaper thread does not exist in the child, and may have held it at the fork)."""
+        killed, so that each of them sees end of file when the kernel goes, and forget them
+        (a process forked from this one must not close those numbers again: they may name
+        its own pipes by then). No lock: the reaper thread does not exist in the child, and
+        may have held it at the fork."""
         for _, _, fd in list(self._due):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        self._due = []
 
     def _run(self) -> None:
         while True:

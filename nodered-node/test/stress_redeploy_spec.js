@@ -26,7 +26,8 @@ function flow(version) {
 }
 
 /** Kernels below the bridge: distinct connection files. A cold kernel's spare child (forked
- * ahead of its next message, coldfork.prefork) shares its kernel's command line. */
+ * ahead of its next message, coldfork.fork_ahead) and its zygote (kernel/zygote.py) share
+ * its kernel's command line. */
 function kernelCount(pid) {
     const files = new Set();
     for (const p of S.processTree(pid).slice(1)) {
@@ -124,9 +125,9 @@ describe("stress: redeploy storm", function () {
         }
         // a cold child that just answered lives on for 20 ms before the reaper kills it, so
         // wait for the tree to settle: what must not happen is that processes accumulate
-        const bound = 1 + 1 + settledKernels + 1;
+        const bound = 1 + 1 + settledKernels + 2;
         await S.waitFor(() => S.processTree(bridgePid).length <= bound, 20000,
-            `the bridge, kernel template, ${settledKernels} kernels and at most one cold spare (tree: ${S.processTree(bridgePid).length})`);
+            `the bridge, kernel template, ${settledKernels} kernels, at most one cold spare and one zygote (tree: ${S.processTree(bridgePid).length})`);
         const current = new Set(S.processTree(bridgePid));
         const old = [...seen].filter((pid) => !current.has(pid));
         await S.waitFor(() => old.every((pid) => !S.alive(pid)), 20000, "earlier bridges and kernels to exit: " + old.filter(S.alive));
