@@ -139,7 +139,7 @@ async def test_a_cancelled_start_leaves_no_kernel(
 
 
 async def test_a_cancelled_start_that_closes_its_pipes_leaves_the_template_in_use(
-    template: forking.KernelTemplate, tmp_path: Path
+    template: forking.KernelTemplate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Starts queued for the template and cancelled, whose callers then close the pipes they
     were to hand over (a worker's shutdown does) before their turn comes: the template forks
@@ -152,6 +152,17 @@ async def test_a_cancelled_start_that_closes_its_pipes_leaves_the_template_in_us
     before = children()
     argv = list(default_launch_spec().argv[:3])
     env = kernel_environment()
+    exchanges_made = asyncio.Event()
+    made: list[tuple[int, ...]] = []
+    make_exchange = template._exchange
+
+    def recording_exchange(request: dict[str, Any], fds: tuple[int, ...]) -> Any:
+        made.append(fds)
+        if len(made) == 4:
+            exchanges_made.set()
+        return make_exchange(request, fds)
+
+    monkeypatch.setattr(template, "_exchange", recording_exchange)
     tasks, pipes = [], []
     for i in range(4):
         connection, _info = write_connection_file(
@@ -161,10 +172,9 @@ async def test_a_cancelled_start_that_closes_its_pipes_leaves_the_template_in_us
         pipes += [read_end, write_end]
         fork = template.fork([*argv, "-f", connection], env, None, (write_end,))
         tasks.append(asyncio.ensure_future(fork))
-    # One turn of the loop, not a wait for time: each fork task runs its first step, so each
-    # has taken its copies of the fds and scheduled its exchange, and none has sent yet
-    # (without this turn the tasks would be cancelled before they began, testing nothing).
-    await asyncio.sleep(0)
+    # each fork has taken its copies of the fds and made its exchange, which waits for its
+    # turn (cancelled before that, the tasks would test nothing)
+    await asyncio.wait_for(exchanges_made.wait(), 30)
     for task in tasks:
         task.cancel()
     for fd in pipes:  # before any exchange has sent its fds: they wait for the lock in turn

@@ -235,9 +235,11 @@ def test_cold_mode_in_a_kernel(k: KernelSession) -> None:
 
 def test_cold_mode_timeout_kills_the_child(k: KernelSession, tmp_path: Path) -> None:
     """The process of the message that timed out (its pid written first thing) is killed at
-    once; the kernel's other children (the next message's, forked ahead) are not it."""
+    once; the kernel's other children (the next message's, forked ahead) are not it. The code
+    blocks until it is killed; the 2 s timeout is room for its first line, not a wait."""
     mark = tmp_path / "pid"
-    code = f"import os, time\nopen({str(mark)!r}, 'w').write(str(os.getpid()))\ntime.sleep(30)"
+    pid_line = f"open({str(mark)!r}, 'w').write(str(os.getpid()))"
+    code = f"import os, threading\n{pid_line}\nthreading.Event().wait()"
     k.init(code + "\nreturn msg", fork=True)
     assert k.run([{}], timeout=2.0)[0]["error"]["code"] == "TIMEOUT"
     try:

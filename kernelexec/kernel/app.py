@@ -138,7 +138,7 @@ def _kernel_class() -> Any:
             session.send(stream, REPLY_TYPE, self._answer(), parent, ident=ident)
             shell: Any = self.shell
             runtime = shell.user_ns.get(RUNTIME_NAME)
-            if runtime is not None:  # once the handler returned: SIGINT is ignored again
+            if getattr(runtime, "fork", False):  # cold mode only; once the handler returned
                 request = (parent.get("content") or {}).get("kernelexec")
                 asyncio.get_running_loop().call_soon(runtime.after_answer, request)
 

@@ -140,7 +140,8 @@ def _child(runtime: ForkHost, from_parent: int, to_parent: int) -> None:
 
     Never returns. A spare child (forked ahead of time) waits here until its message comes;
     told to warm up first (a ``{"warm": true}`` frame, the node idle), it copies the pages it
-    shares with the kernel (kernelexec/kernel/prewarm.py) until its message comes. End of file
+    shares with the zygote, or the kernel it was forked from (kernelexec/kernel/prewarm.py),
+    until its message comes. End of file
     on the pipe (the kernel is gone, or discarded the spare) makes it exit.
     """
     code = 0
@@ -276,9 +277,10 @@ _KERNEL_COPY = BackgroundCopy()
 
 
 def fork_ahead(runtime: ForkHost) -> None:
-    """Fork the next message's child right after a message's answer went out (the lane's
-    ``run`` op): a message that follows at once finds its process forked. It only waits: on
-    2 cores, copying pages now would take the CPU the next message needs."""
+    """Fork the next message's child now, if there is none: while a message runs (run_in_child)
+    or right after its answer went out (Runtime.after_answer), so that a message that follows
+    at once finds its process forked. It only waits: on 2 cores, copying pages now would take
+    the CPU the next message needs (prefork does that when the node is idle)."""
     if _SPARE:
         return
     _KERNEL_COPY.stop()
