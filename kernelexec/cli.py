@@ -17,13 +17,13 @@ __all__ = ["main"]
 COMMANDS = ("run", "serve", "env", "export", "import_", "attach")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernelexec", description="Run Python for Node-RED flows on IPython kernels."
     )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in modules:
         try:
             module = importlib.import_module(f"kernelexec.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     early = _template_first(words)
     try:
-        parser = build_parser()
+        parser = build_parser(command_modules(words))
         args = parser.parse_args(words)
         logging.basicConfig(
             level=str(args.log_level).upper(),
@@ -55,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
             from .handles import template
 
             template.discard_early()
+
+
+def command_modules(words: list[str]) -> tuple[str, ...]:
+    """The command modules to load for ``words``: only the named command's when there is
+    one (every module imports its own world; ``kernelexec serve`` is on a first deploy's
+    path, ~0.1 s of imports shorter this way), all of them otherwise (help, a typo)."""
+    for word in words:
+        module = "import_" if word == "import" else word
+        if module in COMMANDS:
+            return (module,)
+    return COMMANDS
 
 
 def _template_first(words: list[str]) -> bool:

@@ -23,10 +23,10 @@ def test_serve_starts_the_template_before_the_parser_and_takes_it_down_on_a_refu
     at_parse: list[subprocess.Popen[bytes] | None] = []
     build_parser = cli.build_parser
 
-    def recording_build_parser() -> argparse.ArgumentParser:
+    def recording_build_parser(modules: tuple[str, ...] = cli.COMMANDS) -> argparse.ArgumentParser:
         early = template._early
         at_parse.append(early[0] if early is not None else None)
-        return build_parser()
+        return build_parser(modules)
 
     monkeypatch.setattr(cli, "build_parser", recording_build_parser)
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
@@ -42,3 +42,31 @@ def test_other_commands_start_no_template(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     assert spawned == []
+
+
+@pytest.mark.parametrize(
+    ("words", "modules"),
+    [
+        (["serve", "--port", "0"], ("serve",)),
+        (["--log-level", "DEBUG", "import", "flows.json"], ("import_",)),
+        (["attach", "--list"], ("attach",)),
+        ([], cli.COMMANDS),
+        (["--help"], cli.COMMANDS),
+        (["serv"], cli.COMMANDS),
+    ],
+)
+def test_only_the_named_commands_module_is_loaded(
+    words: list[str], modules: tuple[str, ...]
+) -> None:
+    """A command builds only its own parser (each module imports its own world); help and an
+    unknown command see them all."""
+    assert cli.command_modules(words) == modules
+
+
+def test_an_unknown_command_is_refused_with_the_list_of_commands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serv"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'serv'" in err and "'serve'" in err and "'import'" in err

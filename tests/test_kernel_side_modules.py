@@ -22,6 +22,7 @@ STDLIB_ONLY = (
     "kernelexec.kernel.clone",
     "kernelexec.kernel.coldfork",
     "kernelexec.kernel.convert",
+    "kernelexec.kernel.debugging",
     "kernelexec.kernel.framing",
     "kernelexec.kernel.guard",
     "kernelexec.kernel.lane",

@@ -79,6 +79,37 @@ async def test_attach_prints_a_file_a_jupyter_client_can_use(
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_an_attached_kernel_loads_jupyters_debugger_when_first_asked(
+    bridge: tuple[Server, Client],
+) -> None:
+    """Kernels start without debugpy (kernelexec/kernel/debugging.py) yet announce the
+    debugger, and build it on the first debug_request."""
+    server, _ = bridge
+    [kernel] = [k for k in await attach.list_kernels(server.url, TOKEN, "hot1") if k["worker"] == 0]
+    loaded = "'debugpy' in __import__('sys').modules"
+    assert await evaluate(kernel["connection_file"], loaded) == "False"
+    kc = AsyncKernelClient(connection_file=kernel["connection_file"])
+    kc.load_connection_file()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=30)
+        info_id = kc.kernel_info()
+        info = await kc.get_shell_msg(timeout=30)
+        assert info["parent_header"]["msg_id"] == info_id
+        assert "debugger" in info["content"]["supported_features"]
+        request = {"type": "request", "seq": 1, "command": "debugInfo", "arguments": {}}
+        msg = kc.session.msg("debug_request", request)
+        kc.control_channel.send(msg)
+        reply = await kc.get_control_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+        assert reply["content"]["success"] is True, reply["content"]
+        assert reply["content"]["body"]["isStarted"] is False
+    finally:
+        kc.stop_channels()
+    assert await evaluate(kernel["connection_file"], loaded) == "True"
+
+
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(
     ("node_id", "token", "worker", "expected"),
     [

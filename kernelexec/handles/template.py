@@ -250,6 +250,9 @@ def main(argv: list[str]) -> None:
     _set_comm(TEMPLATE_COMM)
     _set_cmdline([sys.executable, "-m", "kernelexec.handles.template"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the bridge
+    from kernelexec.kernel import debugging
+
+    debugging.import_without_debugpy()  # debugpy loads on a kernel's first debug request
     for name in PRELOAD:
         __import__(name)
     channel.send(b'{"ready": true}')

@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 from ..protocol import KERNEL_REPLY_TYPE, KERNEL_REQUEST_TYPE, RUNTIME_NAME
+from . import debugging
 from .packing import wire_pack
 
 __all__ = ["REQUEST_TYPE", "kernel_config", "main", "wire_pack"]
@@ -125,7 +126,22 @@ def _kernel_class() -> Any:
         def kernel_info(self) -> dict[str, Any]:
             info: dict[str, Any] = dict(super().kernel_info)
             info["kernelexec"] = dict(KERNEL_INFO)
+            features = list(info.get("supported_features") or [])
+            if "debugger" not in features and debugging.debugpy_installed():
+                info["supported_features"] = [*features, "debugger"]  # built when first asked
             return info
+
+        async def do_debug_request(self, msg: Any) -> Any:
+            debugging.load_debugger(self)
+            return await super().do_debug_request(msg)  # type: ignore[no-untyped-call]
+
+        def dispatch_debugpy(self, msg: Any) -> None:
+            debugging.load_debugger(self)
+            super().dispatch_debugpy(msg)  # type: ignore[no-untyped-call]
+
+        async def poll_stopped_queue(self) -> None:
+            if getattr(self, "debugger", None) is not None:  # else load_debugger starts it
+                await super().poll_stopped_queue()  # type: ignore[no-untyped-call]
 
         def _publish_status(self, status: str, channel: str, parent: Any = None) -> None:
             request = parent or self.get_parent(channel)  # type: ignore[no-untyped-call]
@@ -194,6 +210,7 @@ def _app_class() -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    debugging.import_without_debugpy()  # before ipykernel builds its kernel
     _skip_empty_flushes()
     app = _app_class().instance(config=kernel_config())
     app.kernel_class = _kernel_class()
