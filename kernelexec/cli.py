@@ -74,8 +74,8 @@ def _template_first(words: list[str]) -> bool:
     and the bridge's (~0.1 s) instead of after them (kernelexec/handles/template.py)."""
     if words[:1] != ["serve"]:
         return False
-    from .handles import template  # the standard library only
-    from .handles.base import kernel_environment
+    from .handles import template  # these two: the standard library only
+    from .handles.environment import kernel_environment
 
     template.spawn_early(kernel_environment())
     return True

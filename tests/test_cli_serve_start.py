@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
+import sys
 
 import pytest
 
@@ -70,3 +72,25 @@ def test_an_unknown_command_is_refused_with_the_list_of_commands(
         cli.main(["serv"])
     err = capsys.readouterr().err
     assert "invalid choice: 'serv'" in err and "'serve'" in err and "'import'" in err
+
+
+def test_what_serve_imports_before_it_spawns_the_template_is_the_standard_library_only() -> None:
+    """The template is spawned before the bridge imports anything heavy: what _template_first
+    needs must not pull in handles/base.py (dataclasses, inspect: ~20 ms on a deploy's path)."""
+    probe = (
+        "import json, sys, kernelexec.cli, kernelexec.handles.template,"
+        " kernelexec.handles.environment;"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('kernelexec'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert "kernelexec.handles.base" not in loaded, loaded
+    assert loaded <= {
+        "kernelexec",
+        "kernelexec.cli",
+        "kernelexec.handles",
+        "kernelexec.handles.environment",
+        "kernelexec.handles.template",
+        "kernelexec.kernel",
+        "kernelexec.kernel.clone",
+    }, loaded

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("Listening on %s, reachable from other machines: protect the token", args.host)
     token = args.token or os.environ.get("KERNELEXEC_TOKEN") or None
     from ..handles import template  # light: the standard library only
-    from ..handles.base import kernel_environment
+    from ..handles.environment import kernel_environment
 
     template.spawn_early(kernel_environment())  # its imports run while the bridge imports
     try:

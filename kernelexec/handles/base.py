@@ -7,11 +7,12 @@ on a Jupyter Kernel/Enterprise Gateway. Each abstract method says who calls it.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .environment import kernel_environment
 
 if TYPE_CHECKING:
     from ..kernel.lane import RequestPipe
@@ -153,15 +154,3 @@ class KernelHandle(ABC):
         return None
 
 
-#: What the bridge holds and a kernel must not: with it, user code could drive the bridge.
-_BRIDGE_SECRETS = ("KERNELEXEC_TOKEN", "KERNELEXEC_GATEWAY_TOKEN")
-
-
-def kernel_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A kernel's environment: the bridge's, ``extra``, without the bridge's own secrets."""
-    env = {**os.environ, **(extra or {})}
-    env.pop("JPY_PARENT_PID", None)
-    for secret in _BRIDGE_SECRETS:  # user code needs neither (it would let it drive the bridge)
-        env.pop(secret, None)
-    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no debugpy start-up chatter
-    return env
