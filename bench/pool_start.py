@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kernelexec.config import PoolConfig
 from kernelexec.handles import forking
-from kernelexec.handles.base import kernel_environment
+from kernelexec.handles.environment import kernel_environment
 from kernelexec.pool import MemoryHooks, make_pool
 
 

@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .environment import kernel_environment
-
 if TYPE_CHECKING:
     from ..kernel.lane import RequestPipe
     from ..kernel.resultpipe import ResultPipe
@@ -26,7 +24,6 @@ __all__ = [
     "StdinCallback",
     "StreamCallback",
     "execute_content",
-    "kernel_environment",
 ]
 
 #: The cell that runs one runtime op when the kernel has no ``kernelexec_request``.

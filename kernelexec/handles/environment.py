@@ -1,8 +1,8 @@
 """A kernel's environment variables: the bridge's own, without what only the bridge may hold.
 
 Its own module, on the standard library only: ``kernelexec serve`` computes it for the kernel
-template before it imports anything else (kernelexec/cli.py), and the local and gateway
-handles for every kernel they start.
+template before it imports anything else (kernelexec/cli.py), and the local handle for every
+kernel it starts (handles/local.py).
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ from ..kernel.lane import RequestPipe, request_frame
 from ..kernel.resultpipe import ResultPipe
 from ..protocol import EVENTS_COMM
 from . import forking
-from .base import KernelHandle, LaunchSpec, execute_content, kernel_environment
+from .base import KernelHandle, LaunchSpec, execute_content
 from .channels import Channels
+from .environment import kernel_environment
 
 __all__ = ["EVENTS_COMM_ID", "LocalKernel", "default_launch_spec", "kernel_environment"]
 
