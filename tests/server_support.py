@@ -188,14 +188,21 @@ def bridge_env() -> dict[str, str]:
 class BridgeProcess:
     """`python -m kernelexec serve` as a child process; reads its ready line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+        python_options: tuple[str, ...] = (),
+    ) -> None:
         full_env = {**os.environ, **bridge_env(), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernelexec", "serve", "--port", "0", *args],
+            [sys.executable, *python_options, "-m", "kernelexec", "serve", "--port", "0", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,
+            pass_fds=pass_fds,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

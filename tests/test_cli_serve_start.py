@@ -89,6 +89,7 @@ def test_what_serve_imports_before_it_spawns_the_template_is_the_standard_librar
         "kernelexec",
         "kernelexec.cli",
         "kernelexec.handles",
+        "kernelexec.handles.early",
         "kernelexec.handles.environment",
         "kernelexec.handles.template",
         "kernelexec.kernel",

@@ -23,11 +23,8 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from importlib.metadata import EntryPoint
 from typing import Any
 
@@ -36,7 +33,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from . import template
 from .base import LaunchSpec
-from .template import KERNEL_MODULE
+from .template import KERNEL_MODULE, ForkedProcess
 
 __all__ = [
     "PROVISIONER",
@@ -59,52 +56,10 @@ _FORK_TIMEOUT = 10.0
 _ANSWER_SIZE = 4096
 
 
-class ForkedProcess:
-    """The part of :class:`subprocess.Popen` jupyter_client's LocalProvisioner uses, for a
-    child this process did not launch itself (a CLONE_PARENT sibling of the template)."""
-
-    stdin = stdout = stderr = None
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: gone, status unknown
-                self.returncode = -signal.SIGKILL
-            else:
-                if pid == self.pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired([str(self.pid)], timeout or 0.0)
-            time.sleep(0.005)
-        assert self.returncode is not None
-        return self.returncode
-
-    def send_signal(self, signum: int) -> None:
-        if self.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
 class KernelTemplate:
     """The template process and the socket to it; :meth:`fork` makes one kernel."""
 
-    def __init__(self, process: subprocess.Popen[bytes], ours: socket.socket) -> None:
+    def __init__(self, process: template.TemplateProcess, ours: socket.socket) -> None:
         self.process = process
         ours.setblocking(False)
         self._socket = ours

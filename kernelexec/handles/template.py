@@ -1,11 +1,12 @@
 """The kernel template: a process that has imported the kernel and forks kernels on demand.
 
-Started by the bridge (:mod:`.forking`) as ``python -m kernelexec.handles.template FD PID``
-with the bridge's own interpreter and environment. It imports what a kernel imports (ipykernel,
-IPython, zmq, debugpy, kernelexec's in-kernel runtime: ~0.3 s of the ~0.36 s a kernel takes
-to start, docs/performance.md) and then, single-threaded, waits on FD (one end of a
-SOCK_SEQPACKET socketpair only the bridge, PID, holds) for fork requests: one JSON datagram,
-the fds to pass with it.
+Forked by ``python -m kernelexec serve`` before its imports (:mod:`.early`,
+:func:`run_forked`), or spawned by the bridge as ``python -m kernelexec.handles.template FD
+PID`` (:func:`spawn`), with the bridge's own interpreter and environment. It imports what a
+kernel imports (ipykernel, IPython, zmq, kernelexec's in-kernel runtime: ~0.2 s of the
+~0.25 s a kernel takes to start, docs/performance.md) and then, single-threaded, waits on FD
+(one end of a SOCK_SEQPACKET socketpair only the bridge, PID, holds) for fork requests: one
+JSON datagram, the fds to pass with it.
 
 A fork request is answered with ``{"pid": N}`` or ``{"error": text}``. The child is made
 with ``clone(CLONE_PARENT)``: its parent is the bridge, not the template, so jupyter_client
@@ -22,6 +23,7 @@ the hash seed); the environment is the request's. The ``random`` module is resee
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -29,10 +31,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 from ..kernel.clone import can_clone_siblings, clone_sibling, die_with_parent
+from . import early
+from .environment import BRIDGE_SECRETS, kernel_environment
 
 #: what a kernel imports (kernelexec.kernel.app.main and the runtime's first op)
 PRELOAD = (
@@ -73,6 +78,52 @@ _MAX_REQUEST = 1 << 20
 _MAX_FDS = 8
 
 
+class ForkedProcess:
+    """The part of :class:`subprocess.Popen` jupyter_client's LocalProvisioner uses, for a
+    child this process did not launch itself (a CLONE_PARENT sibling of the template)."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: gone, status unknown
+                self.returncode = -signal.SIGKILL
+            else:
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired([str(self.pid)], timeout or 0.0)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+#: the template's process as the bridge holds it: spawned, or forked (kernelexec/handles/early.py)
+TemplateProcess = subprocess.Popen[bytes] | ForkedProcess
+
+
 def can_fork_kernels() -> bool:
     """Whether this machine has what the template needs (Linux, a known clone syscall)."""
     return can_clone_siblings()
@@ -81,10 +132,8 @@ def can_fork_kernels() -> bool:
 # ---------------------------------------------------------------- the bridge's side
 #: the environment variable that turns the template off (``0``) for a bridge
 SWITCH = "KERNELEXEC_KERNEL_TEMPLATE"
-#: room in the template's command line for the forked kernels' own (they write it there)
-_CMDLINE_ROOM = 1024
 #: a template spawned before the bridge's event loop runs (spawn_early), not yet adopted
-_early: tuple[subprocess.Popen[bytes], socket.socket] | None = None
+_early: tuple[TemplateProcess, socket.socket] | None = None
 
 
 def wanted() -> bool:
@@ -96,28 +145,33 @@ def spawn(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """Start ``python -m kernelexec.handles.template`` of this interpreter; the process and
     the bridge's end of the socket pair to it (forking.KernelTemplate speaks over it)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    padding = "-" * _CMDLINE_ROOM  # the forked kernels write their command line there
+    padding = "-" * early.ROOM  # the forked kernels write their command line there
     module = "kernelexec.handles.template"
     argv = [sys.executable, "-m", module, str(theirs.fileno()), str(os.getpid()), padding]
-    process = subprocess.Popen(
-        argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env
-    )
+    process = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
     theirs.close()
     return process, ours
 
 
 def spawn_early(env: dict[str, str]) -> None:
     """Start the template first thing in ``kernelexec serve`` (kernelexec/cli.py, before it
-    builds its parser): its imports (~0.35 s) then run beside the bridge's own on another core
+    builds its parser): its imports (~0.2 s) then run beside the bridge's own on another core
     instead of after them, and the first deploy's kernels are forked that much sooner. Once
-    only: a second call while it waits for adoption does nothing."""
+    only: a second call while it waits for adoption does nothing; nothing either when
+    ``kernelexec/__main__.py`` already forked it (:mod:`.early`)."""
     global _early
-    if _early is None and wanted():
+    if _early is not None:
+        return
+    forked = early.take_forked()
+    if forked is not None:
+        pid, fd = forked
+        _early = ForkedProcess(pid), socket.socket(fileno=fd)
+    elif wanted():
         _early = spawn(env)
 
 
-def take_early() -> tuple[subprocess.Popen[bytes], socket.socket] | None:
-    """The template spawn_early started, handed over once (None if there is none)."""
+def take_early() -> tuple[TemplateProcess, socket.socket] | None:
+    """The template spawn_early started (or adopted), handed over once (None if none)."""
     global _early
     early, _early = _early, None
     return early
@@ -257,6 +311,44 @@ def main(argv: list[str]) -> None:
         __import__(name)
     channel.send(b'{"ready": true}')
     _serve(channel)
+
+
+def run_forked(channel: int) -> NoReturn:
+    """The template forked by ``kernelexec/__main__.py`` (:mod:`.early`), on ``channel``: only
+    its own fds and the kernel environment, then :func:`main`. Never returns."""
+    parent = os.getppid()
+    code = 1
+    try:
+        os.closerange(3, channel)  # the node's socket, anything else of the bridge's
+        os.closerange(channel + 1, os.sysconf("SC_OPEN_MAX"))
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        env = kernel_environment()
+        os.environ.clear()  # unsetenv each: nothing points into the initial block any more
+        os.environ.update(env)
+        _blank_initial_environment(BRIDGE_SECRETS)
+        main([str(channel), str(parent)])
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _blank_initial_environment(names: tuple[str, ...]) -> None:
+    """Overwrite ``NAME=VALUE`` of ``names`` with NULs in this process's initial environment
+    block: the bridge's, secrets included, which /proc/PID/environ shows, and which every
+    kernel forked from the template would carry too (a spawned template's block is the kernel
+    environment already)."""
+    with open("/proc/self/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50 and 51)
+    offset = 0
+    for entry in ctypes.string_at(start, end - start).split(b"\0"):
+        if entry.partition(b"=")[0] in {name.encode() for name in names}:
+            ctypes.memset(start + offset, 0, len(entry))
+        offset += len(entry) + 1
 
 
 if __name__ == "__main__":

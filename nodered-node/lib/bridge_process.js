@@ -20,6 +20,7 @@ const { t } = require("./i18n");
 const READY_TIMEOUT_MS = 60000;
 const STOP_GRACE_MS = 3000;   // stdin EOF, then SIGTERM after this, then SIGKILL after twice this
 const STDERR_TAIL = 16384;
+const CMDLINE_ROOM = 1024;   // kernelexec/handles/early.py ROOM: the command line room of its forked kernels
 const REQUIRED_MODULES = /No module named '?([A-Za-z0-9_.]+)'?/;
 
 let log = { debug() {}, info() {}, warn() {}, error() {} };
@@ -79,7 +80,11 @@ class BridgeProcess {
     }
 
     spawn() {
-        const args = ["-m", "kernelexec", "serve", "--port", "0", "--watch-stdin", "--parent-pid", String(process.pid)];
+        // -X kernelexec_cmdline_room: room in the bridge's command line for its forked kernels' own;
+        // with it the bridge forks its kernel template first thing instead of spawning it
+        // (kernelexec/handles/early.py). An -X option: a bridge that does not know it ignores it.
+        const room = `kernelexec_cmdline_room=${" ".repeat(CMDLINE_ROOM)}`;
+        const args = ["-X", room, "-m", "kernelexec", "serve", "--port", "0", "--watch-stdin", "--parent-pid", String(process.pid)];
         const stdio = ["pipe", "pipe", "pipe"];
         if (useSocketPair()) {   // the node's connection: fd 3, see lib/pipe_socket.js
             args.push("--node-fd", "3");

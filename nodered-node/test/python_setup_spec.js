@@ -24,13 +24,14 @@ function script(dir, name, text) {
     return file;
 }
 
-/** The python of .venv, reporting kernelexec `version` (as a bridge of another release would). */
+/** The python of .venv, reporting kernelexec `version` (as a bridge of another release would); it
+ * drops the interpreter's -X option, as a bridge that does not know it ignores it. */
 function otherVersionPython(dir, version) {
     const venv = process.env.KERNELEXEC_PYTHON;
     const code = "import sys, importlib.metadata as m; v = m.version; " +
         `m.version = lambda n: '${version}' if n == 'kernelexec' else v(n); ` +
         "import runpy; sys.argv = ['kernelexec'] + sys.argv[1:]; runpy.run_module('kernelexec', run_name='__main__')";
-    return script(dir, "python", `shift 2\nexec ${venv} -c "${code}" "$@"`);
+    return script(dir, "python", `[ "$1" = -X ] && shift 2\nshift 2\nexec ${venv} -c "${code}" "$@"`);
 }
 
 describe("python_setup: errors that say what to do, nothing half-built", function () {
