@@ -244,12 +244,16 @@ def cold_startup_memory_lines(nr: dict[str, Any]) -> list[str]:
     start = nr.get("startup", {})
     if start:
         redeploys = ", ".join(f"{s:.2f}" for s in start.get("redeploy_s", []))
+        firsts = ", ".join(f"{s:.2f}" for s in start.get("first_deploy_runs_s", []))
         lines += [
             f"Deploy to first answer (4 workers, setup `import json`): first deploy including "
-            f"the bridge's start {fmt(start.get('first_deploy_s'))} s; redeploys with the "
+            f"the bridge's start {firsts or '-'} s (median {fmt(start.get('first_deploy_s'))} "
+            f"s: in a fresh Node-RED, then after the bridge of the last node exited); "
+            f"redeploys with the "
             f"bridge running {redeploys or '-'} s (median {fmt(start.get('p50_s'))} s). The "
             f"floor, measured the same way (a new floor node to its first answer): median "
-            f"{fmt(start.get('floor_p50_s'), 3)} s.",
+            f"{fmt(start.get('first_floor_p50_s'), 3)} s beside the first deploys, "
+            f"{fmt(start.get('floor_p50_s'), 3)} s beside the redeploys.",
             "",
         ]
     mem = nr.get("memory", {})

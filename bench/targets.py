@@ -70,16 +70,23 @@ def evaluate(nr: dict[str, Any]) -> list[Row]:
             ("≤ 3x floor", lambda r: r <= 3),
             ("≤ 1.5x floor", lambda r: r <= 1.5),
         )
-    floor_start = _get(nr, "startup", "floor_p50_s")
-    for label, key, must, aim in (
-        ("fresh Node-RED, bridge start included", "first_deploy_s", 6.0, 2.0),
-        ("redeploy, bridge running, setup `import json`", "p50_s", 4.0, 1.5),
+    # each against the floor's startup measured beside it (the same state of Node-RED)
+    first_floor = _get(nr, "startup", "first_floor_p50_s") or _get(nr, "startup", "floor_p50_s")
+    for label, key, floor_start, must, aim in (
+        ("bridge start included, median of 3", "first_deploy_s", first_floor, 6.0, 2.0),
+        (
+            "redeploy, bridge running, setup `import json`",
+            "p50_s",
+            _get(nr, "startup", "floor_p50_s"),
+            4.0,
+            1.5,
+        ),
     ):
         seconds = _get(nr, "startup", key)
         add(
             f"deploy to first answer, 4 workers ({label})",
             _ratio(seconds, floor_start),
-            lambda r, seconds=seconds: (
+            lambda r, seconds=seconds, floor_start=floor_start: (
                 f"{seconds:.2f} s = {r:.1f}x floor startup ({floor_start * 1000:.0f} ms)"
             ),
             (f"≤ {must:g}x floor startup", lambda r, must=must: r <= must),
