@@ -13,14 +13,19 @@ import pytest
 from server_support import TOKEN, BridgeProcess, Client, gone
 
 from kernelexec.handles import early, template
+from kernelexec.kernel import clone
 
-pytestmark = [
-    pytest.mark.skipif(not template.can_fork_kernels(), reason="no kernel template here"),
-    pytest.mark.asyncio(loop_scope="module"),
-]
+pytestmark = pytest.mark.skipif(not template.can_fork_kernels(), reason="no kernel template here")
 
 #: the interpreter option as lib/bridge_process.js passes it
 ROOM = ("-X", f"{early.ROOM_XOPTION}={' ' * early.ROOM}")
+
+
+def test_early_spells_what_it_cannot_import_as_its_homes_do() -> None:
+    """early.py imports nothing of kernelexec (it runs before any import); the two things it
+    must know anyway are checked against their homes here."""
+    assert set(early._MACHINES) == set(clone._SYS_CLONE)
+    assert early._SWITCH == template.SWITCH
 
 
 def _template_of(bridge: BridgeProcess) -> psutil.Process:
@@ -38,6 +43,7 @@ def _cmdline_bytes(pid: int) -> int:
     return len(Path(f"/proc/{pid}/cmdline").read_bytes())
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_the_template_is_forked_holding_no_fd_and_no_secret_of_the_bridge() -> None:
     """Forked, the template's command line area is the bridge's own (a spawned one has its
     own); it holds stdin (/dev/null), stdout, stderr and its socket only (not the bridge's
@@ -81,6 +87,7 @@ async def test_the_template_is_forked_holding_no_fd_and_no_secret_of_the_bridge(
         bridge.kill()
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_without_the_room_the_template_is_spawned() -> None:
     """A bridge started by hand (no room for the kernels' command lines) spawns its template
     as before: its command line area is its own."""

@@ -34,8 +34,11 @@ __all__ = ["ROOM", "ROOM_XOPTION", "fork_template", "take_forked"]
 ROOM = 1024
 #: the interpreter's ``-X`` option whose value (spaces) gives the command line that room
 ROOM_XOPTION = "kernelexec_cmdline_room"
-#: the machines whose clone syscall kernel/clone.py knows (a template needs it)
+#: the machines whose clone syscall kernel/clone.py knows (a template needs it), and
+#: template.SWITCH: spelled here, as importing their homes would cost what this module saves
+#: (tests/test_early_template.py checks they agree)
 _MACHINES = ("x86_64", "aarch64")
+_SWITCH = "KERNELEXEC_KERNEL_TEMPLATE"
 #: (pid, the bridge's end of the socket pair) of a forked template not yet adopted
 _forked: tuple[int, int] | None = None
 
@@ -73,7 +76,7 @@ def _wanted(argv: list[str]) -> bool:
         return False
     if not sys.platform.startswith("linux") or os.uname().machine not in _MACHINES:
         return False
-    return os.environ.get("KERNELEXEC_KERNEL_TEMPLATE", "1") != "0"
+    return os.environ.get(_SWITCH, "1") != "0"
 
 
 def _cmdline_room() -> int:
