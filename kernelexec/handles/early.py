@@ -52,9 +52,8 @@ def fork_template(argv: list[str]) -> int | None:
         return None
     import _socket
 
+    # non-inheritable, as every socket Python makes: no exec'ed process gets them
     ours, theirs = (s.detach() for s in _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET))
-    os.set_inheritable(ours, False)
-    os.set_inheritable(theirs, False)
     pid = os.fork()
     if pid == 0:
         os.close(ours)

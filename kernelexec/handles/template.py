@@ -79,8 +79,9 @@ _MAX_FDS = 8
 
 
 class ForkedProcess:
-    """The part of :class:`subprocess.Popen` jupyter_client's LocalProvisioner uses, for a
-    child this process did not launch itself (a CLONE_PARENT sibling of the template)."""
+    """The part of :class:`subprocess.Popen` jupyter_client's LocalProvisioner (and
+    forking.KernelTemplate) uses, for a child this process did not launch with Popen: a kernel
+    (a CLONE_PARENT sibling of the template), or the template forked by :mod:`.early`."""
 
     stdin = stdout = stderr = None
 
@@ -344,9 +345,10 @@ def _blank_initial_environment(names: tuple[str, ...]) -> None:
     with open("/proc/self/stat", "rb") as fh:
         fields = fh.read().rsplit(b")", 1)[1].split()
     start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50 and 51)
+    blanked = {name.encode() for name in names}
     offset = 0
     for entry in ctypes.string_at(start, end - start).split(b"\0"):
-        if entry.partition(b"=")[0] in {name.encode() for name in names}:
+        if entry.partition(b"=")[0] in blanked:
             ctypes.memset(start + offset, 0, len(entry))
         offset += len(entry) + 1
 

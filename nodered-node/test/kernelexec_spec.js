@@ -549,6 +549,21 @@ describe("kernelexec node life cycle", function () {
         });
     }
 
+    it("starts the bridge so that it forks its kernel template (the -X room of early.py)", async function () {
+        // a forked template's command line area is the bridge's own (kernelexec/handles/early.py);
+        // a spawned one has its own: without the room this falls back to spawning, silently
+        await S.load(N.kernelexecNode, S.tab([py("n1", "return msg"), { id: "out", type: "helper" }]));
+        const got = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: 1 });
+        await got;
+        const [bridge] = bridges.active();
+        const comm = (pid) => fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+        const cmdlineBytes = (pid) => fs.readFileSync(`/proc/${pid}/cmdline`).length;
+        const templates = S.processTree(bridge.child.pid).filter((pid) => comm(pid) === "kx-template");
+        assert.strictEqual(templates.length, 1, "one kernel template under the bridge");
+        assert.strictEqual(cmdlineBytes(templates[0]), cmdlineBytes(bridge.child.pid), "forked, not spawned");
+    });
+
     it("leaves no bridge, kernel or file behind after a redeploy and unload", async function () {
         const flow = S.tab([py("n1", "return msg", { workers: 2, finalize: "print('stopping')" }), { id: "out", type: "helper" }]);
         await S.load(N.kernelexecNode, flow);
