@@ -144,6 +144,9 @@ class PoolConfig:
     workdir: str = ""
     notebook: str = ""
     message_path: MessagePath = "lane"
+    #: the node's answer socket ({path, token}: the hello's ``answers``, kernel/answers.py):
+    #: set by the bridge's session for its own client's pools, not a config field
+    answers: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_dict(cls, node_id: str, data: dict[str, Any]) -> PoolConfig:

@@ -137,6 +137,9 @@ class Worker:
             node["result_fd"] = pipe.write_fd
             if lane is not None and self.config.message_path == "lane":
                 node["request_fd"] = lane.read_fd
+                offer = answer_offer(self.config, fork=self.fork)
+                if offer is not None:
+                    node["answers"] = offer
         self._pipe_fd = -1
         self._lane = False
         answer = await self._op({"op": KernelOp.INIT, "node": node}, error_cls=None)
@@ -391,6 +394,16 @@ class Worker:
                 finally:
                     self._sent_waiters.pop(req_id, None)
             self._sent_seen.pop(req_id, None)
+
+
+def answer_offer(config: PoolConfig, *, fork: bool) -> dict[str, str] | None:
+    """The node's answer socket for a kernel that may write plain results there itself
+    (kernel/answers.py): a hot kernel of a local pool on the lane, as the bridge's user,
+    unsandboxed (an isolated kernel's code is not trusted with a socket into Node-RED), of a
+    pool that does not keep order (the pool holds a result back until those before it came)."""
+    if not config.answers or fork or config.env.is_isolated or config.keep_order:
+        return None
+    return config.answers
 
 
 def _batch_item(job: Job, timeout: float) -> dict[str, Any]:

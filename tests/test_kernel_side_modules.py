@@ -18,6 +18,7 @@ STDLIB_ONLY = (
     "kernelexec.errors",
     "kernelexec.protocol",
     "kernelexec.kernel",
+    "kernelexec.kernel.answers",
     "kernelexec.kernel.blobs",
     "kernelexec.kernel.clone",
     "kernelexec.kernel.coldfork",

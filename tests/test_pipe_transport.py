@@ -7,91 +7,30 @@ side alone: the handshake, a message, the limit, the end of the connection, a ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import socket
-import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
 
 import psutil
 import pytest
 import pytest_asyncio
+from node_end import NodeEnd, started_bridge
 from server_support import bridge_env, still_running
 
-from kernelexec.protocol import PROTOCOL_VERSION, load_spec
+from kernelexec.protocol import load_spec
 
 pytestmark = pytest.mark.asyncio
-HEADER = struct.Struct(">I")
-
-
-class NodeEnd:
-    """The node's end of the socket pair, with the bridge process behind it."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], ours: socket.socket) -> None:
-        self.proc = proc
-        self.ours = ours
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_unix_connection(sock=self.ours)
-
-    def send(self, frame: Any) -> None:
-        assert self.writer is not None
-        self.send_raw(json.dumps(frame).encode())
-
-    def send_raw(self, body: bytes, size: int | None = None) -> None:
-        assert self.writer is not None
-        self.writer.write(HEADER.pack(len(body) if size is None else size) + body)
-
-    async def frame(self, kind: str, timeout: float = 60.0) -> dict[str, Any]:
-        """The next frame of type ``kind`` (others, e.g. pool_state starting, are skipped)."""
-        assert self.reader is not None
-        while True:
-            head = await asyncio.wait_for(self.reader.readexactly(HEADER.size), timeout)
-            body = await asyncio.wait_for(self.reader.readexactly(HEADER.unpack(head)[0]), timeout)
-            parsed = json.loads(body)
-            for frame in parsed if isinstance(parsed, list) else [parsed]:
-                if frame.get("type") == kind:
-                    return dict(frame)
 
 
 @pytest_asyncio.fixture
 async def node_end() -> AsyncIterator[NodeEnd]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    fd = theirs.fileno()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kernelexec", "serve", "--port", "0", "--node-fd", str(fd)],
-        pass_fds=(fd,),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, **bridge_env()},
-    )
-    theirs.close()
-    assert proc.stdout is not None
-    assert json.loads(proc.stdout.readline())["port"] > 0
-    end = NodeEnd(proc, ours)
-    await end.open()
-    try:
+    async with started_bridge() as end:
         yield end
-    finally:
-        assert end.writer is not None
-        end.writer.close()
-        with contextlib.suppress(OSError):
-            await end.writer.wait_closed()
-        if proc.poll() is None:
-            proc.terminate()
-        proc.communicate(timeout=30)
 
 
 async def greeted(end: NodeEnd) -> None:
-    end.send({"type": "hello", "protocol_version": PROTOCOL_VERSION, "client": "test"})
-    welcome = await end.frame("welcome")
-    assert welcome["protocol_version"] == PROTOCOL_VERSION
+    await end.greet()
 
 
 async def test_the_protocol_runs_over_the_socket_without_a_token(node_end: NodeEnd) -> None:

@@ -41,7 +41,8 @@ def test_the_pool_states_are_the_spec_s() -> None:
 def test_the_typed_protocol_data_has_the_spec_fields() -> None:
     """The RESULT the runtime builds (kernel/results.py) is the spec's result frame without
     what the bridge adds (node_id, timing; exec_ms becomes timing.exec_ms; status_events is
-    the worker's count, dropped), and ErrorObject is the spec's error object."""
+    the worker's count and delivered the answer socket's mark on the result pipe, both
+    dropped), and ErrorObject is the spec's error object."""
     import re
 
     from kernelexec.errors import ErrorObject
@@ -51,7 +52,7 @@ def test_the_typed_protocol_data_has_the_spec_fields() -> None:
     spec = load_spec()
     frame = set(spec["server_frames"]["result"]["fields"])
     result = Result.__required_keys__ | Result.__optional_keys__
-    assert result - {"exec_ms", "status_events"} == frame - {"node_id", "timing"}
+    assert result - {"exec_ms", "status_events", "delivered"} == frame - {"node_id", "timing"}
     assert TABLE in Result.__optional_keys__  # the runtime writes it by name
     error_fields = set(re.findall(r"(\w+):", spec["error_object"]))
     assert set(ErrorObject.__required_keys__) == error_fields

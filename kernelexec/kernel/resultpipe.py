@@ -82,7 +82,8 @@ class ResultWriter:
         """The answer to a lane request (kernelexec/kernel/lane.py), after its RESULTs."""
         self._write(frame)
 
-    def _encode(self, obj: Any) -> bytes:
+    def encode(self, obj: Any) -> bytes:
+        """``obj`` as the pipe's JSON (the answer socket's too: kernel/answers.py)."""
         if _orjson is not None:
             try:  # ~1 us; wire_pack imports on every call (~8 us)
                 return _orjson.dumps(obj, default=self._default, option=self._options)
@@ -91,7 +92,7 @@ class ResultWriter:
         return self._slow(obj)
 
     def _write(self, obj: Any) -> None:
-        frame = framed(self._encode(obj))
+        frame = framed(self.encode(obj))
         written = os.write(self.fd, frame)
         if written < len(frame):  # a frame larger than the pipe's free space
             view = memoryview(frame)[written:]

@@ -62,6 +62,8 @@ class Result(_ResultFields, total=False):
     blobs: list[dict[str, Any]]
     #: status events the message emitted (the worker's count, dropped before the protocol)
     status_events: int
+    #: the node has it already (the answer socket: kernel/answers.py; the result pipe only)
+    delivered: bool
 
 #: slots where the kernel's Python has them (3.10+); a gateway kernel may run Python 3.9
 _SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}

@@ -50,6 +50,7 @@ from ..errors import (
 )
 from ..protocol import RUNTIME_NAME, KernelOp
 from . import blobs, coldfork
+from .answers import AnswerSocket, answerable
 from .convert import Encoder, from_json
 from .guard import (
     Alarm,
@@ -194,6 +195,7 @@ class Runtime:
         self._func: Callable[..., Any] | None = None
         self._results: ResultWriter | None = None
         self._lane: RequestReader | None = None
+        self._answers: AnswerSocket | None = None
         self._ran = 0  # messages of the current batch whose code was started
         self._lock = threading.RLock()
         self._active: Request | None = None
@@ -230,6 +232,7 @@ class Runtime:
         if self.shell is not None:  # a kernel: RESULTs go down the bridge's pipe (resultpipe)
             self._results = ResultWriter.adopt(info.get("result_fd"))
             self._adopt_lane(info.get("request_fd"))
+            self._connect_answers(info.get("answers"))
         if self.shell is not None and os.path.isdir(self.workdir):
             os.chdir(self.workdir)
         self.user_ns.update(
@@ -240,7 +243,18 @@ class Runtime:
             answer["result_pipe"] = self._results is not None
         if self.shell is not None and "request_fd" in info:  # the worker uses the lane if true
             answer["lane"] = self._lane is not None
+        if self.shell is not None and "answers" in info:
+            answer["answers"] = self._answers is not None
         return answer
+
+    def _connect_answers(self, offer: Any) -> None:
+        """Hand plain results to the node itself when it offers a socket (kernel/answers.py):
+        hot kernels with a result pipe only."""
+        if self._answers is not None:
+            self._answers.close()
+            self._answers = None
+        if self._results is not None and not self.fork:
+            self._answers = AnswerSocket.connect(offer, self.node_id, self._results.encode)
 
     def _adopt_lane(self, fd: Any) -> None:
         """Read the ops after init from the bridge's request pipe (kernelexec/kernel/lane.py)."""
@@ -385,10 +399,17 @@ class Runtime:
             self._ran += 1
             result = self.run_message(item.get("msg"), req_id, timeout, item.get(blobs.TABLE))
             if stream is not None:
+                self._deliver(item, result)
                 stream.result(result)
             else:
                 results.append(result)
         return results
+
+    def _deliver(self, item: dict[str, Any], result: Result) -> None:
+        """The node gets a plain result first, straight from here (kernel/answers.py)."""
+        answers = self._answers
+        if answers is not None and answerable(item, result) and answers.deliver(result):
+            result["delivered"] = True
 
     def _run_op(self, request: dict[str, Any]) -> dict[str, Any]:
         stream = self._results if request.get("stream") else None

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ErrorObject, QueueFullError
+from ..kernel.answers import DELIVERED
 from ..kernel.results import failed_result
 from .frames import FrameError, describe, error_object
 from .registry import PoolEntry
@@ -156,7 +157,8 @@ class Executions:
         seconds = _exec_seconds(result)
         if seconds is not None and entry.latency is not None:
             entry.latency.observe(seconds)
-        self._send(result)
+        if not result.pop(DELIVERED, False):  # else the kernel gave it to the node itself
+            self._send(result)
         entry.load_changed()
 
     def _closed(self, entry: PoolEntry) -> ErrorObject:

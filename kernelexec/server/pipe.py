@@ -31,6 +31,10 @@ log = logging.getLogger("kernelexec.server")
 class PipeConnection(asyncio.Protocol):
     """One node connection over an inherited socket: a :class:`ClientSession`'s transport."""
 
+    #: the client is the Node-RED that started this bridge, on this machine (it may offer its
+    #: answer socket: kernel/answers.py)
+    started_by_client = True
+
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         #: The largest message the node may send (what the WebSocket handler allows).

@@ -52,6 +52,8 @@ __all__ = ["ClientSession", "Transport"]
 log = logging.getLogger("kernelexec.server")
 
 _BEFORE_HELLO = frozenset({"hello", "ping"})
+#: sun_path holds 108 bytes with its NUL
+_MAX_SOCKET_PATH = 107
 
 
 def _describe_request(request: dict[str, Any]) -> str:
@@ -79,6 +81,8 @@ class ClientSession:
         self.transport = transport
         self.greeted = False
         self.ended: str | None = None
+        #: the node's answer socket, from its hello (kernel/answers.py)
+        self.answers: dict[str, str] | None = None
         self._contexts: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ctx_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +185,7 @@ class ClientSession:
             reason = f"protocol version mismatch: bridge speaks {PROTOCOL_VERSION}"
             self.transport.close(1002, reason)
             return
+        self.answers = self._answer_offer(frame.get("answers"))
         self.greeted = True
         log.info("Connection from %.80s, protocol %.20s", frame["client"], version)
         self._check_client_version(str(frame["client"]))
@@ -194,6 +199,27 @@ class ClientSession:
         })  # fmt: skip
         self.flush()  # the welcome goes alone: the client learns from it that arrays may come
         self._outbox.batch = batching(version)
+
+    def _answer_offer(self, offer: Any) -> dict[str, str] | None:
+        """The hello's answer socket, taken only from the node that started this bridge (over
+        the socket pair): a path its kernels connect to must be the node's own."""
+        if offer is None or not getattr(self.transport, "started_by_client", False):
+            return None
+        path, token = offer.get("path"), offer.get("token")
+        if (
+            not isinstance(path, str)
+            or not os.path.isabs(path)
+            or len(path.encode()) > _MAX_SOCKET_PATH
+            or not isinstance(token, str)
+            or not 16 <= len(token) <= 256
+        ):
+            msg = (
+                f"hello: answers {describe(offer)} is not {{path, token}} with an absolute "
+                f"socket path of at most {_MAX_SOCKET_PATH} bytes and a token of 16-256 "
+                "characters; leave it out to have every result sent by the bridge"
+            )
+            raise FrameError(msg)
+        return {"path": path, "token": token}
 
     def _check_client_version(self, client: str) -> None:
         """The Node-RED package and this bridge come in pairs: say so when they differ.
@@ -223,6 +249,8 @@ class ClientSession:
             raise FrameError(msg, "POOL_CLOSED", node_id=node_id)
         try:
             config = self._with_default_gateway(PoolConfig.from_dict(node_id, frame["config"]))
+            if self.answers is not None:
+                config = config.replace(answers=self.answers)
         except ConfigError as exc:
             self._refuse_config(node_id, exc.to_dict())
             return

@@ -20,6 +20,7 @@
 "use strict";
 const crypto = require("crypto");
 const WebSocket = require("ws");
+const { AnswerServer } = require("./answers");
 const { PipeSocket } = require("./pipe_socket");
 const { BridgeProcess, bridgeError, setLogger: setProcessLogger } = require("./bridge_process");
 const { Outbox } = require("./outbox");
@@ -70,6 +71,8 @@ class Bridge {
         this.stopping = null;
         this.generation = 0;
         this.outbox = new Outbox((text) => this.isOpen() && this.ws.send(text));
+        // results the kernels of a bridge we started write themselves (lib/answers.js)
+        this.answers = new AnswerServer(protocol.MAX_FRAME_BYTES, (nodeId, frame) => this.answered(nodeId, frame));
         this.inbox = [];         // received messages not dispatched yet: {frames, next, generation}
         this.draining = false;
         this.drainTimer = null;
@@ -192,7 +195,7 @@ class Bridge {
     use(ws, generation, url) {
         this.ws = ws;
         this.outbox.drop();   // single frames until this connection's welcome says otherwise
-        ws.on("open", () => this.sendRaw({ type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME }));
+        ws.on("open", () => this.sendRaw(this.hello(ws)));
         ws.on("message", (data) => this.receive(data, generation));
         ws.on("error", (err) => {
             if (this.state === BridgeState.STARTING && this.generation === generation) {
@@ -217,6 +220,27 @@ class Bridge {
                 this.fail(generation, bridgeError("BRIDGE_FAILED", t("kernelexec.error.connectFailed", { url, error: "closed" })));
             }
         });
+    }
+
+    hello(ws) {
+        const hello = { type: "hello", protocol_version: protocol.PROTOCOL_VERSION, client: CLIENT_NAME };
+        const offer = ws instanceof PipeSocket && !process.env.KERNELEXEC_NO_ANSWERS ? this.answers.listen() : null;
+        if (offer) {
+            hello.answers = offer;
+        }
+        return hello;
+    }
+
+    /** A result a kernel wrote to the answer socket: its node takes it like the bridge's. */
+    answered(nodeId, frame) {
+        const client = this.clients.get(nodeId);
+        if (client && this.ready) {
+            if (client.onAnswer) {
+                client.onAnswer(frame);
+            } else {
+                client.frame(frame);
+            }
+        }
     }
 
     receive(data, generation) {
@@ -490,7 +514,10 @@ class Bridge {
             }
             const proc = this.process;
             this.process = null;
-            (proc ? proc.stop() : Promise.resolve()).then(resolve);
+            (proc ? proc.stop() : Promise.resolve()).then(() => {
+                this.answers.close();
+                resolve();
+            });
         });
         return this.stopping;
     }

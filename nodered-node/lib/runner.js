@@ -122,6 +122,7 @@ class Runner {
         this.delivery = Promise.resolve();
         this.deliveries = 0;   // deliveries waiting in the chain (reading blob files)
         this.kept = new Map();   // _msgid -> {props, active, timer}: what stayed on the JS side
+        this.releasing = false;   // releaseAnswers() is running
         this.status = new PoolStatus(node, config.mode);
         this.links = new nodeops.LinkCalls(node);
         // hot mode keeps one warm blob file for the next large Buffer (lib/blob_spare.js)
@@ -207,11 +208,12 @@ class Runner {
 
     onResult(frame) {
         const req = this.inflight.get(frame.req_id);
-        if (!req) {
+        if (!req || req.result) {   // a second result: the kernel answered first (lib/answers.js)
             codec.discardBlobs(frame, this.bridge && this.bridge.blobDir);
             return;
         }
         req.result = true;
+        req.answer = null;   // the bridge's came first (e.g. the kernel died after answering)
         // node.error(text, msg) in Python fails the request: its text is both a log line and
         // the result's error; report it once, through done(err).
         const failure = frame.error ? frame.error.message : null;
@@ -248,6 +250,51 @@ class Runner {
             pending.then(complete, (err) => this.finish(req, err));
         } else {
             complete();
+        }
+        this.releaseAnswers();
+    }
+
+    /**
+     * A result a kernel wrote to the answer socket (lib/answers.js) before the bridge heard of
+     * it. One worker runs messages in the order they came and the bridge sends their results
+     * in that order, so with one worker an answer waits until every earlier message has its
+     * result: it must not overtake one the bridge is still sending (a result after node.send
+     * frames, or with blob files). Several workers promise no order (keepOrder pools get no
+     * answers: the bridge orders their results).
+     */
+    onAnswer(frame) {
+        const req = this.inflight.get(frame.req_id);
+        if (!req || req.result) {
+            return;
+        }
+        if (this.config.workers > 1) {
+            this.onResult(frame);
+            return;
+        }
+        req.answer = frame;
+        this.releaseAnswers();
+    }
+
+    /** The answers no earlier message is waiting before, in order (see onAnswer). */
+    releaseAnswers() {
+        if (this.releasing) {
+            return;
+        }
+        this.releasing = true;
+        try {
+            for (const req of Array.from(this.inflight.values())) {   // in the order they came
+                if (req.result || req.finished) {
+                    continue;
+                }
+                if (!req.answer) {
+                    return;
+                }
+                const frame = req.answer;
+                req.answer = null;
+                this.onResult(frame);
+            }
+        } finally {
+            this.releasing = false;
         }
     }
 
@@ -378,7 +425,7 @@ class Runner {
     execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
         const req = {
-            reqId, files: NO_FILES, mine: null, result: false, finished: false, held: false,
+            reqId, files: NO_FILES, mine: null, result: false, finished: false, held: false, answer: null,
             msg: item.msg, send: item.send, done: item.done,
         };
         this.inflight.set(reqId, req);
@@ -544,6 +591,7 @@ class Runner {
         if (this.bridge) {
             this.bridge.untrack(req.reqId);
         }
+        this.releaseAnswers();
         if (req.files.length > 0) {
             codec.removeFiles(codec.keepOne(req.files, this.spare, req.mine));
         }

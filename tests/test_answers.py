@@ -1,0 +1,202 @@
+"""The answer socket (kernelexec/kernel/answers.py): a local hot kernel writes a plain result
+to the node itself, and the bridge then sends none; everything else still comes from the
+bridge. A real bridge on the socket pair Node-RED gives it, real kernels, and a listener in a
+0700 directory playing the node's side (nodered-node/lib/answers.js is the real one, tested
+with Node-RED in nodered-node/test)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from node_end import HEADER, NodeEnd, started_bridge
+from server_support import Client, start_server
+
+from kernelexec.config import EnvConfig, PoolConfig
+from kernelexec.kernel.answers import MAX_FRAME, answerable
+from kernelexec.protocol import PROTOCOL_VERSION
+from kernelexec.worker import answer_offer
+
+TOKEN = "a" * 48
+
+
+class AnswerListener:
+    """The node's answer socket: every frame each connection sends, in order."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="kx-answers-")  # mode 0700
+        self.path = os.path.join(self.dir, "answers")
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.server: asyncio.AbstractServer | None = None
+        self.connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    @property
+    def offer(self) -> dict[str, str]:
+        return {"path": self.path, "token": TOKEN}
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._connected, self.path)
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections[task] = writer
+        try:
+            while True:
+                head = await reader.readexactly(HEADER.size)
+                body = await reader.readexactly(HEADER.unpack(head)[0])
+                await self.frames.put(json.loads(body))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def next(self, timeout: float = 60.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.frames.get(), timeout)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task, writer in self.connections.items():
+            writer.close()
+            task.cancel()
+        await asyncio.gather(*self.connections, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def listener() -> AsyncIterator[AnswerListener]:
+    answers = AnswerListener()
+    await answers.start()
+    try:
+        yield answers
+    finally:
+        await answers.close()
+
+
+@pytest_asyncio.fixture
+async def node_end() -> AsyncIterator[NodeEnd]:
+    async with started_bridge() as end:
+        yield end
+
+
+async def configured(end: NodeEnd, code: str, **greeting: Any) -> None:
+    await end.greet(**greeting)
+    end.send({"type": "configure", "node_id": "n1", "config": {"code": code}})
+    while (await end.frame("pool_state"))["state"] != "ready":
+        pass
+
+
+def execute(end: NodeEnd, req_id: str, msg: dict[str, Any]) -> None:
+    end.send({"type": "execute", "node_id": "n1", "req_id": req_id, "msg": msg})
+
+
+@pytest.mark.asyncio
+async def test_a_plain_result_comes_from_the_kernel_and_not_from_the_bridge(
+    node_end: NodeEnd, listener: AnswerListener
+) -> None:
+    code = "if msg.get('send'):\n    node.send({'payload': 'early'})\nreturn msg"
+    await configured(node_end, code, answers=listener.offer)
+    assert await listener.next() == {"token": TOKEN, "node_id": "n1"}  # the kernel says who
+    execute(node_end, "r1", {"payload": 1})
+    answer = await listener.next()
+    assert answer["type"] == "result" and answer["node_id"] == "n1" and answer["req_id"] == "r1"
+    assert answer["outputs"] == [[{"payload": 1}]] and answer["error"] is None
+    assert "delivered" not in answer and set(answer["timing"]) == {"queued_ms", "exec_ms"}
+    # a message with a node.send goes through the bridge (its send frame comes first); the
+    # bridge handles r1's RESULT before r2's, so a result frame for r1 would come before it
+    execute(node_end, "r2", {"payload": 2, "send": True})
+    frames = await node_end.frames_until("result")
+    assert [f["type"] for f in frames if f["type"] in ("send", "result")] == ["send", "result"]
+    assert frames[-1]["req_id"] == "r2" and frames[-1]["sent"] == 1
+    assert listener.frames.empty()
+
+
+@pytest.mark.asyncio
+async def test_a_result_too_large_for_the_socket_comes_from_the_bridge(
+    node_end: NodeEnd, listener: AnswerListener
+) -> None:
+    await configured(node_end, "return msg", answers=listener.offer)
+    await listener.next()  # the kernel's introduction
+    big = "x" * (MAX_FRAME + 1)  # a string: inline, no blob file
+    execute(node_end, "r1", {"payload": big})
+    result = await node_end.frame("result")
+    assert result["req_id"] == "r1" and result["outputs"] == [[{"payload": big}]]
+    execute(node_end, "r2", {"payload": 2})  # the socket still serves
+    assert (await listener.next())["req_id"] == "r2"
+
+
+@pytest.mark.asyncio
+async def test_without_a_socket_to_connect_to_every_result_comes_from_the_bridge(
+    node_end: NodeEnd, listener: AnswerListener
+) -> None:
+    offer = {"path": listener.path + "-missing", "token": TOKEN}
+    await configured(node_end, "return msg", answers=offer)
+    for n in range(3):
+        execute(node_end, f"r{n}", {"payload": n})
+        assert (await node_end.frame("result"))["outputs"] == [[{"payload": n}]]
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_offer_is_refused_with_what_to_send(node_end: NodeEnd) -> None:
+    node_end.send({
+        "type": "hello",
+        "protocol_version": PROTOCOL_VERSION,
+        "client": "test",
+        "answers": {"path": "relative/answers", "token": TOKEN},
+    })  # fmt: skip
+    error = await node_end.frame("error")
+    assert "hello: answers" in error["error"]["message"]
+    assert "absolute socket path" in error["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_an_offer_over_the_websocket_is_ignored(listener: AnswerListener) -> None:
+    """Only the node that started the bridge (the socket pair) may name a path for kernels."""
+    server = await start_server()
+    client = await Client.connect(server.port, hello=False)
+    try:
+        hello = {"protocol_version": PROTOCOL_VERSION, "client": "pytest"}
+        await client.send(type="hello", answers=listener.offer, **hello)
+        assert (await client.next(lambda f: f["type"] in ("welcome", "error")))["type"] == "welcome"
+        await client.configure("n1", code="return msg")
+        result = await client.execute("n1", "r1", {"payload": 1})
+        assert result["outputs"] == [[{"payload": 1}]]
+        assert listener.frames.empty()
+    finally:
+        client.close()
+        await server.stop("test done")
+
+
+def test_only_local_unsandboxed_hot_unordered_kernels_get_the_offer() -> None:
+    offer = {"path": "/tmp/x/answers", "token": TOKEN}
+    plain = PoolConfig(node_id="n", answers=offer)
+    assert answer_offer(plain, fork=False) == offer
+    assert answer_offer(plain, fork=True) is None  # cold: a child per message
+    assert answer_offer(PoolConfig(node_id="n"), fork=False) is None  # no offer
+    assert answer_offer(plain.replace(keep_order=True), fork=False) is None  # results in order
+    for env in (
+        EnvConfig(memory_limit="512M"),
+        EnvConfig(cpu_limit=0.5),
+        EnvConfig(network=False),
+        EnvConfig(user="nobody"),
+    ):
+        assert answer_offer(plain.replace(env=env), fork=False) is None, env
+
+
+def test_what_the_node_may_have_first() -> None:
+    result: Any = {"req_id": "r", "outputs": [[]], "sent": 0}
+    assert answerable({}, result)
+    assert not answerable({}, {**result, "sent": 1})  # its send frames come through the bridge
+    assert not answerable({}, {**result, "status_events": 1})
+    assert not answerable({}, {**result, "blobs": [{"name": "f", "size": 1}]})
+    assert not answerable({"blobs": [{"name": "f", "size": 1}]}, result)  # input files
