@@ -230,6 +230,8 @@ class Pool:
             bootstrap_code=self._kernels.bootstrap_code,
         )
         worker.on_event = self._forward_event
+        worker.direct.on_result = self._direct_result
+        worker.direct.on_lost = self._kernel_lost
         kernel.on_stdin = self._answer_context
         kernel.on_stream = self._forward_stream
         return worker
@@ -493,6 +495,17 @@ class Pool:
         return result
 
     # -- to and from the kernel ---------------------------------------------------------
+    def _direct_result(self, result: dict[str, Any]) -> None:
+        """The RESULT of a message the node wrote to a kernel itself (kernelexec/directruns.py):
+        counted; sent as a result frame unless the kernel delivered it."""
+        result = self._finish(result, 0.0)
+        if not result.pop("delivered", False):
+            self.hooks.on_event(self.config.node_id, {**result, "type": "result"})
+
+    def _kernel_lost(self, pid: int, started: str | None) -> None:
+        event = {"type": "kernel_lost", "pid": pid, "started": started}
+        self.hooks.on_event(self.config.node_id, event)
+
     def _forward_event(self, event: dict[str, Any]) -> None:
         self.hooks.on_event(self.config.node_id, event)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import PoolConfig
+from .directruns import DirectRuns
 from .errors import (
     ExecutionTimeoutError,
     KernelDiedError,
@@ -106,7 +107,10 @@ class Worker:
         self._pipe_fd = -1
         #: Whether ``run`` ops take the lane (the runtime adopted the request pipe too).
         self._lane = False
+        #: The messages the node wrote to the kernel itself (kernelexec/directruns.py).
+        self.direct = DirectRuns(self, BACKSTOP_GRACE, INTERRUPT_GRACE)
         kernel.on_event = self._on_kernel_event
+        kernel.on_death = self._kernel_died
 
     @property
     def name(self) -> str:
@@ -140,6 +144,9 @@ class Worker:
                 offer = answer_offer(self.config, fork=self.fork)
                 if offer is not None:
                     node["answers"] = offer
+                    node["timeout"] = self.config.timeout  # for the node's direct requests
+                    node["setup_follows"] = bool(self.config.setup.strip())
+                    pipe.direct = self.direct
         self._pipe_fd = -1
         self._lane = False
         answer = await self._op({"op": KernelOp.INIT, "node": node}, error_cls=None)
@@ -216,6 +223,7 @@ class Worker:
             log.warning("Stop code of %s did not finish cleanly: %s", self.name, exc)
         finally:
             self.state = WorkerState.CLOSED
+            self.direct.close()
             await self.kernel.shutdown(now=not self.kernel.is_alive())
 
     # -- messages ---------------------------------------------------------------------
@@ -367,8 +375,8 @@ class Worker:
             self.on_event(event)
 
     def _count_send(self, req_id: str, table: Any = None) -> None:
-        if req_id not in self._batch_ids:  # a late event of a batch that is over: no entry
-            return
+        if req_id not in self._batch_ids and not self._direct_run(req_id):
+            return  # a late event of a batch that is over: no entry
         if isinstance(table, list) and table:
             names = self._sent_files.setdefault(req_id, set())
             names.update(str(entry.get("name")) for entry in table if isinstance(entry, dict))
@@ -377,6 +385,45 @@ class Worker:
         waiter = self._sent_waiters.get(req_id)
         if waiter is not None and seen >= waiter[0] and not waiter[1].done():
             waiter[1].set_result(None)
+
+    def _direct_run(self, req_id: str) -> bool:
+        """Whether ``req_id`` is a direct run's (kernelexec/directruns.py). Its batch frame is
+        on the result pipe before any of its events exists, but the events come on IOPub and
+        may be read first: the pipe is drained then."""
+        if req_id in self.direct.tracked:
+            return True
+        pipe = self._result_pipe()
+        if pipe is None or pipe.direct is not self.direct:
+            return False
+        pipe.drain()
+        return req_id in self.direct.tracked
+
+    async def wait_for_sends(self, result: dict[str, Any]) -> None:
+        """A direct run's send and status events are in (kernelexec/directruns.py)."""
+        try:
+            await self._wait_for_sends([result])
+        finally:
+            self._sent_files.pop(str(result.get("req_id")), None)
+
+    def _kernel_died(self) -> None:
+        """The kernel process exited (LocalKernel's watcher): a direct run on it fails, and
+        the node learns that its other direct requests to it never started."""
+        pipe = self._result_pipe()
+        if pipe is None or pipe.direct is not self.direct:
+            return
+        pipe.drain()  # a RESULT written before the death ends the direct run first
+        current = self.direct.current
+        if current is not None:
+            self._drop_unsent_files(current)
+            self._sent_files.pop(current, None)
+        self.direct.kernel_died(self.kernel.pid)
+
+    async def restart_after_direct(self) -> None:
+        """A direct run did not stop when interrupted (kernelexec/directruns.py)."""
+        try:
+            await self.restart()
+        except Exception as exc:  # the pool retries failed workers with backoff
+            log.error("Kernel %s could not be restarted: %s", self.name, exc)
 
     async def _wait_for_sends(self, results: list[dict[str, Any]]) -> None:
         """Deliver a request's node.send() messages and node.status() updates before its

@@ -58,19 +58,38 @@ class AnswerListener:
         finally:
             writer.close()
 
+    def send(self, *frames: dict[str, Any]) -> None:
+        """Write frames to the kernel that connected last, in one write (as the node does)."""
+        writer = list(self.connections.values())[-1]
+        writer.write(b"".join(HEADER.pack(len(b)) + b for b in map(_json_bytes, frames)))
+
+    async def introduced(self) -> int:
+        """The next kernel's introduction and its ready frame; its pid."""
+        hello = await self.next()
+        assert hello["token"] == TOKEN and hello["node_id"] == "n1"
+        assert await self.next() == {"type": "ready"}
+        return int(hello["pid"])
+
     async def next(self, timeout: float = 60.0) -> dict[str, Any]:
         return await asyncio.wait_for(self.frames.get(), timeout)
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        for task, writer in self.connections.items():
-            writer.close()
-            task.cancel()
+        for writer in self.connections.values():
+            writer.close()  # its reader sees the end: the task ends
         await asyncio.gather(*self.connections, return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _json_bytes(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame).encode()
+
+
+def direct(req_id: str, msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "execute", "node_id": "n1", "req_id": req_id, "msg": msg}
 
 
 @pytest_asyncio.fixture
@@ -89,9 +108,12 @@ async def node_end() -> AsyncIterator[NodeEnd]:
         yield end
 
 
-async def configured(end: NodeEnd, code: str, **greeting: Any) -> None:
+async def configured(
+    end: NodeEnd, code: str, *, setup: str = "", timeout: float = 0, **greeting: Any
+) -> None:
     await end.greet(**greeting)
-    end.send({"type": "configure", "node_id": "n1", "config": {"code": code}})
+    config = {"code": code, "setup": setup, "timeout": timeout}
+    end.send({"type": "configure", "node_id": "n1", "config": config})
     while (await end.frame("pool_state"))["state"] != "ready":
         pass
 
@@ -106,7 +128,9 @@ async def test_a_plain_result_comes_from_the_kernel_and_not_from_the_bridge(
 ) -> None:
     code = "if msg.get('send'):\n    node.send({'payload': 'early'})\nreturn msg"
     await configured(node_end, code, answers=listener.offer)
-    assert await listener.next() == {"token": TOKEN, "node_id": "n1"}  # the kernel says who
+    hello = await listener.next()  # the kernel says who it is
+    assert hello["token"] == TOKEN and hello["node_id"] == "n1" and hello["pid"] > 0
+    assert await listener.next() == {"type": "ready"}  # no setup: it takes requests at once
     execute(node_end, "r1", {"payload": 1})
     answer = await listener.next()
     assert answer["type"] == "result" and answer["node_id"] == "n1" and answer["req_id"] == "r1"
@@ -127,6 +151,7 @@ async def test_a_result_too_large_for_the_socket_comes_from_the_bridge(
 ) -> None:
     await configured(node_end, "return msg", answers=listener.offer)
     await listener.next()  # the kernel's introduction
+    await listener.next()  # ready
     big = "x" * (MAX_FRAME + 1)  # a string: inline, no blob file
     execute(node_end, "r1", {"payload": big})
     result = await node_end.frame("result")
@@ -200,3 +225,91 @@ def test_what_the_node_may_have_first() -> None:
     assert not answerable({}, {**result, "status_events": 1})
     assert not answerable({}, {**result, "blobs": [{"name": "f", "size": 1}]})
     assert not answerable({"blobs": [{"name": "f", "size": 1}]}, result)  # input files
+
+
+SEND_OR_DIE = """
+import os
+if msg.get('die'):
+    os._exit(3)
+if msg.get('send'):
+    node.send({'payload': 'early'})
+msg['payload'] = msg['payload'] + base
+return msg
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_message_the_node_writes_to_the_kernel_runs_after_setup_and_answers_there(
+    node_end: NodeEnd, listener: AnswerListener
+) -> None:
+    await configured(node_end, SEND_OR_DIE, setup="base = 40", answers=listener.offer)
+    await listener.introduced()  # ready comes after the setup ran
+    listener.send(direct("d1", {"payload": 2}))
+    answer = await listener.next()
+    assert answer["req_id"] == "d1" and answer["outputs"] == [[{"payload": 42}]]
+    # with a send, the bridge brings the send frame and then the result; nothing more here
+    listener.send(direct("d2", {"payload": 1, "send": True}))
+    frames = await node_end.frames_until("result")
+    assert [f["type"] for f in frames if f["type"] in ("send", "result")] == ["send", "result"]
+    assert frames[-1]["req_id"] == "d2"
+    assert frames[-1]["outputs"] == [[{"payload": 41, "send": True}]]
+    # the bridge's own path still works, and it sent nothing for d1
+    execute(node_end, "r3", {"payload": 0, "send": True})
+    frames = await node_end.frames_until("result")
+    assert [f.get("req_id") for f in frames if f["type"] == "result"] == ["r3"]
+    assert listener.frames.empty()
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_that_dies_on_a_direct_message_fails_it_and_says_the_next_never_started(
+    node_end: NodeEnd, listener: AnswerListener
+) -> None:
+    await configured(node_end, SEND_OR_DIE, setup="base = 0", answers=listener.offer)
+    pid = await listener.introduced()
+    listener.send(direct("d1", {"payload": 1, "die": True}), direct("d2", {"payload": 2}))
+    frames = await node_end.frames_until("kernel_lost")
+    results = [f for f in frames if f["type"] == "result"]
+    assert [(r["req_id"], r["error"]["code"]) for r in results] == [("d1", "KERNEL_DIED")]
+    assert frames[-1] == {"type": "kernel_lost", "node_id": "n1", "pid": pid, "started": "d1"}
+    # d2 never started: the node sends it to the bridge, which starts a fresh kernel for it
+    execute(node_end, "d2", {"payload": 2})
+    assert await listener.introduced() != pid
+    answer = await listener.next()  # a plain result of the fresh kernel: on the socket
+    assert answer["req_id"] == "d2" and answer["outputs"] == [[{"payload": 2}]]
+
+
+@pytest.mark.asyncio
+async def test_a_direct_message_past_the_timeout_fails_with_timeout(
+    node_end: NodeEnd, listener: AnswerListener
+) -> None:
+    code = "if msg.get('spin'):\n    while True:\n        pass\nreturn msg"
+    await configured(node_end, code, timeout=0.3, answers=listener.offer)
+    pid = await listener.introduced()
+    listener.send(direct("d1", {"spin": True}))
+    answer = await listener.next()  # the kernel's own timeout stopped the code
+    assert answer["req_id"] == "d1" and answer["error"]["code"] == "TIMEOUT"
+    listener.send(direct("d2", {"payload": 5}))
+    assert (await listener.next())["outputs"] == [[{"payload": 5}]]  # the same kernel goes on
+    assert pid > 0
+
+
+@pytest.mark.asyncio
+async def test_a_direct_message_that_ignores_the_interrupt_restarts_the_kernel(
+    node_end: NodeEnd, listener: AnswerListener
+) -> None:
+    code = (
+        "import signal, time\n"
+        "if msg.get('stuck'):\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGALRM})\n"
+        "    time.sleep(60)\n"
+        "return msg"
+    )
+    await configured(node_end, code, timeout=0.2, answers=listener.offer)
+    pid = await listener.introduced()
+    listener.send(direct("d1", {"stuck": True}))
+    result = await node_end.frame("result")  # the bridge's backstop: interrupt, then restart
+    assert result["req_id"] == "d1" and result["error"]["code"] == "TIMEOUT"
+    assert "did not stop when interrupted" in result["error"]["message"]
+    assert await listener.introduced() != pid  # the fresh kernel connects, ready again
+    listener.send(direct("d2", {"payload": 1}))
+    assert (await listener.next())["outputs"] == [[{"payload": 1}]]

@@ -80,6 +80,8 @@ class KernelHandle(ABC):
     on_event: EventCallback | None = None
     on_stdin: StdinCallback | None = None
     on_stream: StreamCallback | None = None
+    #: Local kernels: called when the process exits on its own (not a shutdown or restart).
+    on_death: Callable[[], None] | None = None
     #: Local kernels: the pipe down which the runtime streams RESULTs (kernel/resultpipe.py).
     result_pipe: ResultPipe | None = None
     #: Local kernels: the pipe that carries ``run`` ops into the kernel (kernelexec.kernel.lane).

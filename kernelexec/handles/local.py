@@ -339,6 +339,8 @@ class LocalKernel(KernelHandle):
             death.set_result(None)
         if self._channels is not None:
             self._channels.fail_pending(self._death_error())
+        if self.on_death is not None:
+            self.on_death()
 
     # -- incoming -----------------------------------------------------------------------
     def _on_iopub(self, msg: dict[str, Any]) -> None:

@@ -22,18 +22,28 @@ straight to the node:
 
 Nothing is lost when the socket fails: a frame that could not be written whole is not marked
 delivered (the bridge sends it), and a socket that broke is closed for good (the node drops a
-frame cut short with the connection). Runs inside the kernel: standard library only.
+frame cut short with the connection).
+
+**Direct requests.** The socket also carries the other way: once its setup ran, the kernel
+says ``{"type": "ready"}`` and the node may write a message's ``execute`` frame (the frame it
+sends the bridge, without blob files) straight here; the kernel runs it between the bridge's
+ops as a batch of one whose batch frame on the result pipe is marked ``direct``, from which
+the bridge accounts for it (kernelexec/directruns.py). Runs inside the kernel: standard
+library only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from .blobs import TABLE
-from .framing import framed
+from .framing import framed, take_frames
 from .results import Result
 
 __all__ = ["DELIVERED", "AnswerSocket", "answerable", "result_frame"]
@@ -43,6 +53,9 @@ DELIVERED = "delivered"
 #: a frame larger than this goes through the bridge (it would wait on the node's reading)
 MAX_FRAME = 256 * 1024
 _CONNECT_TIMEOUT = 2.0
+#: the largest request frame taken from the node (the protocol's max_frame_bytes is larger,
+#: but a direct request carries no blob file and its msg came through Node-RED)
+MAX_REQUEST = 64 * 1024 * 1024
 
 
 def answerable(item: dict[str, Any], result: Result) -> bool:
@@ -70,6 +83,13 @@ class AnswerSocket:
         self._sock: socket.socket | None = sock
         self._node_id = node_id
         self._encode = encode
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_request: Callable[[dict[str, Any]], None] | None = None
+        self._buffer = bytearray()
+
+    @property
+    def serving(self) -> bool:
+        return self._on_request is not None
 
     @classmethod
     def connect(
@@ -86,7 +106,8 @@ class AnswerSocket:
         try:
             sock.settimeout(_CONNECT_TIMEOUT)
             sock.connect(path)
-            sock.sendall(framed(encode({"token": token, "node_id": node_id})))
+            hello = {"token": token, "node_id": node_id, "pid": os.getpid()}
+            sock.sendall(framed(encode(hello)))
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -129,8 +150,71 @@ class AnswerSocket:
             return False
         return True
 
+    def serve(self, on_request: Callable[[dict[str, Any]], None]) -> None:
+        """Take the node's requests from now on (the setup ran), on this thread's loop, and
+        tell the node so."""
+        sock = self._sock
+        if sock is None or self.serving:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop on this thread: results only
+            return
+        if not self._write_whole(framed(self._encode({"type": "ready"}))):
+            return
+        self._loop, self._on_request = loop, on_request
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            chunk = sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the node closed it: Node-RED stops this bridge
+            self.close()
+            return
+        self._buffer += chunk
+        try:
+            bodies = take_frames(self._buffer, MAX_REQUEST)
+        except ValueError:
+            self.close()
+            return
+        for body in bodies:
+            self._request(body)
+
+    def _request(self, body: bytes) -> None:
+        try:
+            frame = json.loads(body)
+        except ValueError:
+            return
+        on_request = self._on_request
+        if isinstance(frame, dict) and frame.get("type") == "execute" and on_request is not None:
+            on_request(frame)
+
+    def _write_whole(self, data: bytes) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return False
+        return sent == len(data) or self._finish(memoryview(data)[sent:])
+
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(sock.fileno())
             with contextlib.suppress(OSError):
                 sock.close()
+        self._on_request = None

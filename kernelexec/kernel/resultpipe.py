@@ -29,7 +29,7 @@ import contextlib
 import json
 import os
 import stat
-from typing import Any
+from typing import Any, Protocol
 
 from .framing import F_SETPIPE_SZ, PIPE_SIZE, framed, take_frames
 from .lane import SEQ
@@ -72,8 +72,9 @@ class ResultWriter:
             return None
         return cls(fd)
 
-    def batch(self, first_req_id: Any) -> None:
-        self._write({"batch": first_req_id})
+    def batch(self, first_req_id: Any, *, direct: bool = False) -> None:
+        """A batch begins (``direct``: a message the node wrote to the answer socket)."""
+        self._write({"batch": first_req_id, "direct": True} if direct else {"batch": first_req_id})
 
     def result(self, result: Result) -> None:
         self._write(result)
@@ -106,6 +107,17 @@ def _loads(data: bytes) -> Any:
     return json.loads(data)
 
 
+class DirectSink(Protocol):
+    """Who accounts for the messages the node wrote to the kernel itself
+    (kernelexec/directruns.py): the batch frame marked direct begins one, its RESULT ends it."""
+
+    def started(self, req_id: str) -> None: ...
+
+    def finished(self, result: dict[str, Any]) -> bool:
+        """True when ``result`` is the one of the direct run (it is taken)."""
+        ...
+
+
 class ResultPipe:
     """Bridge side: the pipe of one local kernel, read as data arrives.
 
@@ -128,6 +140,8 @@ class ResultPipe:
         self._reading = False
         #: Lane requests waiting for their answer frame, by sequence number.
         self.answer_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: the runs the node sent the kernel itself (kernel/answers.py), when it may
+        self.direct: DirectSink | None = None
 
     def attach(self) -> None:
         """Read whenever data arrives (the kernel must never wait long on a full pipe)."""
@@ -182,7 +196,13 @@ class ResultPipe:
             self._answered(frame)
             return
         if "batch" in frame:
+            if frame.get("direct") is True and isinstance(frame["batch"], str):
+                if self.direct is not None:
+                    self.direct.started(frame["batch"])
+                return
             self.batch_started = self.batch_started or frame["batch"] in self._wanted
+            return
+        if self.direct is not None and self.direct.finished(frame):
             return
         req_id = frame.get("req_id")
         if isinstance(req_id, str) and req_id in self._wanted:

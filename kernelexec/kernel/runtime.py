@@ -36,7 +36,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from ..errors import (
@@ -118,6 +118,21 @@ def _error_of(value: Any) -> ErrorObject | None:
     return UserCodeError(str(value), type_name="NodeError").to_dict()
 
 
+#: a message of a batch that an interrupt ended before it began
+_NOT_RUN = "not run: an earlier message of the batch was interrupted"
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt inside (ipykernel's handler hooks do this around a shell
+    message): the bridge's backstop interrupts an op of the lane or a direct request."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_IGN)
+
+
 class NodeLoop:
     """The event loop async node code runs on: one thread, started on first use."""
 
@@ -196,6 +211,8 @@ class Runtime:
         self._results: ResultWriter | None = None
         self._lane: RequestReader | None = None
         self._answers: AnswerSocket | None = None
+        self.direct_timeout = 0.0  # the pool's timeout, for messages the node sends here
+        self._streamed: str | None = None  # the req_id of the last RESULT streamed
         self._ran = 0  # messages of the current batch whose code was started
         self._lock = threading.RLock()
         self._active: Request | None = None
@@ -233,6 +250,7 @@ class Runtime:
             self._results = ResultWriter.adopt(info.get("result_fd"))
             self._adopt_lane(info.get("request_fd"))
             self._connect_answers(info.get("answers"))
+            self.direct_timeout = float(info.get("timeout") or 0.0)
         if self.shell is not None and os.path.isdir(self.workdir):
             os.chdir(self.workdir)
         self.user_ns.update(
@@ -245,6 +263,8 @@ class Runtime:
             answer["lane"] = self._lane is not None
         if self.shell is not None and "answers" in info:
             answer["answers"] = self._answers is not None
+            if not info.get("setup_follows"):
+                self._take_direct_requests()
         return answer
 
     def _connect_answers(self, offer: Any) -> None:
@@ -268,16 +288,35 @@ class Runtime:
         request = frame.get("request")
         answer = None
         try:
-            previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-            try:
+            with _interruptible():
                 answer = self.dispatch(request if isinstance(request, dict) else {})
-            finally:
-                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_IGN)
         except KeyboardInterrupt:  # the worker's backstop interrupt, outside the code's guard
             answer = None
         if self._results is not None:
             self._results.answer(answer_frame(frame.get(SEQ), answer))
         self.after_answer(request)
+
+    def _direct_request(self, frame: dict[str, Any]) -> None:
+        """A message the node wrote to the answer socket itself (kernel/answers.py): a batch
+        of one, its batch frame marked direct so that the bridge accounts for it."""
+        req_id, stream = frame.get("req_id"), self._results
+        if not isinstance(req_id, str) or stream is None:
+            return
+        item = {"req_id": req_id, "msg": frame.get("msg"), "timeout": self.direct_timeout}
+        self._streamed = None
+        result: Result | None = None
+        try:
+            with _interruptible():
+                self.run_batch([item], stream, direct=True)
+        except KeyboardInterrupt:  # the bridge's backstop, outside the code's guard
+            text = f"interrupted after the timeout ({self.direct_timeout:g} s)"
+            result = self._interrupted_result(req_id, text)
+        except Exception as exc:  # a bug here must still end the message
+            error = KernelexecError(f"the kernel could not run this message: {exc!r}")
+            result = self._result(Request(req_id, error=error.to_dict()), None, "", 0.0)
+        if result is not None and self._streamed != req_id:
+            self._deliver(item, result)
+            stream.result(result)
 
     def after_answer(self, request: Any) -> None:
         """An op's answer went out (the lane, or a kernelexec_request's reply): in cold mode,
@@ -304,7 +343,13 @@ class Runtime:
     def setup(self, code: str) -> dict[str, Any]:
         """Run setup code in the user namespace. Raises SetupError / CodeSyntaxError."""
         self._run_script(code, "setup", SetupError)
+        self._take_direct_requests()
         return {"ok": True}
+
+    def _take_direct_requests(self) -> None:
+        """The setup ran (or none follows init): the node may write messages here itself."""
+        if self._answers is not None:
+            self._answers.serve(self._direct_request)
 
     def stop(self, code: str) -> dict[str, Any]:
         """Run stop code in the user namespace. Raises UserCodeError / CodeSyntaxError."""
@@ -377,7 +422,11 @@ class Runtime:
 
     # ------------------------------------------------------------------- messages
     def run_batch(
-        self, batch: list[dict[str, Any]], stream: ResultWriter | None = None
+        self,
+        batch: list[dict[str, Any]],
+        stream: ResultWriter | None = None,
+        *,
+        direct: bool = False,
     ) -> list[Result]:
         """RESULTs for [{req_id, msg, timeout, blobs}] in order (``blobs``: the msg's blob
         table); after an interrupt, the rest fail with TIMEOUT without running. With
@@ -388,7 +437,7 @@ class Runtime:
         self._ran = 0
         results: list[Result] = []
         if stream is not None and batch:
-            stream.batch(batch[0].get("req_id"))
+            stream.batch(batch[0].get("req_id"), direct=direct)
         for item in batch:
             req_id, timeout = item.get("req_id"), float(item.get("timeout") or 0)
             if self._interrupted and stream is not None:
@@ -401,6 +450,7 @@ class Runtime:
             if stream is not None:
                 self._deliver(item, result)
                 stream.result(result)
+                self._streamed = req_id
             else:
                 results.append(result)
         return results
@@ -505,8 +555,7 @@ class Runtime:
             message, type_name="TimeoutError", traceback=info["traceback"], line=info["line"]
         ).to_dict()
 
-    def _interrupted_result(self, req_id: str | None) -> Result:
-        message = "not run: an earlier message of the batch was interrupted"
+    def _interrupted_result(self, req_id: str | None, message: str = _NOT_RUN) -> Result:
         error = ExecutionTimeoutError(message, type_name="TimeoutError")
         req = Request(req_id, error=error.to_dict())
         return self._result(req, None, "", 0.0)

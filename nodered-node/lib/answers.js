@@ -10,6 +10,10 @@
 // keeps the first result of a request it holds (the bridge may still send one, e.g. when the
 // kernel died right after writing here). Nothing depends on this socket: a result that did
 // not go whole through it comes from the bridge.
+//
+// The other way: a kernel says {type: "ready"} once its setup ran, and its node may then write
+// a message's execute frame to it directly (send(); lib/runner.js decides when). The bridge
+// accounts for such a message from the kernel's result pipe (kernelexec/directruns.py).
 "use strict";
 const crypto = require("crypto");
 const fs = require("fs");
@@ -34,7 +38,9 @@ class AnswerServer {
         this.dir = null;
         this.offer = null;
         this.sockets = new Set();
+        this.readyKernels = new Map();   // node id -> {pid, socket}: the kernel that takes requests
         this.taken = 0;   // result frames handed on (diagnostics, tests)
+        this.sent = 0;    // execute frames written to kernels (diagnostics, tests)
     }
 
     /** Listen (once); the hello's `answers` object, or null when the socket cannot be made. */
@@ -71,7 +77,12 @@ class AnswerServer {
         socket.on("close", () => this.sockets.delete(socket));
         const pipe = new PipeSocket(socket, this.maxPayload);
         pipe.on("error", () => socket.destroy());
-        let nodeId = null;
+        let kernel = null;   // {nodeId, pid, socket} once it introduced itself
+        socket.on("close", () => {
+            if (kernel && this.readyKernels.get(kernel.nodeId) === kernel) {
+                this.readyKernels.delete(kernel.nodeId);
+            }
+        });
         pipe.on("message", (data) => {
             let frame;
             try {
@@ -80,26 +91,52 @@ class AnswerServer {
                 socket.destroy();
                 return;
             }
-            if (nodeId === null) {
-                nodeId = this.introduced(frame);
-                if (nodeId === null) {
+            if (kernel === null) {
+                kernel = this.introduced(frame, socket);
+                if (kernel === null) {
                     socket.destroy();
                 }
-            } else if (frame && frame.type === "result" && frame.node_id === nodeId) {
+            } else if (frame && frame.type === "result" && frame.node_id === kernel.nodeId) {
                 this.taken += 1;
-                this.onAnswer(nodeId, frame);
+                this.onAnswer(kernel.nodeId, frame);
+            } else if (frame && frame.type === "ready") {
+                this.readyKernels.set(kernel.nodeId, kernel);
             }
         });
     }
 
-    /** The node id of a kernel's first frame, when its token is this socket's. */
-    introduced(frame) {
-        if (!this.offer || !frame || typeof frame.token !== "string" || typeof frame.node_id !== "string") {
+    /** The kernel a connection's first frame introduces, when its token is this socket's. */
+    introduced(frame, socket) {
+        if (!this.offer || !frame || typeof frame.token !== "string" || typeof frame.node_id !== "string" ||
+                !Number.isInteger(frame.pid)) {
             return null;
         }
         const theirs = Buffer.from(frame.token);
         const ours = Buffer.from(this.offer.token);
-        return theirs.length === ours.length && crypto.timingSafeEqual(theirs, ours) ? frame.node_id : null;
+        if (theirs.length !== ours.length || !crypto.timingSafeEqual(theirs, ours)) {
+            return null;
+        }
+        return { nodeId: frame.node_id, pid: frame.pid, socket };
+    }
+
+    /** Whether a kernel of `nodeId` takes requests (it said ready, its connection is open). */
+    takesRequests(nodeId) {
+        const kernel = this.readyKernels.get(nodeId);
+        return Boolean(kernel && !kernel.socket.destroyed && kernel.socket.writable);
+    }
+
+    /** Write an execute frame (JSON text) to the ready kernel of `nodeId`: its pid, or null. */
+    send(nodeId, text) {
+        if (!this.takesRequests(nodeId)) {
+            return null;
+        }
+        const kernel = this.readyKernels.get(nodeId);
+        const body = Buffer.from(text, "utf8");
+        const header = Buffer.allocUnsafe(4);
+        header.writeUInt32BE(body.length, 0);
+        kernel.socket.write(Buffer.concat([header, body], 4 + body.length));
+        this.sent += 1;
+        return kernel.pid;
     }
 
     close() {
@@ -107,6 +144,7 @@ class AnswerServer {
             socket.destroy();
         }
         this.sockets.clear();
+        this.readyKernels.clear();
         if (this.server) {
             this.server.close();
             this.server = null;

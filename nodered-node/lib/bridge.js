@@ -235,11 +235,7 @@ class Bridge {
     answered(nodeId, frame) {
         const client = this.clients.get(nodeId);
         if (client && this.ready) {
-            if (client.onAnswer) {
-                client.onAnswer(frame);
-            } else {
-                client.frame(frame);
-            }
+            client.frame(frame);
         }
     }
 

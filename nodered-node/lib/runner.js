@@ -23,6 +23,10 @@ const KEPT_LINGER_MS = 10000;   // late node.send() of a finished message still 
 const REQ_PREFIX = crypto.randomBytes(3).toString("hex");
 let reqCounter = 0;
 const NO_FILES = Object.freeze([]);
+const DIRECT_MAX = 1 << 20;   // characters of a direct request's JSON: larger ones go to the bridge
+// KERNELEXEC_NO_DIRECT=1: every message goes to the bridge (results may still come from the
+// kernel: KERNELEXEC_NO_ANSWERS turns that off too), for comparison or troubleshooting
+const DIRECT = !process.env.KERNELEXEC_NO_DIRECT;
 
 /** An Error that Node-RED's Catch node reports as "<PythonType>: message (line N)". */
 function toError(error, fallbackCode) {
@@ -98,6 +102,10 @@ function inputError(err, dropped) {
     return toError({ code: (err && err.code) || "CONVERSION_ERROR", type: name, message });
 }
 
+function queueFull(limit) {
+    return toError({ code: "QUEUE_FULL", type: "Error", message: t("kernelexec.error.queueFull", { limit }) });
+}
+
 function closedError() {
     return toError({ code: "POOL_CLOSED", type: "Error", message: t("kernelexec.error.closed") });
 }
@@ -122,7 +130,10 @@ class Runner {
         this.delivery = Promise.resolve();
         this.deliveries = 0;   // deliveries waiting in the chain (reading blob files)
         this.kept = new Map();   // _msgid -> {props, active, timer}: what stayed on the JS side
-        this.releasing = false;   // releaseAnswers() is running
+        this.releasing = false;   // releaseResults() is running
+        this.direct = null;       // the request written to the kernel itself (lib/answers.js)
+        this.behind = [];         // messages that came while it ran: they wait for its result
+        this.noDirect = false;    // flushing several of them: they go to the bridge together
         this.status = new PoolStatus(node, config.mode);
         this.links = new nodeops.LinkCalls(node);
         // hot mode keeps one warm blob file for the next large Buffer (lib/blob_spare.js)
@@ -154,7 +165,12 @@ class Runner {
     }
 
     bridgeDown(err) {
+        const behind = this.behind;   // in flight as far as the flow knows: they fail with them
+        this.behind = [];
         this.failAll(err);
+        for (const item of behind) {
+            item.done(err);
+        }
         if (this.closing) {
             return;
         }
@@ -206,14 +222,55 @@ class Runner {
         }
     }
 
+    /**
+     * A result frame, from the bridge or from the kernel itself (the answer socket,
+     * lib/answers.js): the first of a request counts, a later one is dropped (the kernel
+     * answered, then died before the bridge heard of it). With one worker the results leave
+     * in the order the messages came, as they did when the bridge alone sent them: the kernel
+     * runs them in that order, but an answer can overtake a result the bridge is still
+     * sending (after node.send frames, or with blob files) and the reverse, so a result waits
+     * until every earlier message has its own. Several workers promise no order (keepOrder
+     * pools get no answers: the bridge orders their results).
+     */
     onResult(frame) {
         const req = this.inflight.get(frame.req_id);
-        if (!req || req.result) {   // a second result: the kernel answered first (lib/answers.js)
+        if (!req || req.result || req.pending) {
             codec.discardBlobs(frame, this.bridge && this.bridge.blobDir);
             return;
         }
+        if (this.config.workers > 1) {
+            this.takeResult(req, frame);
+            return;
+        }
+        req.pending = frame;
+        this.releaseResults();
+    }
+
+    /** The results no earlier message is waiting before, in order (see onResult). */
+    releaseResults() {
+        if (this.releasing) {
+            return;
+        }
+        this.releasing = true;
+        try {
+            for (const req of Array.from(this.inflight.values())) {   // in the order they came
+                if (req.result || req.finished) {
+                    continue;
+                }
+                if (!req.pending) {
+                    return;
+                }
+                const frame = req.pending;
+                req.pending = null;
+                this.takeResult(req, frame);
+            }
+        } finally {
+            this.releasing = false;
+        }
+    }
+
+    takeResult(req, frame) {
         req.result = true;
-        req.answer = null;   // the bridge's came first (e.g. the kernel died after answering)
         // node.error(text, msg) in Python fails the request: its text is both a log line and
         // the result's error; report it once, through done(err).
         const failure = frame.error ? frame.error.message : null;
@@ -250,51 +307,6 @@ class Runner {
             pending.then(complete, (err) => this.finish(req, err));
         } else {
             complete();
-        }
-        this.releaseAnswers();
-    }
-
-    /**
-     * A result a kernel wrote to the answer socket (lib/answers.js) before the bridge heard of
-     * it. One worker runs messages in the order they came and the bridge sends their results
-     * in that order, so with one worker an answer waits until every earlier message has its
-     * result: it must not overtake one the bridge is still sending (a result after node.send
-     * frames, or with blob files). Several workers promise no order (keepOrder pools get no
-     * answers: the bridge orders their results).
-     */
-    onAnswer(frame) {
-        const req = this.inflight.get(frame.req_id);
-        if (!req || req.result) {
-            return;
-        }
-        if (this.config.workers > 1) {
-            this.onResult(frame);
-            return;
-        }
-        req.answer = frame;
-        this.releaseAnswers();
-    }
-
-    /** The answers no earlier message is waiting before, in order (see onAnswer). */
-    releaseAnswers() {
-        if (this.releasing) {
-            return;
-        }
-        this.releasing = true;
-        try {
-            for (const req of Array.from(this.inflight.values())) {   // in the order they came
-                if (req.result || req.finished) {
-                    continue;
-                }
-                if (!req.answer) {
-                    return;
-                }
-                const frame = req.answer;
-                req.answer = null;
-                this.onResult(frame);
-            }
-        } finally {
-            this.releasing = false;
         }
     }
 
@@ -394,12 +406,14 @@ class Runner {
     accept(msg, send, done) {
         if (this.closing) {
             done(closedError());
+        } else if (this.state === RunnerState.READY && this.direct) {
+            this.hold({ msg, send, done });
         } else if (this.state === RunnerState.READY) {
             this.execute({ msg, send, done });
         } else if (this.state === RunnerState.FAILED && this.failure) {
             done(this.failure);
         } else if (this.waiting.length >= this.config.queue_limit) {
-            done(toError({ code: "QUEUE_FULL", type: "Error", message: t("kernelexec.error.queueFull", { limit: this.config.queue_limit }) }));
+            done(queueFull(this.config.queue_limit));
         } else {
             this.waiting.push({ msg, send, done });
         }
@@ -425,8 +439,8 @@ class Runner {
     execute(item) {
         const reqId = `${REQ_PREFIX}-${(++reqCounter).toString(36)}`;
         const req = {
-            reqId, files: NO_FILES, mine: null, result: false, finished: false, held: false, answer: null,
-            msg: item.msg, send: item.send, done: item.done,
+            reqId, files: NO_FILES, mine: null, result: false, finished: false, held: false,
+            pending: null, direct: null, directText: null, msg: item.msg, send: item.send, done: item.done,
         };
         this.inflight.set(reqId, req);
         let encoded;
@@ -442,7 +456,9 @@ class Runner {
         // the encoded msg shares the input's unchanged parts: serialized before anything waits
         const frame = codec.executeFrame(this.id, reqId, encoded);
         if (encoded.pending.length === 0) {
-            this.sendExecute(req, Object.assign(kept, encoded.kept), frame, null);
+            if (!this.sendDirect(req, Object.assign(kept, encoded.kept), frame)) {
+                this.sendExecute(req, kept, frame, null);
+            }
             return;
         }
         const text = JSON.stringify(frame);
@@ -455,6 +471,69 @@ class Runner {
             }
             this.sendExecute(req, Object.assign(kept, encoded.kept), null, text);
         }, (err) => this.refuse(req, err));
+    }
+
+    /**
+     * Write a plain message to the node's kernel itself (lib/answers.js), skipping the bridge:
+     * only with one worker, when nothing else of this node is in flight, and a kernel that said
+     * it is ready. The bridge accounts for it from the kernel's result pipe; the next messages
+     * wait in `behind` until it has its result. False: send it to the bridge.
+     */
+    sendDirect(req, kept, frame) {
+        const answers = this.bridge && this.bridge.answers;
+        if (!DIRECT || this.config.workers !== 1 || this.noDirect || this.direct || this.inflight.size !== 1 ||
+                !answers || !answers.takesRequests(this.id)) {
+            return false;
+        }
+        const text = JSON.stringify(frame);
+        if (text.length > DIRECT_MAX) {
+            return false;
+        }
+        req.held = this.holdKept(req.msg._msgid, kept);
+        this.bridge.track(req.reqId, this);
+        req.direct = answers.send(this.id, text);
+        req.directText = text;
+        this.direct = req;
+        return true;
+    }
+
+    /** A message that came while a direct one runs (sendDirect): after its result. */
+    hold(item) {
+        if (this.behind.length >= this.config.queue_limit) {
+            item.done(queueFull(this.config.queue_limit));
+        } else {
+            this.behind.push(item);
+        }
+    }
+
+    /** The direct message ended: the ones that waited go on (several: to the bridge, as a burst). */
+    flushBehind() {
+        const items = this.behind;
+        this.behind = [];
+        this.noDirect = items.length > 1;
+        try {
+            for (const item of items) {
+                this.accept(item.msg, item.send, item.done);
+            }
+        } finally {
+            this.noDirect = false;
+        }
+    }
+
+    /**
+     * A kernel that took direct requests died: those that never started go to the bridge
+     * (`started`, the last one that began there, gets its result from the bridge).
+     */
+    onKernelLost(frame) {
+        for (const req of Array.from(this.inflight.values())) {
+            const neverStarted = req.direct === frame.pid && req.reqId !== frame.started;
+            if (neverStarted && !req.result && !req.pending && !req.finished) {
+                req.direct = null;
+                if (!this.bridge || !this.bridge.sendText(req.directText)) {
+                    this.finish(req, this.failure || toError({ code: "BRIDGE_LOST", type: "Error", message: t("kernelexec.error.connectionLost") }));
+                }
+            }
+        }
     }
 
     /** A message that failed on its way in: done(err), with a message a Catch node can copy. */
@@ -584,6 +663,10 @@ class Runner {
             return;
         }
         req.finished = true;
+        if (req.pending) {   // a result that waited its turn (onResult): its files go
+            codec.discardBlobs(req.pending, this.bridge && this.bridge.blobDir);
+            req.pending = null;
+        }
         if (req.held) {
             this.releaseKept(req.msg._msgid);
         }
@@ -591,7 +674,11 @@ class Runner {
         if (this.bridge) {
             this.bridge.untrack(req.reqId);
         }
-        this.releaseAnswers();
+        this.releaseResults();
+        if (req === this.direct) {
+            this.direct = null;
+            this.flushBehind();
+        }
         if (req.files.length > 0) {
             codec.removeFiles(codec.keepOne(req.files, this.spare, req.mine));
         }
@@ -616,6 +703,8 @@ class Runner {
         const closed = new Promise((r) => { resolve = r; });
         this.closing = { resolve };
         const err = closedError();
+        this.waiting = this.behind.concat(this.waiting);
+        this.behind = [];
         this.failWaiting(err);
         this.links.close(err);
         if (this.bridge && this.bridge.send({ type: "close", node_id: this.id, removed: removed === true })) {
@@ -646,6 +735,7 @@ const FRAME_HANDLERS = {
     log: Runner.prototype.onLog,
     error: Runner.prototype.onError,
     closed: Runner.prototype.onClosed,
+    kernel_lost: Runner.prototype.onKernelLost,
     context_request: Runner.prototype.onContextRequest,
 };
 

@@ -40,11 +40,11 @@ describe("answer socket: who may write there", function () {
         const dir = require("path").dirname(offer.path);
         assert.strictEqual(fs.statSync(dir).mode & 0o777, 0o700);
         // a wrong token: the connection is closed, nothing is taken
-        await kernelSide(offer, [{ token: "x".repeat(offer.token.length), node_id: "n1" }, { type: "result", node_id: "n1", req_id: "forged" }]);
+        await kernelSide(offer, [{ token: "x".repeat(offer.token.length), node_id: "n1", pid: 1 }, { type: "result", node_id: "n1", req_id: "forged" }]);
         assert.deepStrictEqual(got, []);
         // the token: results of its own node only, and only result frames
         const closing = kernelSide(offer, [
-            { token: offer.token, node_id: "n1" },
+            { token: offer.token, node_id: "n1", pid: 1 },
             { type: "result", node_id: "n1", req_id: "r1" },
             { type: "result", node_id: "n2", req_id: "other-node" },
             { type: "send", node_id: "n1", req_id: "not-a-result" },
@@ -81,13 +81,21 @@ describe("answer socket in Node-RED (real bridge, real kernels)", function () {
         }
         await five;
         assert.strictEqual(bridge.answers.taken, 5, "the five results came through the answer socket");
+        assert.strictEqual(bridge.answers.sent, 1, "the first went to the kernel itself, the four that came meanwhile to the bridge");
+        for (let i = 5; i < 8; i++) {   // one at a time: each straight to the kernel
+            const one = S.messages(out, 1);
+            helper.getNode("n1").receive({ payload: i });
+            await one;
+        }
+        assert.strictEqual(bridge.answers.sent, 4);
+        assert.strictEqual(bridge.answers.taken, 8);
         const two = S.messages(out, 2);
         helper.getNode("n1").receive({ payload: "with a send", send: true });
         await two;
-        assert.strictEqual(bridge.answers.taken, 5, "its send frame comes through the bridge, so does its result");
+        assert.strictEqual(bridge.answers.taken, 8, "its send frame comes through the bridge, so does its result");
         await S.bridgeRoundTrip();   // anything else the bridge sent is in
         await S.nextTurn();
-        assert.deepStrictEqual(seen, [0, 1, 2, 3, 4, "early with a send", "with a send"]);
+        assert.deepStrictEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, "early with a send", "with a send"]);
         // a burst with one worker: the answers of the plain messages after the one with a
         // send (its result waits at the bridge for the send frame) wait for its result
         const burst = S.messages(out, 9);
@@ -99,7 +107,7 @@ describe("answer socket in Node-RED (real bridge, real kernels)", function () {
         await burst;
         await S.bridgeRoundTrip();
         await S.nextTurn();
-        const burstSeen = seen.slice(7);
+        const burstSeen = seen.slice(10);
         const results = burstSeen.filter((p) => !String(p).startsWith("early"));
         assert.deepStrictEqual(results, ["first", 10, 11, 12, 13, 14, "last"], "one worker: results in the order the messages came");
         assert.ok(burstSeen.indexOf("early first") < burstSeen.indexOf("first"), "a send before its own result");
@@ -108,5 +116,29 @@ describe("answer socket in Node-RED (real bridge, real kernels)", function () {
         await S.unload();
         await S.waitFor(() => bridges.active().length === 0, 30000, "the bridge stopped");
         assert.strictEqual(fs.existsSync(dir), false, "the answer socket's directory is removed");
+    });
+
+    it("a kernel that dies on a message written to it: the message fails with KERNEL_DIED, the next one runs on a fresh kernel", async function () {
+        const code = "import os\nif msg.get('die'):\n    os._exit(3)\nreturn msg";
+        await S.load([N.kernelexecNode, N.catchNode], S.tab([
+            { id: "n1", type: "kernelexec", func: code, outputs: 1, mode: "hot", workers: 1, wires: [["out"]] },
+            { id: "c1", type: "catch", scope: ["n1"], uncaught: false, wires: [["caught"]] },
+            { id: "out", type: "helper" }, { id: "caught", type: "helper" },
+        ]));
+        const [bridge] = bridges.active();
+        const warm = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: "warm" });
+        await warm;
+        await S.waitFor(() => bridge.answers.takesRequests("n1"), 30000, "a kernel that takes requests");
+        const sent = bridge.answers.sent;
+        const caught = S.messages(helper.getNode("caught"), 1);
+        helper.getNode("n1").receive({ payload: "fatal", die: true });
+        const [failed] = await caught;
+        assert.strictEqual(bridge.answers.sent, sent + 1, "it went to the kernel itself");
+        assert.strictEqual(failed.error.code, "KERNEL_DIED");
+        assert.strictEqual(failed.payload, "fatal");
+        const after = S.messages(helper.getNode("out"), 1);
+        helper.getNode("n1").receive({ payload: "after" });
+        assert.strictEqual((await after)[0].payload, "after");
     });
 });
