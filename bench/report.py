@@ -437,8 +437,8 @@ def breakdown_lines(
     if nr_hot is not None:
         rows.append(
             [
-                "+ Node-RED node, socket pair, bridge (the result by the answer socket): hot x1 in "
-                "the Node-RED bench",
+                "+ Node-RED node and the answer socket both ways (the bridge accounts from the "
+                "result pipe): hot x1 in the Node-RED bench",
                 fmt(nr_lat.get("min"), 3),
                 fmt(nr_hot, 3),
                 fmt(nr_lat.get("p90"), 3),
