@@ -73,6 +73,15 @@ describe("answer socket in Node-RED (real bridge, real kernels)", function () {
         ]));
         const [bridge] = bridges.active();
         const out = helper.getNode("out");
+        // a first answer: the pool is ready; then the kernel's ready on the answer socket
+        const warm = S.messages(out, 1);
+        helper.getNode("n1").receive({ payload: "warm" });
+        await warm;
+        await S.waitFor(() => bridge.answers.takesRequests("n1"), 30000, "the kernel to take requests");
+        const taken0 = bridge.answers.taken;
+        const sent0 = bridge.answers.sent;
+        const taken = () => bridge.answers.taken - taken0;
+        const sent = () => bridge.answers.sent - sent0;
         const seen = [];
         out.on("input", (msg) => seen.push(msg.payload));
         const five = S.messages(out, 5);
@@ -80,19 +89,19 @@ describe("answer socket in Node-RED (real bridge, real kernels)", function () {
             helper.getNode("n1").receive({ payload: i });
         }
         await five;
-        assert.strictEqual(bridge.answers.taken, 5, "the five results came through the answer socket");
-        assert.strictEqual(bridge.answers.sent, 1, "the first went to the kernel itself, the four that came meanwhile to the bridge");
+        assert.strictEqual(taken(), 5, "the five results came through the answer socket");
+        assert.strictEqual(sent(), 1, "the first went to the kernel itself, the four that came meanwhile to the bridge");
         for (let i = 5; i < 8; i++) {   // one at a time: each straight to the kernel
             const one = S.messages(out, 1);
             helper.getNode("n1").receive({ payload: i });
             await one;
         }
-        assert.strictEqual(bridge.answers.sent, 4);
-        assert.strictEqual(bridge.answers.taken, 8);
+        assert.strictEqual(sent(), 4);
+        assert.strictEqual(taken(), 8);
         const two = S.messages(out, 2);
         helper.getNode("n1").receive({ payload: "with a send", send: true });
         await two;
-        assert.strictEqual(bridge.answers.taken, 8, "its send frame comes through the bridge, so does its result");
+        assert.strictEqual(taken(), 8, "its send frame comes through the bridge, so does its result");
         await S.bridgeRoundTrip();   // anything else the bridge sent is in
         await S.nextTurn();
         assert.deepStrictEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, "early with a send", "with a send"]);
