@@ -316,7 +316,8 @@ class Runtime:
             result = self._result(Request(req_id, error=error.to_dict()), None, "", 0.0)
         if result is not None and self._streamed != req_id:
             self._deliver(item, result)
-            stream.result(result)
+            with contextlib.suppress(OSError):  # the bridge is gone: the node has the result
+                stream.result(result)
 
     def after_answer(self, request: Any) -> None:
         """An op's answer went out (the lane, or a kernelexec_request's reply): in cold mode,

@@ -139,6 +139,15 @@ class AnswerServer {
         return kernel.pid;
     }
 
+    /** The bridge is gone: its kernels' connections too (the next bridge's kernels connect anew). */
+    dropKernels() {
+        for (const socket of this.sockets) {
+            socket.destroy();
+        }
+        this.sockets.clear();
+        this.readyKernels.clear();
+    }
+
     close() {
         for (const socket of this.sockets) {
             socket.destroy();

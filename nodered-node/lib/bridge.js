@@ -457,6 +457,7 @@ class Bridge {
     teardownConnection() {
         this.outbox.drop();
         this.dropInbox();
+        this.answers.dropKernels();   // no request may go to a kernel of the bridge that is gone
         if (this.ws) {
             const ws = this.ws;
             this.ws = null;
