@@ -20,7 +20,7 @@ from node_end import HEADER, NodeEnd, started_bridge
 from server_support import Client, start_server
 
 from kernelexec.config import EnvConfig, PoolConfig
-from kernelexec.kernel.answers import MAX_FRAME, answerable
+from kernelexec.kernel.answers import MAX_FRAME, answerable, delivered
 from kernelexec.protocol import PROTOCOL_VERSION
 from kernelexec.worker import answer_offer
 
@@ -218,6 +218,25 @@ def test_only_local_unsandboxed_hot_unordered_kernels_get_the_offer() -> None:
         assert answer_offer(plain.replace(env=env), fork=False) is None, env
 
 
+def test_a_delivered_result_goes_down_the_pipe_without_what_the_node_has() -> None:
+    result: Any = {
+        "req_id": "r",
+        "outputs": [[{"payload": "x" * 1000}]],
+        "logs": [{"level": "info", "text": "t"}],
+        "status": [{"text": "s"}],
+        "stdout": "printed",
+        "error": None,
+        "done": True,
+        "sent": 0,
+        "exec_ms": 1.5,
+    }
+    slim = delivered(result)
+    assert slim["outputs"] == [] and slim["logs"] == [] and slim["stdout"] == ""
+    assert slim["status"] == [] and slim["delivered"] is True
+    assert (slim["req_id"], slim["error"], slim["exec_ms"], slim["done"]) == ("r", None, 1.5, True)
+    assert result["outputs"] and "delivered" not in result  # the node's frame is not touched
+
+
 def test_what_the_node_may_have_first() -> None:
     result: Any = {"req_id": "r", "outputs": [[]], "sent": 0}
     assert answerable({}, result)
@@ -298,10 +317,10 @@ async def test_a_direct_message_that_ignores_the_interrupt_restarts_the_kernel(
     node_end: NodeEnd, listener: AnswerListener
 ) -> None:
     code = (
-        "import signal, time\n"
+        "import signal, threading\n"
         "if msg.get('stuck'):\n"
         "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGALRM})\n"
-        "    time.sleep(60)\n"
+        "    threading.Event().wait()  # never set: stuck until the kernel is killed\n"
         "return msg"
     )
     await configured(node_end, code, timeout=0.2, answers=listener.offer)

@@ -14,7 +14,8 @@ straight to the node:
   (4-byte big-endian length + JSON, as every frame kernelexec owns: framing.py);
 - after a run, a RESULT that nothing else must precede or follow (:func:`answerable`) is
   written to the socket as the bridge would have sent it, and *then* down the result pipe as
-  always, marked ``"delivered": true``: the bridge does its accounting (timeouts, deaths,
+  always, marked ``"delivered": true`` and without what the node already has (outputs,
+  logs, stdout): the bridge does its accounting (timeouts, deaths,
   counts) from the pipe as before, and sends a ``result`` frame only for what was not
   delivered. The node takes the first result of a request it holds and drops any later one
   (a kernel that dies between the two writes gets a KERNEL_DIED from the bridge for a message
@@ -46,7 +47,7 @@ from .blobs import TABLE
 from .framing import framed, take_frames
 from .results import Result
 
-__all__ = ["DELIVERED", "AnswerSocket", "answerable", "result_frame"]
+__all__ = ["DELIVERED", "AnswerSocket", "answerable", "delivered", "result_frame"]
 
 #: the RESULT's key (result pipe only) saying the node has it already
 DELIVERED = "delivered"
@@ -65,6 +66,15 @@ def answerable(item: dict[str, Any], result: Result) -> bool:
     if item.get(TABLE) or result.get(TABLE):
         return False
     return not result.get("sent") and not result.get("status_events")
+
+
+def delivered(result: Result) -> Result:
+    """The RESULT for the result pipe once the node has it: what the bridge accounts from
+    (req_id, error, exec_ms, sent, done), without the outputs, logs and stdout it would only
+    decode to drop."""
+    slim: Result = {**result, "outputs": [], "logs": [], "status": [], "stdout": ""}
+    slim["delivered"] = True
+    return slim
 
 
 def result_frame(node_id: str, result: Result) -> dict[str, Any]:
@@ -125,16 +135,7 @@ class AnswerSocket:
             return False
         if len(data) > MAX_FRAME:
             return False
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:  # the node is behind: nothing written, the bridge sends it
-            return False
-        except OSError:
-            self.close()
-            return False
-        if sent < len(data):
-            return self._finish(memoryview(data)[sent:])
-        return True
+        return self._write(data, wait=False)  # the node is behind: the bridge sends it
 
     def _finish(self, rest: memoryview) -> bool:
         """The rest of a frame the node has begun to receive (it must come whole or the
@@ -160,7 +161,7 @@ class AnswerSocket:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop on this thread: results only
             return
-        if not self._write_whole(framed(self._encode({"type": "ready"}))):
+        if not self._write(framed(self._encode({"type": "ready"})), wait=True):
             return
         self._loop, self._on_request = loop, on_request
         loop.add_reader(sock.fileno(), self._readable)
@@ -196,13 +197,17 @@ class AnswerSocket:
         if isinstance(frame, dict) and frame.get("type") == "execute" and on_request is not None:
             on_request(frame)
 
-    def _write_whole(self, data: bytes) -> bool:
+    def _write(self, data: bytes, *, wait: bool) -> bool:
+        """Write a whole frame; True when it went. Without ``wait``, a socket that takes none
+        of it leaves it unwritten; a frame begun is always finished (or the connection goes)."""
         sock = self._sock
         if sock is None:
             return False
         try:
             sent = sock.send(data)
         except BlockingIOError:
+            if not wait:
+                return False
             sent = 0
         except OSError:
             self.close()

@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..protocol import RUNTIME_NAME, KernelOp
 from . import blobs, coldfork
-from .answers import AnswerSocket, answerable
+from .answers import AnswerSocket, answerable, delivered
 from .convert import Encoder, from_json
 from .guard import (
     Alarm,
@@ -315,9 +315,8 @@ class Runtime:
             error = KernelexecError(f"the kernel could not run this message: {exc!r}")
             result = self._result(Request(req_id, error=error.to_dict()), None, "", 0.0)
         if result is not None and self._streamed != req_id:
-            self._deliver(item, result)
             with contextlib.suppress(OSError):  # the bridge is gone: the node has the result
-                stream.result(result)
+                stream.result(self._deliver(item, result))
 
     def after_answer(self, request: Any) -> None:
         """An op's answer went out (the lane, or a kernelexec_request's reply): in cold mode,
@@ -449,18 +448,19 @@ class Runtime:
             self._ran += 1
             result = self.run_message(item.get("msg"), req_id, timeout, item.get(blobs.TABLE))
             if stream is not None:
-                self._deliver(item, result)
-                stream.result(result)
+                stream.result(self._deliver(item, result))
                 self._streamed = req_id
             else:
                 results.append(result)
         return results
 
-    def _deliver(self, item: dict[str, Any], result: Result) -> None:
-        """The node gets a plain result first, straight from here (kernel/answers.py)."""
+    def _deliver(self, item: dict[str, Any], result: Result) -> Result:
+        """The node gets a plain result first, straight from here (kernel/answers.py); the
+        RESULT for the result pipe."""
         answers = self._answers
         if answers is not None and answerable(item, result) and answers.deliver(result):
-            result["delivered"] = True
+            return delivered(result)
+        return result
 
     def _run_op(self, request: dict[str, Any]) -> dict[str, Any]:
         stream = self._results if request.get("stream") else None

@@ -23,6 +23,7 @@ const path = require("path");
 const { PipeSocket } = require("./pipe_socket");
 
 const SOCKET_NAME = "answers";
+const OPEN = 1;   // PipeSocket.readyState: it sends only then
 const MAX_PATH = 107;   // sun_path: 108 bytes with the NUL
 const open = new Set();   // directories to remove if the process exits without close()
 
@@ -77,7 +78,7 @@ class AnswerServer {
         socket.on("close", () => this.sockets.delete(socket));
         const pipe = new PipeSocket(socket, this.maxPayload);
         pipe.on("error", () => socket.destroy());
-        let kernel = null;   // {nodeId, pid, socket} once it introduced itself
+        let kernel = null;   // {nodeId, pid, socket, pipe} once it introduced itself
         socket.on("close", () => {
             if (kernel && this.readyKernels.get(kernel.nodeId) === kernel) {
                 this.readyKernels.delete(kernel.nodeId);
@@ -92,7 +93,7 @@ class AnswerServer {
                 return;
             }
             if (kernel === null) {
-                kernel = this.introduced(frame, socket);
+                kernel = this.introduced(frame, socket, pipe);
                 if (kernel === null) {
                     socket.destroy();
                 }
@@ -106,7 +107,7 @@ class AnswerServer {
     }
 
     /** The kernel a connection's first frame introduces, when its token is this socket's. */
-    introduced(frame, socket) {
+    introduced(frame, socket, pipe) {
         if (!this.offer || !frame || typeof frame.token !== "string" || typeof frame.node_id !== "string" ||
                 !Number.isInteger(frame.pid)) {
             return null;
@@ -116,13 +117,13 @@ class AnswerServer {
         if (theirs.length !== ours.length || !crypto.timingSafeEqual(theirs, ours)) {
             return null;
         }
-        return { nodeId: frame.node_id, pid: frame.pid, socket };
+        return { nodeId: frame.node_id, pid: frame.pid, socket, pipe };
     }
 
     /** Whether a kernel of `nodeId` takes requests (it said ready, its connection is open). */
     takesRequests(nodeId) {
         const kernel = this.readyKernels.get(nodeId);
-        return Boolean(kernel && !kernel.socket.destroyed && kernel.socket.writable);
+        return Boolean(kernel && kernel.pipe.readyState === OPEN && !kernel.socket.destroyed && kernel.socket.writable);
     }
 
     /** Write an execute frame (JSON text) to the ready kernel of `nodeId`: its pid, or null. */
@@ -131,10 +132,7 @@ class AnswerServer {
             return null;
         }
         const kernel = this.readyKernels.get(nodeId);
-        const body = Buffer.from(text, "utf8");
-        const header = Buffer.allocUnsafe(4);
-        header.writeUInt32BE(body.length, 0);
-        kernel.socket.write(Buffer.concat([header, body], 4 + body.length));
+        kernel.pipe.send(text);   // length-prefixed, as on the socket pair
         this.sent += 1;
         return kernel.pid;
     }

@@ -24,9 +24,7 @@ const REQ_PREFIX = crypto.randomBytes(3).toString("hex");
 let reqCounter = 0;
 const NO_FILES = Object.freeze([]);
 const DIRECT_MAX = 1 << 20;   // characters of a direct request's JSON: larger ones go to the bridge
-// KERNELEXEC_NO_DIRECT=1: every message goes to the bridge (results may still come from the
-// kernel: KERNELEXEC_NO_ANSWERS turns that off too), for comparison or troubleshooting
-const DIRECT = !process.env.KERNELEXEC_NO_DIRECT;
+
 
 /** An Error that Node-RED's Catch node reports as "<PythonType>: message (line N)". */
 function toError(error, fallbackCode) {
@@ -134,6 +132,9 @@ class Runner {
         this.direct = null;       // the request written to the kernel itself (lib/answers.js)
         this.behind = [];         // messages that came while it ran: they wait for its result
         this.noDirect = false;    // flushing several of them: they go to the bridge together
+        // KERNELEXEC_NO_DIRECT=1: every message goes to the bridge (results may still come from
+        // the kernel: KERNELEXEC_NO_ANSWERS turns that off too), to compare or troubleshoot
+        this.directAllowed = !process.env.KERNELEXEC_NO_DIRECT;
         this.status = new PoolStatus(node, config.mode);
         this.links = new nodeops.LinkCalls(node);
         // hot mode keeps one warm blob file for the next large Buffer (lib/blob_spare.js)
@@ -253,7 +254,9 @@ class Runner {
         }
         this.releasing = true;
         try {
-            for (const req of Array.from(this.inflight.values())) {   // in the order they came
+            // in the order they came; the Map itself, not a copy: this runs for every result,
+            // and takeResult may delete the entry it is on (a Map's iteration allows that)
+            for (const req of this.inflight.values()) {
                 if (req.result || req.finished) {
                     continue;
                 }
@@ -481,8 +484,8 @@ class Runner {
      */
     sendDirect(req, kept, frame) {
         const answers = this.bridge && this.bridge.answers;
-        if (!DIRECT || this.config.workers !== 1 || this.noDirect || this.direct || this.inflight.size !== 1 ||
-                !answers || !answers.takesRequests(this.id)) {
+        const alone = this.config.workers === 1 && !this.noDirect && !this.direct && this.inflight.size === 1;
+        if (!this.directAllowed || !alone || !answers || !answers.takesRequests(this.id)) {
             return false;
         }
         const text = JSON.stringify(frame);

@@ -150,4 +150,26 @@ describe("answer socket in Node-RED (real bridge, real kernels)", function () {
         helper.getNode("n1").receive({ payload: "after" });
         assert.strictEqual((await after)[0].payload, "after");
     });
+
+    for (const [name, path] of [["KERNELEXEC_NO_DIRECT", "results only"], ["KERNELEXEC_NO_ANSWERS", "neither"]]) {
+        it(`${name}=1 (troubleshooting): ${path === "neither" ? "every message and result through the bridge" : "messages to the bridge, results from the kernel"}`, async function () {
+            process.env[name] = "1";
+            try {
+                await S.load(N.kernelexecNode, S.tab([
+                    { id: "n1", type: "kernelexec", func: "return msg", outputs: 1, mode: "hot", workers: 1, wires: [["out"]] },
+                    { id: "out", type: "helper" },
+                ]));
+                const [bridge] = bridges.active();
+                for (let i = 0; i < 3; i++) {   // one at a time: each could go to the kernel itself
+                    const one = S.messages(helper.getNode("out"), 1);
+                    helper.getNode("n1").receive({ payload: i });
+                    assert.strictEqual((await one)[0].payload, i);
+                }
+                assert.strictEqual(bridge.answers.sent, 0, "no message written to the kernel");
+                assert.strictEqual(bridge.answers.taken, path === "neither" ? 0 : 3);
+            } finally {
+                delete process.env[name];
+            }
+        });
+    }
 });
