@@ -33,6 +33,7 @@ from .errors import (
     SetupError,
 )
 from .handles.factory import KernelFactory
+from .kernel.answers import DELIVERED
 from .kernel.results import log_event
 from .protocol import ContextOp, PoolState
 from .worker import Job, Worker, WorkerState, failed_result
@@ -499,7 +500,7 @@ class Pool:
         """The RESULT of a message the node wrote to a kernel itself (kernelexec/directruns.py):
         counted; sent as a result frame unless the kernel delivered it."""
         result = self._finish(result, 0.0)
-        if not result.pop("delivered", False):
+        if not result.pop(DELIVERED, False):
             self.hooks.on_event(self.config.node_id, {**result, "type": "result"})
 
     def _kernel_lost(self, pid: int, started: str | None) -> None:

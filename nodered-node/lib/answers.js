@@ -74,12 +74,12 @@ class AnswerServer {
 
     accepted(socket) {
         this.sockets.add(socket);
-        socket.on("error", () => {});
-        socket.on("close", () => this.sockets.delete(socket));
         const pipe = new PipeSocket(socket, this.maxPayload);
         pipe.on("error", () => socket.destroy());
         let kernel = null;   // {nodeId, pid, socket, pipe} once it introduced itself
+        socket.on("error", () => {});
         socket.on("close", () => {
+            this.sockets.delete(socket);
             if (kernel && this.readyKernels.get(kernel.nodeId) === kernel) {
                 this.readyKernels.delete(kernel.nodeId);
             }
@@ -147,11 +147,7 @@ class AnswerServer {
     }
 
     close() {
-        for (const socket of this.sockets) {
-            socket.destroy();
-        }
-        this.sockets.clear();
-        this.readyKernels.clear();
+        this.dropKernels();
         if (this.server) {
             this.server.close();
             this.server = null;

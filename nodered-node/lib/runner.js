@@ -25,7 +25,6 @@ let reqCounter = 0;
 const NO_FILES = Object.freeze([]);
 const DIRECT_MAX = 1 << 20;   // characters of a direct request's JSON: larger ones go to the bridge
 
-
 /** An Error that Node-RED's Catch node reports as "<PythonType>: message (line N)". */
 function toError(error, fallbackCode) {
     const err = new Error(error && error.message ? error.message : String(error));
